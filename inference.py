@@ -1,0 +1,100 @@
+"""Test accuracy of a trained run, overall and per question type (A/B) and category (vqa/triple/abstract).
+
+    python inference.py --model_path results/all_1228_1734 --infer_data all|abstract|triple|vqa
+
+Writes <run>/predictions_<infer_data>.csv and <run>/eval_<infer_data>.json.
+"""
+import argparse
+import os
+import sys
+
+import pandas as pd
+import torch
+
+import util
+from model import OfflineError
+from vqa_dataset import DataError, ImageCache, VQADataset, read_data, select_rows
+
+
+def load_run(model_path=None, device="cpu", results_dir="results"):
+    """(model, tokenizer, config, answers, run_dir) from a run directory or its weights; no training data needed."""
+    from transformers import AutoTokenizer
+
+    from train import build_model
+
+    run_dir, weights = util.find_run(model_path, results_dir)
+    config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
+    answers = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
+    if len(answers) != config["num_answers"]:
+        raise ValueError(f"{run_dir}: answers.json has {len(answers)} answers but config.json says "
+                         f"{config['num_answers']}; the run directory is inconsistent.")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
+    model = build_model(config, run_dir=run_dir)
+    util.load_weights(model, weights)
+    return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
+
+
+def accuracy_table(df):
+    """{"A": {"accuracy", "n"}, "B": ..., "vqa": ..., "triple": ..., "abstract": ...} for types present."""
+    table = {}
+    for column, values in [("question_type", ["A", "B"]), ("category", ["vqa", "triple", "abstract"])]:
+        for value in values:
+            rows = df[df[column] == value]
+            if len(rows):
+                table[value] = {"accuracy": float(rows["correct"].mean()), "n": int(len(rows))}
+    return table
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", default=None, help="run directory or its .safetensors weights (default: newest run)")
+    p.add_argument("--infer_data", default="all", choices=["all", "abstract", "triple", "vqa"],
+                   help="category of test questions to evaluate")
+    p.add_argument("--data_dir", default=None, help="data directory (default: the one the run was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split to evaluate")
+    p.add_argument("--results_dir", default="results", help="where to look for the newest run")
+    p.add_argument("--batch_size", type=int, default=256, help="batch size")
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    args = p.parse_args()
+    import train
+
+    device = util.pick_device(args.device)
+    try:
+        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
+        data_dir = args.data_dir or config["data_dir"]
+        df = select_rows(read_data(data_dir), args.split, config["train_data"], args.infer_data, config.get("lang", "all"))
+    except (OfflineError, DataError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if len(df) == 0:
+        sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
+                 f"(train_data {config['train_data']}) in {data_dir}/data.csv.")
+    answer_to_id = {a: i for i, a in enumerate(answers)}
+    try:
+        images = ImageCache(data_dir, df["image"], config["img_size"])
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"])
+    loader = train.make_loader(dataset, args.batch_size, False, args.num_workers, device)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    result = train.predict(model, loader, device, precision, top_k=1, desc=args.split)
+
+    df["prediction"] = [answers[i] for i in result["pred"][:, 0].tolist()]
+    df["confidence"] = result["prob"][:, 0].tolist()
+    df["correct"] = df["prediction"] == df["answer"]
+    unknown = int((~df["answer"].isin(answer_to_id)).sum())
+    report = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": accuracy_table(df),
+              "unknown_answers": unknown, "model": run_dir, "data_dir": data_dir, "split": args.split,
+              "infer_data": args.infer_data}
+    df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{args.infer_data}.csv"), index=False)
+    util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), report)
+
+    print(f"{args.split} accuracy ({args.infer_data}): {100 * report['accuracy']:.2f}% on {report['n']} questions")
+    if unknown:
+        print(f"{unknown} {args.split} answers never occur in training; they count as wrong")
+    print(pd.DataFrame(report["by_type"]).T.assign(accuracy=lambda t: (100 * t["accuracy"]).round(2)).to_string())
+    print(f"wrote {run_dir}/predictions_{args.infer_data}.csv and eval_{args.infer_data}.json")
+
+
+if __name__ == "__main__":
+    main()

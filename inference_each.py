@@ -1,0 +1,73 @@
+"""Answer one question about one image with a trained run: prints the top-5 answers with probabilities.
+
+    python inference_each.py --model_path results/all_1228_1734 --image img.jpg --question "이미지 속 원은 무슨 색이야?"
+    python inference_each.py --model_path results/all_1228_1734 --index 12     # a test sample (default: a random one)
+"""
+import argparse
+import os
+import random
+import sys
+
+import torch
+
+import util
+from inference import load_run
+from model import OfflineError
+from vqa_dataset import DataError, load_image, read_data, select_rows, to_model_input
+
+
+@torch.no_grad()
+def answer(model, tokenizer, config, answers, image_path, question, device, top_k=5):
+    """[(answer, probability)] for an image file and a question string, preprocessed as in training."""
+    ids = tokenizer(question, truncation=True, max_length=config["max_token"], return_tensors="pt")
+    pixels = to_model_input(torch.from_numpy(load_image(image_path, config["img_size"]))[None], device)
+    logits = model(ids["input_ids"].to(device), ids["attention_mask"].to(device), pixels)
+    prob, index = torch.softmax(logits.float(), -1)[0].topk(min(top_k, len(answers)))
+    return [(answers[i], p) for i, p in zip(index.tolist(), prob.tolist())]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", default=None, help="run directory or its .safetensors weights (default: newest run)")
+    p.add_argument("--image", default=None, help="image file (with --question)")
+    p.add_argument("--question", default=None, help="question text (with --image)")
+    p.add_argument("--index", type=int, default=None, help="row of the test split to answer (default: random)")
+    p.add_argument("--data_dir", default=None, help="data directory for --index (default: the run's)")
+    p.add_argument("--seed", type=int, default=None, help="seed for picking the random test sample")
+    p.add_argument("--top_k", type=int, default=5, help="number of answers to show")
+    p.add_argument("--results_dir", default="results", help="where to look for the newest run")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    args = p.parse_args()
+    if (args.image is None) != (args.question is None):
+        p.error("--image and --question go together")
+
+    device = util.pick_device(args.device)
+    try:
+        model, tokenizer, config, answers, _ = load_run(args.model_path, device, args.results_dir)
+        gold = None
+        if args.image is not None:
+            image_path, question = args.image, args.question
+        else:
+            data_dir = args.data_dir or config["data_dir"]
+            test = select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "all"))
+            if len(test) == 0:
+                sys.exit(f"error: {data_dir}/data.csv has no test rows for train_data {config['train_data']}")
+            index = args.index if args.index is not None else random.Random(args.seed).randrange(len(test))
+            if not 0 <= index < len(test):
+                sys.exit(f"error: --index {index} is outside the test split (0..{len(test) - 1})")
+            row = test.iloc[index]
+            image_path, question, gold = os.path.join(data_dir, "image", row["image"]), row["question"], row["answer"]
+            print(f"test sample {index}: type {row['question_type']}, {row['category']}")
+        top = answer(model, tokenizer, config, answers, image_path, question, device, args.top_k)
+    except (OfflineError, DataError, FileNotFoundError, ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(f"image:    {image_path}")
+    print(f"question: {question}")
+    if gold is not None:
+        print(f"gold:     {gold}{'' if gold in answers else ' (never seen in training)'}")
+    for rank, (text, prob) in enumerate(top, 1):
+        print(f"  {rank}. {text:<20} {100 * prob:6.2f}%")
+
+
+if __name__ == "__main__":
+    main()

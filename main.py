@@ -1,0 +1,105 @@
+"""Train the VQA baseline.
+
+    python main.py --train_data all --n_epoch 50 --lr 3e-5 --batch_size 512 --max_token 50 [--use_transformer_layer]
+    python main.py --preset sample            # small model on the embedded sample, CPU, minutes, no download
+    torchrun --nproc_per_node 4 main.py ...   # several GPUs (or CPU processes) with DistributedDataParallel
+"""
+import argparse
+import sys
+
+# A preset fills in options; any flag given explicitly on the command line wins.
+PRESETS = {
+    # The embedded sample on a CPU in minutes, no download: a small XLM-R built from a config with a tokenizer
+    # trained on the questions, a narrow ResNet-10 at 64 px, all randomly initialised.
+    "sample": dict(
+        data_dir="data/sample", text_model="scratch", image_model="resnet10t", pretrained=False,
+        image_model_kwargs={"channels": [32, 64, 128, 256], "stem_width": 16},
+        scratch_text={"hidden": 128, "layers": 2, "heads": 4},
+        img_size=64, max_token=32, dim_h=256, dropout=0.0, text_pool="mean", n_heads=4,
+        n_epoch=20, batch_size=64, lr=2e-3, warmup=0.05, freeze_text_epochs=5, num_workers=0,
+    ),
+}
+
+
+def build_parser(suppress_defaults=False):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS if suppress_defaults else None)
+
+    def add(*names, **kw):
+        if suppress_defaults:
+            kw.pop("default", None)
+        p.add_argument(*names, **kw)
+
+    # the original's options
+    add("--train_data", default="all", choices=["A", "B", "all"],
+        help="A: questions answerable from the image, B: questions needing outside knowledge, all: both")
+    add("--n_epoch", type=int, default=50, help="number of epochs")
+    add("--lr", type=float, default=3e-5, help="peak learning rate (AdamW, linear warmup then cosine decay)")
+    add("--batch_size", type=int, default=512, help="global batch size (split across torchrun processes)")
+    add("--max_token", type=int, default=50, help="token max length of a question")
+    add("--use_transformer_layer", action="store_true", default=False,
+        help="add a Transformer encoder over image and question features after the fusion")
+    # data and run
+    add("--preset", default=None, choices=sorted(PRESETS), help="a named configuration; explicit flags override it")
+    add("--data_dir", default="data", help="directory with data.csv and image/")
+    add("--lang", default="all", choices=["all", "ko", "en", "bi"], help="keep rows of this language (column lang)")
+    add("--results_dir", default="results", help="run directories go to <results_dir>/<train_data>_<MMDD_HHMM>/")
+    add("--seed", type=int, default=42, help="random seed")
+    add("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    add("--num_workers", type=int, default=8, help="DataLoader worker processes per training process")
+    add("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    # model
+    add("--text_model", default="xlm-roberta-base",
+        help="Hugging Face model name or local directory; 'scratch' builds a small XLM-R with its own tokenizer")
+    add("--image_model", default="resnet50", help="timm model name or local directory (timm save_for_hf format)")
+    add("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+        help="start from pretrained weights (--no-pretrained: random initialisation)")
+    add("--img_size", type=int, default=224, help="image input size in pixels")
+    add("--dim_h", type=int, default=1024, help="hidden size of the classifier head")
+    add("--dropout", type=float, default=0.2, help="dropout on image features and the classifier head")
+    add("--text_pool", default="cls", choices=["cls", "mean"],
+        help="question feature: cls (the <s> token through the pooler, as the original) or mean over tokens")
+    add("--n_transformer_layers", type=int, default=1, help="layers of the fusion Transformer encoder")
+    add("--n_heads", type=int, default=8, help="attention heads of the fusion Transformer encoder")
+    add("--ablate", default="none", choices=["none", "image", "question"],
+        help="blank one input (image: question-only model; question: image-only model)")
+    # optimisation
+    add("--loss", default="focal", choices=["focal", "ce"], help="focal loss (the original's) or cross entropy")
+    add("--gamma", type=float, default=2.0, help="focal loss gamma")
+    add("--label_smoothing", type=float, default=0.0, help="label smoothing")
+    add("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
+    add("--warmup", type=float, default=0.05, help="fraction of steps for linear warmup")
+    add("--clip_grad", type=float, default=1.0, help="gradient norm clipping")
+    add("--freeze_text_epochs", type=int, default=0,
+        help="keep the text encoder fixed for the first N epochs while the rest learns (linear probing, then "
+             "fine-tuning); a text encoder trained from scratch otherwise collapses questions that differ in one word")
+    return p
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.image_model_kwargs, args.scratch_text = {}, {"hidden": 128, "layers": 2, "heads": 4}
+    if args.preset:
+        explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
+        for key, value in PRESETS[args.preset].items():
+            # the preset's image model options belong to its image model only
+            if key not in explicit and not (key == "image_model_kwargs" and "image_model" in explicit):
+                setattr(args, key, value)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from model import OfflineError
+    from vqa_dataset import DataError
+    import train
+
+    try:
+        return train.train(args)
+    except (OfflineError, DataError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The VQA model: a Hugging Face text encoder and a timm image encoder fused by element-wise product
+(as the original baseline), optionally followed by a Transformer encoder over image and question features.
+
+Also loads the encoders and tokenizer from the hub, a local directory, or (for the sample preset)
+builds small ones from scratch.
+"""
+import json
+import os
+import socket
+
+import timm
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+
+
+class OfflineError(Exception):
+    """A model must be fetched but there is no network and no local copy."""
+
+
+def _hub_reachable(timeout=3.0):
+    """One quick connection attempt, so that offline runs fail in seconds instead of the hub client's retries."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_message(kind, name, flag):
+    return (f"Cannot load the {kind} '{name}': it is not a local directory, not in the Hugging Face cache, "
+            f"and huggingface.co cannot be reached. Fix: download it on a machine with internet "
+            f"(e.g. `huggingface-cli download {name}`) and copy the HF cache (~/.cache/huggingface) here, "
+            f"or pass a local directory with {flag} PATH, or train offline with `--preset sample`.")
+
+
+def _from_pretrained(loader, name, kind, flag, **kwargs):
+    """loader.from_pretrained from a local dir, else the HF cache, else the hub; fails fast when offline."""
+    if os.path.isdir(name):
+        return loader.from_pretrained(name, **kwargs)
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise OfflineError(_offline_message(kind, name, flag))
+    return loader.from_pretrained(name, **kwargs)
+
+
+def load_tokenizer(name):
+    return _from_pretrained(AutoTokenizer, name, "tokenizer", "--text_model")
+
+
+def train_tokenizer(questions, vocab_size=2000):
+    """A small BPE tokenizer trained on the given questions, with XLM-R's special tokens and ids.
+
+    BPE keeps the few distinct words of a small corpus whole, which a small encoder trained from scratch
+    learns from much faster than from the single syllables a Unigram model falls back to there."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R's ids: <s>=0, <pad>=1, </s>=2
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(questions, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                                           show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+
+
+def build_text_encoder(name, pretrained=True, config_overrides=None):
+    """AutoModel by hub name or local directory; with pretrained=False only its config is used."""
+    if not pretrained:
+        config = _from_pretrained(AutoConfig, name, "text model config", "--text_model", **(config_overrides or {}))
+        return AutoModel.from_config(config)
+    return _from_pretrained(AutoModel, name, "text model", "--text_model")
+
+
+def small_text_config(vocab_size, max_token, hidden=128, layers=2, heads=4):
+    """A small encoder of the XLM-RoBERTa architecture, built from a config (no download)."""
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=hidden * 4,
+                            max_position_embeddings=max_token + 4, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                            type_vocab_size=1)
+
+
+def build_image_encoder(name, pretrained=True, **kwargs):
+    """timm backbone returning a feature map: hub name, or a local directory saved by timm.models.save_for_hf."""
+    kwargs = {**kwargs, "num_classes": 0, "global_pool": ""}  # the feature map, without a head
+    if os.path.isdir(name):
+        return timm.create_model("local-dir:" + os.path.abspath(name), pretrained=pretrained, **kwargs)
+    if pretrained and not _hub_reachable():
+        # timm's weights live on the HF hub; use a cached copy rather than let the hub client retry for a minute
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        cached = cfg and cfg.hf_hub_id and try_to_load_from_cache(cfg.hf_hub_id, "model.safetensors")
+        if not isinstance(cached, str):
+            raise OfflineError(_offline_message("image model", name, "--image_model"))
+        kwargs["pretrained_cfg_overlay"] = dict(file=cached)
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def image_model_spec(name, kwargs):
+    """(timm architecture, model kwargs) that rebuild the image encoder later without its source directory."""
+    if os.path.isdir(name):
+        with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        model_args = {k: v for k, v in saved.get("model_args", {}).items() if k not in ("num_classes", "global_pool")}
+        return saved["architecture"], {**model_args, **kwargs}
+    return name, dict(kwargs)
+
+
+class VQAModel(nn.Module):
+    """logits = classifier(drop(relu(LN(linear(i_f * q_f))))), as the original baseline.
+
+    With use_transformer_layer, a Transformer encoder runs over [fused, image, question, image grid tokens,
+    question tokens] and its first output replaces the fused feature.
+    """
+
+    def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
+                 use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls"):
+        super().__init__()
+        self.text_encoder = text_encoder
+        if getattr(text_encoder, "pooler", None) is not None:
+            if text_pool == "mean":
+                text_encoder.pooler = None  # unused; DistributedDataParallel needs every parameter to take part
+            else:
+                text_encoder.pooler.activation = nn.Identity()  # as the original: pooler dense without tanh
+        dim_q = text_encoder.config.hidden_size
+        self.image_encoder = image_encoder
+        self.image_proj = nn.Linear(image_encoder.num_features, dim_q)  # the original's replaced resnet fc
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(dim_q, dim_h)
+        self.h_layer_norm = nn.LayerNorm(dim_h)
+        self.classifier = nn.Linear(dim_h, num_answers)
+        self.ablate = ablate
+        self.text_pool = text_pool
+        self.use_transformer_layer = use_transformer_layer
+        if use_transformer_layer:
+            with torch.no_grad():
+                grid = image_encoder(torch.zeros(1, 3, img_size, img_size)).shape[-2:]
+            self.image_pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim_q))
+            self.type_embed = nn.Embedding(5, dim_q)  # fused, image, question, image grid, question tokens
+            layer = nn.TransformerEncoderLayer(dim_q, n_heads, dim_feedforward=4 * dim_q, dropout=0.1,
+                                               batch_first=True, norm_first=True)
+            self.fusion_encoder = nn.TransformerEncoder(layer, n_transformer_layers, enable_nested_tensor=False)
+
+    def forward(self, input_ids, attention_mask, image):
+        if self.ablate == "image":
+            image = torch.zeros_like(image)
+        if self.ablate == "question":  # every question replaced by the empty one, <s></s>
+            config = self.text_encoder.config
+            empty = [config.bos_token_id, config.eos_token_id]
+            input_ids = torch.tensor([empty], device=input_ids.device).expand(len(input_ids), 2)
+            attention_mask = torch.ones_like(input_ids)
+        text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.text_pool == "mean":  # masked mean over tokens: learns faster than <s> for a small encoder from scratch
+            mask = attention_mask[..., None].to(text.last_hidden_state.dtype)
+            q_f = (text.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
+        elif getattr(text, "pooler_output", None) is not None:
+            q_f = text.pooler_output
+        else:
+            q_f = text.last_hidden_state[:, 0]
+        fmap = self.image_encoder(image)  # B, C, H, W
+        i_f = self.drop(self.image_proj(fmap.mean(dim=(2, 3))))
+        fused = i_f * q_f
+        if self.use_transformer_layer:
+            grid_tokens = self.image_proj(fmap.flatten(2).transpose(1, 2)) + self.image_pos
+            q_tokens = text.last_hidden_state
+            tokens = torch.cat([fused[:, None], i_f[:, None], q_f[:, None], grid_tokens, q_tokens], dim=1)
+            types = torch.cat([torch.arange(3), torch.full((grid_tokens.shape[1],), 3),
+                               torch.full((q_tokens.shape[1],), 4)]).to(image.device)
+            tokens = tokens + self.type_embed(types)[None]
+            pad = torch.cat([torch.zeros(len(tokens), 3 + grid_tokens.shape[1], dtype=torch.bool, device=image.device),
+                             attention_mask == 0], dim=1)
+            fused = self.fusion_encoder(tokens, src_key_padding_mask=pad)[:, 0]
+        hidden = self.drop(torch.relu(self.h_layer_norm(self.linear(fused))))
+        return self.classifier(hidden)
