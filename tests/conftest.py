@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny synthetic data set and a tiny trained run, built once per test session."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import sample_data  # noqa: E402
+
+# Small and quick: the sample preset's model, a few epochs on a few hundred questions.
+TINY_TRAIN = ["--preset", "sample", "--n_epoch", "3", "--freeze_text_epochs", "1", "--batch_size", "32", "--num_workers", "0",
+              "--device", "cpu"]
+
+
+def run_script(*args, env=None, timeout=600):
+    """Runs a repo script as a user would, from the repo root; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "sample"
+    sample_data.generate(str(out), n_images=150, questions_per_image=4, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(sample_dir, tmp_path_factory):
+    """A run directory trained by main.py on the tiny sample."""
+    import main
+
+    results = tmp_path_factory.mktemp("results")
+    run_dir = main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(results)])
+    return Path(run_dir)

@@ -1,0 +1,131 @@
+"""Data loading, categories, the seeded split and its reuse, and the sample generator."""
+import pandas as pd
+import pytest
+
+import sample_data
+from vqa_dataset import SPLIT_FILE, DataError, build_answer_vocab, make_split, read_data, select_rows
+
+
+def write_csv(path, rows):
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path / "data.csv", index=False)
+
+
+def test_sample_is_in_canonical_format(sample_dir):
+    df = read_data(sample_dir)
+    assert len(df) == 600
+    assert set(df["question_type"]) == {"A", "B"}
+    assert set(df["category"]) == {"vqa", "triple", "abstract"}
+    assert set(df["lang"]) == {"ko"}
+    # type A rows carry no outside knowledge; every type B row carries a triple or an abstract
+    assert (df.loc[df["question_type"] == "A", "category"] == "vqa").all()
+    assert (df.loc[df["question_type"] == "B", "category"] != "vqa").all()
+    assert all((sample_dir / "image" / name).is_file() for name in df["image"].unique())
+
+
+def test_sample_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        sample_data.generate(str(tmp_path / name), n_images=20, seed=3, progress=False)
+    assert (tmp_path / "a" / "data.csv").read_bytes() == (tmp_path / "b" / "data.csv").read_bytes()
+    assert (tmp_path / "a/image/scene_00007.jpg").read_bytes() == (tmp_path / "b/image/scene_00007.jpg").read_bytes()
+
+
+def test_sample_english(tmp_path):
+    sample_data.generate(str(tmp_path), n_images=10, lang="en", progress=False)
+    df = read_data(tmp_path)
+    assert set(df["lang"]) == {"en"}
+    assert not df["question"].str.contains("[가-힣]").any() and not df["answer"].str.contains("[가-힣]").any()
+
+
+def test_split_is_seeded_stratified_and_reused(sample_dir):
+    df = read_data(sample_dir)
+    assert (sample_dir / SPLIT_FILE).is_file()
+    counts = df["split"].value_counts()
+    assert counts["train"] == 480 and counts["valid"] == 60 and counts["test"] == 60
+    # stratified: every frequent answer appears in every split
+    frequent = df["answer"].value_counts()
+    for answer in frequent[frequent >= 30].index:
+        assert set(df.loc[df["answer"] == answer, "split"]) == {"train", "valid", "test"}
+    # a second read reuses the saved split, and a fresh split with the same seed is identical
+    assert (read_data(sample_dir)["split"] == df["split"]).all()
+    assert (make_split(df) == df["split"].values).all()
+
+
+def test_split_is_remade_when_rows_change(tmp_path, sample_dir):
+    rows = pd.read_csv(sample_dir / "data.csv", dtype=str, keep_default_na=False)
+    write_csv(tmp_path, rows)
+    first = read_data(tmp_path)
+    write_csv(tmp_path, rows.iloc[::-1])
+    second = read_data(tmp_path)
+    assert len(first) == len(second)
+    assert not (second["image"].values == first["image"].values).all()
+    assert pd.read_csv(tmp_path / SPLIT_FILE)["image"].tolist() == second["image"].tolist()
+
+
+def test_explicit_split_and_categories(tmp_path):
+    write_csv(tmp_path, [
+        {"image": "a.jpg", "question": "q1", "answer": "x", "triple": "h|r|t", "abstract": "", "split": "train"},
+        {"image": "b.jpg", "question": "q2", "answer": "y", "triple": "", "abstract": "text", "split": "valid"},
+        {"image": "c.jpg", "question": "q3", "answer": "x", "triple": "", "abstract": "", "split": "test"},
+    ])
+    df = read_data(tmp_path)
+    assert df["category"].tolist() == ["triple", "abstract", "vqa"]
+    assert df["question_type"].tolist() == ["B", "B", "A"]  # inferred when the column is absent
+    assert df["split"].tolist() == ["train", "valid", "test"]
+    assert not (tmp_path / SPLIT_FILE).exists()
+    assert select_rows(df, "test")["question"].tolist() == ["q3"]
+    assert select_rows(df, infer_data="abstract")["question"].tolist() == ["q2"]
+    assert select_rows(df, train_data="B")["question"].tolist() == ["q1", "q2"]
+
+
+def test_answer_vocab_is_by_frequency():
+    df = pd.DataFrame({"answer": ["b", "a", "b", "c", "a", "b"]})
+    assert build_answer_vocab(df) == ["b", "a", "c"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"image": "a.jpg", "question": "q"}], "missing column(s) ['answer']"),
+    ([{"image": "a.jpg", "question": "q", "answer": "x", "split": "dev"}], "split must be one of"),
+    ([{"image": "a.jpg", "question": "q", "answer": "x", "question_type": "C"}], "question_type must be A or B"),
+])
+def test_bad_data_is_a_clear_error(tmp_path, rows, message):
+    write_csv(tmp_path, rows)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        read_data(tmp_path)
+
+
+def test_missing_data_says_how_to_fix(tmp_path):
+    with pytest.raises(DataError, match="download.py --sample"):
+        read_data(tmp_path)
+
+
+def test_image_cache_matches_decoding_and_is_rebuilt_when_images_change(tmp_path, sample_dir):
+    import os
+    import shutil
+
+    import numpy as np
+
+    from vqa_dataset import ImageCache, load_image
+
+    shutil.copytree(sample_dir / "image", tmp_path / "image")
+    names = ["scene_00002.jpg", "scene_00000.jpg", "scene_00001.jpg", "scene_00000.jpg"]
+    cache = ImageCache(tmp_path, names, 32, progress=False)
+    assert cache.array.shape == (3, 32, 32, 3) and cache.array.dtype == np.uint8
+    for name in set(names):
+        assert np.array_equal(cache.array[cache.row[name]], load_image(tmp_path / "image" / name, 32))
+    built = os.path.getmtime(cache.path)
+    again = ImageCache(tmp_path, names, 32, progress=False)
+    assert again.path == cache.path and os.path.getmtime(again.path) == built  # reused, not rebuilt
+    assert ImageCache(tmp_path, names, 48, progress=False).path != cache.path  # another size, another cache
+    shutil.copy(tmp_path / "image" / "scene_00005.jpg", tmp_path / "image" / "scene_00001.jpg")
+    changed = ImageCache(tmp_path, names, 32, progress=False)
+    assert changed.path != cache.path
+    assert np.array_equal(changed.array[changed.row["scene_00001.jpg"]], load_image(tmp_path / "image" / "scene_00005.jpg", 32))
+
+
+def test_missing_image_names_the_file(tmp_path, sample_dir):
+    from vqa_dataset import ImageCache
+
+    (tmp_path / "image").mkdir()
+    with pytest.raises(DataError, match="nowhere.jpg"):
+        ImageCache(tmp_path, ["nowhere.jpg"], 32, progress=False)

@@ -1,0 +1,78 @@
+"""inference.py and inference_each.py run as a user would run them, on a tiny trained run."""
+import json
+
+import pandas as pd
+
+from conftest import run_script
+from vqa_dataset import read_data, select_rows
+
+
+def test_inference_all(trained_run, sample_dir):
+    result = run_script("inference.py", "--model_path", trained_run, "--infer_data", "all", "--data_dir", sample_dir)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((trained_run / "eval_all.json").read_text())
+    predictions = pd.read_csv(trained_run / "predictions_all.csv", dtype=str, keep_default_na=False)
+    test = select_rows(read_data(sample_dir), "test")
+    assert report["n"] == len(test) == len(predictions)
+    assert report["accuracy"] == (predictions["prediction"] == predictions["answer"]).mean()
+    assert set(report["by_type"]) == {"A", "B", "vqa", "triple", "abstract"}
+    for name, column in [("A", "question_type"), ("B", "question_type"), ("triple", "category")]:
+        rows = predictions[predictions[column] == name]
+        assert report["by_type"][name]["n"] == len(rows)
+        assert report["by_type"][name]["accuracy"] == (rows["prediction"] == rows["answer"]).mean()
+    assert f"{100 * report['accuracy']:.2f}%" in result.stdout
+
+
+def test_inference_one_category_with_weights_file(trained_run, sample_dir):
+    weights = next(trained_run.glob("infer_model_*.safetensors"))
+    result = run_script("inference.py", "--model_path", weights, "--infer_data", "triple", "--data_dir", sample_dir)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((trained_run / "eval_triple.json").read_text())
+    assert set(report["by_type"]) == {"B", "triple"}
+    assert report["by_type"]["triple"]["n"] == report["n"] > 0
+
+
+def test_answers_unseen_in_training_count_as_wrong(trained_run, sample_dir, tmp_path):
+    data = pd.read_csv(sample_dir / "data.csv", dtype=str, keep_default_na=False)
+    data["split"] = read_data(sample_dir)["split"]
+    test_rows = data.index[data["split"] == "test"][:5]
+    data.loc[test_rows, "answer"] = "never-seen-answer"
+    (tmp_path / "image").symlink_to(sample_dir / "image")
+    data.to_csv(tmp_path / "data.csv", index=False)
+    result = run_script("inference.py", "--model_path", trained_run, "--data_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((trained_run / "eval_all.json").read_text())
+    assert report["unknown_answers"] == 5
+    assert "5 test answers never occur in training" in result.stdout
+    predictions = pd.read_csv(trained_run / "predictions_all.csv", dtype=str, keep_default_na=False)
+    assert (predictions.loc[predictions["answer"] == "never-seen-answer", "correct"] == "False").all()
+
+
+def test_inference_each_on_a_test_sample(trained_run, sample_dir):
+    result = run_script("inference_each.py", "--model_path", trained_run, "--index", "3", "--data_dir", sample_dir)
+    assert result.returncode == 0, result.stderr
+    test = select_rows(read_data(sample_dir), "test")
+    assert f"question: {test.loc[3, 'question']}" in result.stdout
+    assert f"gold:     {test.loc[3, 'answer']}" in result.stdout
+    shown = [line for line in result.stdout.splitlines() if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5."}]
+    assert len(shown) == 5
+    probabilities = [float(line.rsplit(None, 1)[-1].rstrip("%")) for line in shown]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 100.01
+
+
+def test_inference_each_on_an_image_and_question(trained_run, sample_dir):
+    image = sample_dir / "image" / "scene_00001.jpg"
+    result = run_script("inference_each.py", "--model_path", trained_run, "--image", image,
+                        "--question", "이미지에 도형이 몇 개 있어?")
+    assert result.returncode == 0, result.stderr
+    assert "question: 이미지에 도형이 몇 개 있어?" in result.stdout and "gold" not in result.stdout
+
+
+def test_bad_model_path_is_a_clear_error(tmp_path):
+    pickled = tmp_path / "infer_model_57.15.pt"
+    pickled.write_bytes(b"not really a pickle")
+    result = run_script("inference.py", "--model_path", pickled)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "only .safetensors" in result.stderr
+    result = run_script("inference_each.py", "--model_path", tmp_path / "missing")
+    assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,88 @@
+"""Training end to end on the tiny sample: it learns, writes a complete run directory, and its
+checkpoint round-trips to identical predictions."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+import util
+from inference import load_run
+from train import make_loader, predict
+from vqa_dataset import ImageCache, VQADataset, read_data, select_rows
+
+
+def valid_accuracy(model, tokenizer, config, answers, data_dir):
+    df = select_rows(read_data(data_dir), "valid", config["train_data"])
+    images = ImageCache(data_dir, df["image"], config["img_size"], progress=False)
+    dataset = VQADataset(df, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    return predict(model, make_loader(dataset, 64, False, 0, torch.device("cpu")), torch.device("cpu"))
+
+
+def test_run_directory_is_complete(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "answers.json", "history.json", "tokenizer", "text_encoder"} <= names
+    weights = list(trained_run.glob("infer_model_*.safetensors"))
+    assert len(weights) == 1  # only the best epoch is kept
+    config = json.loads((trained_run / "config.json").read_text())
+    assert weights[0].name == config["weights"] == f"infer_model_{100 * config['best_valid_acc']:.2f}.safetensors"
+    assert trained_run.name.startswith("all_")
+    assert not list(trained_run.rglob("*.tmp"))
+
+
+def test_training_learns(trained_run, sample_dir):
+    history = json.loads((trained_run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    valid = select_rows(read_data(sample_dir), "valid")
+    majority = valid["answer"].value_counts().iloc[0] / len(valid)
+    best = max(row["valid_acc"] for row in history)
+    assert best > 2 * majority, f"valid accuracy {best:.3f} is not clearly above the majority answer's {majority:.3f}"
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(trained_run, sample_dir, tmp_path):
+    model, tokenizer, config, answers, _ = load_run(str(trained_run))
+    first = valid_accuracy(model, tokenizer, config, answers, sample_dir)
+    # the saved weights reproduce the validation accuracy measured during training
+    assert first["accuracy"] == pytest.approx(config["best_valid_acc"], abs=1e-9)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    for old in copy.glob("infer_model_*.safetensors"):
+        old.unlink()
+    util.save_weights(model, str(copy / config["weights"]))
+    again = load_run(str(copy / config["weights"]))
+    second = valid_accuracy(*again[:4], sample_dir)
+    assert torch.equal(first["pred"], second["pred"]) and torch.equal(first["prob"], second["prob"])
+
+
+def test_weights_that_do_not_match_are_refused(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["dim_h"] += 1
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match"):
+        load_run(str(copy))
+
+
+def test_run_dirs_are_never_overwritten(tmp_path):
+    first = util.make_run_dir(str(tmp_path), "A")
+    second = util.make_run_dir(str(tmp_path), "A")
+    assert first != second and second.startswith(first)
+
+
+def test_train_data_b_uses_only_type_b(sample_dir, tmp_path):
+    import main
+    from conftest import TINY_TRAIN
+
+    run_dir = main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(tmp_path),
+                                      "--train_data", "B", "--n_epoch", "1", "--use_transformer_layer"])
+    config = json.loads((tmp_path / run_dir.split("/")[-1] / "config.json").read_text())
+    answers = json.loads((tmp_path / run_dir.split("/")[-1] / "answers.json").read_text())
+    df = read_data(sample_dir)
+    type_b_train = df[(df["split"] == "train") & (df["question_type"] == "B")]
+    assert sorted(answers) == sorted(type_b_train["answer"].unique())
+    assert config["data_stats"]["train"] == len(type_b_train) and config["use_transformer_layer"]
+    assert run_dir.split("/")[-1].startswith("B_")
