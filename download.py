@@ -1,15 +1,29 @@
-"""Get the data.
+"""Get the data into data/data.csv + data/image/.
 
-    python download.py            # the original image archive (Google Drive, 12.97 GB) into data/image/
-    python download.py --sample   # the embedded synthetic sample into data/sample/ (offline, seconds)
+    python download.py                        # the original image archive (Google Drive, 12.97 GB) into data/image/
+    python download.py --zip PATH/image.zip   # unpack an archive downloaded by hand
+    python download.py --sample [--lang en]   # the embedded synthetic sample into data/sample/ (offline, seconds)
+    python download.py --from_csv BOKVQA_data_ko.csv [BOKVQA_data_en.csv] [--test_csv TEST.csv] --image_dir DIR
+                                              # import a BOK-VQA, NIA-style or canonical CSV into data/
 """
 import argparse
+import ast
 import os
+import shutil
 import socket
+import stat
 import sys
 import zipfile
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from vqa_dataset import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, DataError, derive_columns, read_csv, validate
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
+ARCHIVE_BYTES = 12.97e9  # as the original README gives it; no checksum was published
+UNPACKED_MARKER = ".unpacked"
 MANUAL_INSTRUCTIONS = f"""
 이미지를 자동으로 받을 수 없습니다. g-drive에서 `image.zip` 파일을 직접 다운로드 하셔야 합니다 (12.97GB):
   https://drive.google.com/file/d/{GDRIVE_FILE_ID}/view?usp=sharing
@@ -20,6 +34,15 @@ then run `python download.py --zip PATH/image.zip` to unpack it into data/image/
 directory under data/ yourself).
 """
 
+# The CSV formats the importer knows, by the columns that identify them.
+FORMATS = {
+    "canonical": REQUIRED_COLUMNS,
+    "BOK-VQA": ["img_name", "question", "h", "r", "t", "answer", "fold"],
+    "NIA": ["img_path", "question", "answer", "main_obj", "Triple", "Abstract"],
+}
+
+
+# ---------------------------------------------------------------- the original archive
 
 def drive_reachable(timeout=3.0):
     try:
@@ -29,49 +52,247 @@ def drive_reachable(timeout=3.0):
         return False
 
 
+def check_free_space(directory, needed_bytes):
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise DataError(f"{os.path.abspath(directory)} has {free / 1e9:.1f} GB free but {needed_bytes / 1e9:.1f} GB "
+                        f"are needed (the archive and its unpacked images). Free some space or use --data_dir.")
+
+
+def unsafe_entries(archive):
+    """Entries that could write outside the target directory: absolute paths, '..' components, links."""
+    bad = []
+    for info in archive.infolist():
+        name = info.filename.replace("\\", "/")
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+            bad.append(f"{info.filename} (absolute path)")
+        elif ".." in PurePosixPath(name).parts:
+            bad.append(f"{info.filename} ('..' in the path)")
+        elif stat.S_ISLNK(info.external_attr >> 16):
+            bad.append(f"{info.filename} (a link)")
+    return bad
+
+
 def unpack(zip_path, data_dir):
-    with zipfile.ZipFile(zip_path) as zf:
-        zf.extractall(data_dir)
+    """Unpacks an image archive into data_dir/image/, refusing it whole if any entry is unsafe."""
+    image_dir = os.path.join(data_dir, "image")
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{zip_path} is not a readable zip archive ({e}); download it again.") from None
+    with archive:
+        bad = unsafe_entries(archive)
+        if bad:
+            raise DataError(f"{zip_path}: refused, nothing was unpacked; {len(bad)} entries could write outside "
+                            f"{data_dir}/: " + ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        # the original archive holds image/...; an archive of bare files goes into image/ all the same
+        inside_image = all(m.filename.replace("\\", "/").startswith("image/") for m in members)
+        target = data_dir if inside_image else image_dir
+        check_free_space(data_dir if os.path.isdir(data_dir) else ".", sum(m.file_size for m in members))
+        from tqdm import tqdm
+
+        root = os.path.realpath(target)
+        for member in tqdm(members, desc=f"unpacking {os.path.basename(zip_path)}", dynamic_ncols=True):
+            path = os.path.realpath(os.path.join(target, member.filename))
+            if os.path.commonpath([root, path]) != root:  # belt and braces after unsafe_entries
+                raise DataError(f"{zip_path}: entry {member.filename} would be written outside {target}")
+            archive.extract(member, target)
+    with open(os.path.join(image_dir, UNPACKED_MARKER), "w", encoding="utf-8") as f:
+        f.write(f"{os.path.basename(zip_path)} {len(members)}\n")
+    print(f"unpacked {len(members)} files into {image_dir}/")
 
 
 def download_images(data_dir):
     image_dir = os.path.join(data_dir, "image")
-    if os.path.isdir(image_dir) and os.listdir(image_dir):
-        print(f"{image_dir} already holds images; nothing to do.")
+    if os.path.isfile(os.path.join(image_dir, UNPACKED_MARKER)):
+        print(f"{image_dir}/ already holds the unpacked archive; nothing to do.")
         return
-    if not drive_reachable():
-        sys.exit("error: Google Drive cannot be reached (offline?)." + MANUAL_INSTRUCTIONS)
-    import gdown
-
-    zip_path = os.path.join(data_dir, "image.zip")
     os.makedirs(data_dir, exist_ok=True)
-    try:
-        gdown.download(id=GDRIVE_FILE_ID, output=zip_path, quiet=False, resume=True)
-    except Exception as e:  # gdown raises on the Drive quota page ("Too many users have viewed or downloaded")
-        sys.exit(f"error: download failed: {e}" + MANUAL_INSTRUCTIONS)
+    zip_path = os.path.join(data_dir, "image.zip")
+    if not (os.path.isfile(zip_path) and os.path.getsize(zip_path) >= 0.99 * ARCHIVE_BYTES):
+        if not drive_reachable():
+            sys.exit("error: Google Drive cannot be reached (offline?)." + MANUAL_INSTRUCTIONS)
+        partial = os.path.getsize(zip_path) if os.path.isfile(zip_path) else 0
+        check_free_space(data_dir, 2 * ARCHIVE_BYTES - partial)
+        import gdown
+
+        try:  # resume=True continues a partial image.zip
+            gdown.download(id=GDRIVE_FILE_ID, output=zip_path, quiet=False, resume=True)
+        except Exception as e:  # gdown raises on the Drive quota page ("Too many users have viewed or downloaded")
+            sys.exit(f"error: the download failed: {e}" + MANUAL_INSTRUCTIONS)
+    size = os.path.getsize(zip_path)
+    if abs(size - ARCHIVE_BYTES) > 0.01 * ARCHIVE_BYTES:
+        sys.exit(f"error: {zip_path} has {size / 1e9:.2f} GB, not the expected {ARCHIVE_BYTES / 1e9:.2f} GB; "
+                 f"delete it and run again, or download it by hand." + MANUAL_INSTRUCTIONS)
     unpack(zip_path, data_dir)
+
+
+# ---------------------------------------------------------------- importing CSVs
+
+def detect_format(columns, path):
+    present = set(columns)
+    for name, required in FORMATS.items():
+        if set(required) <= present:
+            return name
+    known = "\n".join(f"  {name}: {', '.join(required)}" for name, required in FORMATS.items())
+    raise DataError(f"{path}: unknown CSV format; its header is {list(columns)}. Known formats and their "
+                    f"columns:\n{known}\n(the canonical format may also have {', '.join(OPTIONAL_COLUMNS)}).")
+
+
+def language(questions):
+    """'ko' when most questions contain Hangul, else 'en'."""
+    return "ko" if questions.str.contains("[가-힣]").mean() > 0.5 else "en"
+
+
+def nia_triple(text):
+    """A NIA export's Triple cell, a Python-list string, as 'head|relation|tail' (several joined by ';')."""
+    if text.strip() in ("", "[]", "nan"):
+        return ""
+    value = ast.literal_eval(text)  # literals only: never runs code
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("not a list")
+    triples = [value] if value and all(isinstance(v, str) for v in value) else list(value)
+    if not all(isinstance(t, (list, tuple)) and len(t) == 3 for t in triples):
+        raise ValueError("not a list of [head, relation, tail]")
+    return ";".join("|".join(str(part).strip() for part in t) for t in triples)
+
+
+def convert(path, split=None):
+    """One CSV as canonical rows, plus the source file and row of each; conversion faults raise DataError."""
+    raw = read_csv(path)
+    kind = detect_format(raw.columns, path)
+    out = pd.DataFrame({"row": np.arange(2, len(raw) + 2)})
+    problems = []
+    if kind == "BOK-VQA":
+        out["image"] = raw["img_name"].str.strip().values
+        out["question"], out["answer"] = raw["question"].values, raw["answer"].values
+        out["question_type"] = "B"
+        out["triple"] = (raw["h"].str.strip() + "|" + raw["r"].str.strip() + "|" + raw["t"].str.strip()).values
+        out["abstract"] = ""
+        fold = pd.to_numeric(raw["fold"], errors="coerce")
+        problems += [(r, "column fold is not a number") for r in out["row"][fold.isna().values]]
+        out["split"] = np.where(fold.values == 1, "valid", "train")
+    elif kind == "NIA":
+        out["image"] = [os.path.basename(p.replace("\\", "/")) for p in raw["img_path"]]
+        out["question"], out["answer"] = raw["question"].values, raw["answer"].values
+        triples = []
+        for row, cell in zip(out["row"], raw["Triple"]):
+            try:
+                triples.append(nia_triple(cell))
+            except (ValueError, SyntaxError) as e:
+                triples.append("")
+                problems.append((row, f"column Triple is not a Python list of [head, relation, tail] ({e})"))
+        out["triple"], out["abstract"] = triples, raw["Abstract"].str.strip().values
+        out["question_type"] = np.where((out["triple"] != "") | (out["abstract"] != ""), "B", "A")
+        out["split"] = ""
+        # paths of another machine are rebased by file name: two different files with one name are ambiguous
+        full = raw["img_path"].str.strip().values
+        names = pd.DataFrame({"name": out["image"], "full": full}).drop_duplicates()
+        clash = names[names["name"].duplicated(keep=False)]["name"]
+        problems += [(r, f"column img_path: another row has a different file named {n}")
+                     for r, n in zip(out["row"], out["image"]) if n in set(clash)]
+    else:
+        for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+            out[column] = raw[column].values if column in raw.columns else ""
+    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+        out[column] = out[column].fillna("").astype(str).str.strip() if column in out else ""
+    derive_columns(out)
+    if split is not None:
+        out["split"] = split
+    out["lang"] = language(out["question"]) if kind != "canonical" or (out["lang"] == "").all() else out["lang"]
+    out["source"] = path
+    if problems:
+        lines = "\n".join(f"  row {r}: {text}" for r, text in problems[:30])
+        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
+        raise DataError(f"{path} ({kind}): {len(problems)} rows cannot be converted (header is row 1):\n{lines}{more}")
+    print(f"{path}: {kind} format, {len(out)} rows, language {out['lang'].iloc[0] if len(out) else '-'}")
+    return out
+
+
+def link_images(names, image_dir, out_image_dir):
+    """Makes each image available under out_image_dir as a link into image_dir (nothing to do if they are one)."""
+    os.makedirs(out_image_dir, exist_ok=True)
+    if os.path.samefile(image_dir, out_image_dir):
+        return
+    for name in names:
+        target, link = os.path.abspath(os.path.join(image_dir, name)), os.path.join(out_image_dir, name)
+        if os.path.lexists(link):
+            if os.path.islink(link) and os.readlink(link) == target:
+                continue
+            os.remove(link)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(target, link)
+
+
+def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False):
+    """Writes out_dir/data.csv (canonical) and out_dir/image/ (links) from the given CSVs; returns the row count."""
+    if not os.path.isdir(image_dir):
+        raise DataError(f"--image_dir {image_dir} is not a directory: give the directory that holds the images.")
+    parts = [convert(p) for p in csv_paths] + [convert(p, split="test") for p in test_paths]
+    kept, skipped = [], []
+    for part in parts:  # validated file by file, so that row numbers refer to that file
+        good, bad = validate(part, out_dir, skip_bad, image_dir=image_dir, source=part["source"].iloc[0])
+        kept.append(good)
+        skipped.append(bad)
+    data = pd.concat(kept, ignore_index=True)
+    skipped = pd.concat(skipped, ignore_index=True)
+    os.makedirs(out_dir, exist_ok=True)
+    link_images(data["image"].unique(), image_dir, os.path.join(out_dir, "image"))
+    columns = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    if (data["split"] == "").all():
+        columns.remove("split")  # read_data then makes the seeded split
+    path = os.path.join(out_dir, "data.csv")
+    data[columns].to_csv(path + ".tmp", index=False)
+    os.replace(path + ".tmp", path)
+    if len(skipped):
+        skipped.rename(columns={"row": "source_row"}).to_csv(os.path.join(out_dir, "skipped_rows.csv"), index=False)
+        print(f"--skip_bad: skipped {len(skipped)} rows with problems, listed in {out_dir}/skipped_rows.csv")
+        for source, row, problem in skipped[["source", "row", "problem"]].head(20).itertuples(index=False):
+            print(f"  {source} row {row}: {problem}")
+    counts = data["split"].replace("", "(seeded split)").value_counts().to_dict()
+    print(f"wrote {len(data)} rows to {path} ({counts}; languages {data['lang'].value_counts().to_dict()}) "
+          f"and {data['image'].nunique()} images to {out_dir}/image/")
+    if "test" not in counts and (data["split"] != "").any():
+        print("note: no --test_csv was given, so the data has no test split; inference.py --split valid evaluates "
+              "on the validation rows.")
+    return len(data)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default="data", help="where data.csv and image/ live")
-    p.add_argument("--sample", action="store_true", help="generate the synthetic sample data set instead")
-    p.add_argument("--lang", default="ko", choices=["ko", "en"], help="language of the sample's questions")
-    p.add_argument("--out", default=None, help="sample output directory (default data/sample, data/sample_en for --lang en)")
+    p.add_argument("--zip", default=None, help="unpack an image archive downloaded by hand")
+    p.add_argument("--sample", action="store_true", help="generate the synthetic sample data set")
+    p.add_argument("--lang", default="ko", choices=["ko", "en"], help="sample: language of the questions")
     p.add_argument("--n_images", type=int, default=3200, help="sample: number of images (4 questions each)")
     p.add_argument("--seed", type=int, default=0, help="sample: random seed")
-    p.add_argument("--zip", default=None, help="unpack an image archive downloaded by hand")
+    p.add_argument("--from_csv", nargs="+", default=None,
+                   help="import these CSVs (BOK-VQA, NIA-style or canonical; several for bilingual data)")
+    p.add_argument("--test_csv", nargs="+", default=[], help="import: CSVs whose rows become the test split")
+    p.add_argument("--image_dir", default=None, help="import: the directory that holds the images")
+    p.add_argument("--out", default=None,
+                   help="output directory (import: default --data_dir; sample: data/sample or data/sample_en)")
+    p.add_argument("--skip_bad", action="store_true",
+                   help="import: leave out rows with problems instead of stopping; listed in skipped_rows.csv")
     args = p.parse_args()
-    if args.sample:
-        import sample_data
+    try:
+        if args.sample:
+            import sample_data
 
-        out = args.out or os.path.join(args.data_dir, "sample" if args.lang == "ko" else "sample_en")
-        n = sample_data.generate(out, n_images=args.n_images, lang=args.lang, seed=args.seed)
-        print(f"wrote {n} questions on {args.n_images} images to {out}/data.csv and {out}/image/")
-    elif args.zip:
-        unpack(args.zip, args.data_dir)
-    else:
-        download_images(args.data_dir)
+            out = args.out or os.path.join(args.data_dir, "sample" if args.lang == "ko" else "sample_en")
+            n = sample_data.generate(out, n_images=args.n_images, lang=args.lang, seed=args.seed)
+            print(f"wrote {n} questions on {args.n_images} images to {out}/data.csv and {out}/image/")
+        elif args.from_csv:
+            if not args.image_dir:
+                p.error("--from_csv needs --image_dir, the directory that holds the images")
+            import_csv(args.from_csv, args.test_csv, args.image_dir, args.out or args.data_dir, args.skip_bad)
+        elif args.zip:
+            unpack(args.zip, args.data_dir)
+        else:
+            download_images(args.data_dir)
+    except DataError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

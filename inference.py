@@ -8,12 +8,11 @@ import argparse
 import os
 import sys
 
-import pandas as pd
 import torch
 
 import util
 from model import OfflineError
-from vqa_dataset import DataError, ImageCache, VQADataset, read_data, select_rows
+from vqa_dataset import DataError, ImageCache, VQADataset, read_data, select_rows, validate
 
 
 def load_run(model_path=None, device="cpu", results_dir="results"):
@@ -56,6 +55,8 @@ def main():
     p.add_argument("--batch_size", type=int, default=256, help="batch size")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--skip_bad", action="store_true",
+                   help="leave out rows with problems instead of stopping; written to skipped_rows_<infer_data>.csv")
     args = p.parse_args()
     import train
 
@@ -63,17 +64,19 @@ def main():
     try:
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
         data_dir = args.data_dir or config["data_dir"]
-        df = select_rows(read_data(data_dir), args.split, config["train_data"], args.infer_data, config.get("lang", "all"))
+        df = select_rows(read_data(data_dir), args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
+        df, skipped = validate(df, data_dir, args.skip_bad)
+        if len(df) == 0:
+            sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
+                     f"(train_data {config['train_data']}) in {data_dir}/data.csv.")
+        images = ImageCache(data_dir, df["image"], config["img_size"])
     except (OfflineError, DataError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    if len(df) == 0:
-        sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
-                 f"(train_data {config['train_data']}) in {data_dir}/data.csv.")
+    if len(skipped):
+        skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{args.infer_data}.csv"), index=False)
+        print(f"--skip_bad: skipped {len(skipped)} rows with problems, listed in "
+              f"{run_dir}/skipped_rows_{args.infer_data}.csv")
     answer_to_id = {a: i for i, a in enumerate(answers)}
-    try:
-        images = ImageCache(data_dir, df["image"], config["img_size"])
-    except DataError as e:
-        sys.exit(f"error: {e}")
     dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"])
     loader = train.make_loader(dataset, args.batch_size, False, args.num_workers, device)
     precision = "bf16" if device.type == "cuda" else "fp32"
@@ -84,15 +87,17 @@ def main():
     df["correct"] = df["prediction"] == df["answer"]
     unknown = int((~df["answer"].isin(answer_to_id)).sum())
     report = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": accuracy_table(df),
-              "unknown_answers": unknown, "model": run_dir, "data_dir": data_dir, "split": args.split,
-              "infer_data": args.infer_data}
+              "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
+              "split": args.split, "infer_data": args.infer_data}
     df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{args.infer_data}.csv"), index=False)
     util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), report)
 
     print(f"{args.split} accuracy ({args.infer_data}): {100 * report['accuracy']:.2f}% on {report['n']} questions")
     if unknown:
         print(f"{unknown} {args.split} answers never occur in training; they count as wrong")
-    print(pd.DataFrame(report["by_type"]).T.assign(accuracy=lambda t: (100 * t["accuracy"]).round(2)).to_string())
+    print(f"{'type':<10}{'accuracy':>10}{'n':>8}")
+    for name, row in report["by_type"].items():
+        print(f"{name:<10}{100 * row['accuracy']:>9.2f}%{row['n']:>8}")
     print(f"wrote {run_dir}/predictions_{args.infer_data}.csv and eval_{args.infer_data}.json")
 
 

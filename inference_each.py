@@ -49,7 +49,7 @@ def main():
             image_path, question = args.image, args.question
         else:
             data_dir = args.data_dir or config["data_dir"]
-            test = select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "all"))
+            test = select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
             if len(test) == 0:
                 sys.exit(f"error: {data_dir}/data.csv has no test rows for train_data {config['train_data']}")
             index = args.index if args.index is not None else random.Random(args.seed).randrange(len(test))

@@ -42,7 +42,11 @@ def build_parser(suppress_defaults=False):
     # data and run
     add("--preset", default=None, choices=sorted(PRESETS), help="a named configuration; explicit flags override it")
     add("--data_dir", default="data", help="directory with data.csv and image/")
-    add("--lang", default="all", choices=["all", "ko", "en", "bi"], help="keep rows of this language (column lang)")
+    add("--lang", default="bi", choices=["bi", "ko", "en"],
+        help="rows of this language (column lang): ko, en, or bi for both")
+    add("--skip_bad", action="store_true", default=False,
+        help="leave out rows with problems (empty fields, duplicates, bad images) instead of stopping; they are "
+             "printed and written to skipped_rows.csv in the run directory")
     add("--results_dir", default="results", help="run directories go to <results_dir>/<train_data>_<MMDD_HHMM>/")
     add("--seed", type=int, default=42, help="random seed")
     add("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")

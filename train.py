@@ -17,13 +17,13 @@ import util
 from focal import build_loss
 from model import (VQAModel, build_image_encoder, build_text_encoder, image_model_spec, load_tokenizer,
                    small_text_config, train_tokenizer)
-from vqa_dataset import ImageCache, VQADataset, build_answer_vocab, collate, read_data, select_rows, to_model_input
+from vqa_dataset import ImageCache, VQADataset, build_answer_vocab, collate, load_data, select_rows, to_model_input
 
 SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
 CONFIG_KEYS = ["train_data", "data_dir", "lang", "text_model", "image_model", "pretrained", "img_size", "max_token",
                "dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool",
                "loss", "gamma", "label_smoothing", "n_epoch", "lr", "batch_size", "weight_decay", "warmup",
-               "freeze_text_epochs", "seed", "preset"]
+               "freeze_text_epochs", "seed", "preset", "skip_bad"]
 
 
 def build_model(config, tokenizer=None, run_dir=None):
@@ -106,7 +106,7 @@ def train(args):
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     log = print if is_main else (lambda *a, **k: None)
 
-    df = read_data(args.data_dir)
+    df, skipped = load_data(args.data_dir, args.skip_bad, progress=is_main)
     train_df = select_rows(df, "train", args.train_data, lang=args.lang)
     valid_df = select_rows(df, "valid", args.train_data, lang=args.lang)
     if len(train_df) == 0 or len(valid_df) == 0:
@@ -158,8 +158,10 @@ def train(args):
         tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
         model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
         util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), answers)
+        if len(skipped):
+            skipped.to_csv(os.path.join(run_dir, "skipped_rows.csv"), index=False)
         config["data_stats"] = {"train": len(train_df), "valid": len(valid_df), "answers": len(answers),
-                                "valid_unknown_answers": unknown_valid}
+                                "valid_unknown_answers": unknown_valid, "skipped_rows": len(skipped)}
         util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
         log(f"run directory: {run_dir}")
 

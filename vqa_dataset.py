@@ -4,6 +4,8 @@ data_dir/data.csv columns: image (path under data_dir/image/), question, answer,
 question_type (A|B), triple (head|relation|tail), abstract, split (train|valid|test), lang (ko|en).
 """
 import hashlib
+import io
+import json
 import os
 
 import numpy as np
@@ -25,13 +27,37 @@ class DataError(Exception):
     """Bad input data; the message names the file, rows and columns and says how to fix it."""
 
 
+def read_csv(path):
+    """A CSV in UTF-8 (with or without BOM) or CP949/EUC-KR, as strings; any other encoding is a clear error."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as utf8_error:
+        try:
+            text = raw.decode("cp949")  # a superset of EUC-KR: Korean exports from Windows tools
+        except UnicodeDecodeError:
+            line = raw[:utf8_error.start].count(b"\n") + 1
+            raise DataError(f"{path}: the text is neither UTF-8 nor CP949/EUC-KR (undecodable byte "
+                            f"{raw[utf8_error.start]:#04x} on line {line}). Re-save the file as UTF-8.") from None
+    if "\x00" in text:
+        raise DataError(f"{path}: the text holds NUL characters (UTF-16?); re-save the file as UTF-8.")
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: not a well-formed CSV ({e}). Check the quoting on that line.") from None
+
+
 def read_data(data_dir):
-    """Reads data_dir/data.csv into a DataFrame with every canonical column, split and category filled."""
+    """data_dir/data.csv with every canonical column, its spreadsheet row number, category and split filled.
+
+    Row-level problems are left for validate(); only problems with the whole file raise here."""
     path = os.path.join(data_dir, "data.csv")
     if not os.path.isfile(path):
         raise DataError(f"{path} not found. Build the sample with `python download.py --sample` "
-                        f"(then use --data_dir data/sample or --preset sample), or put your data.csv there.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+                        f"(then use --data_dir data/sample or --preset sample), import your data with "
+                        f"`python download.py --from_csv ...`, or put your data.csv there.")
+    df = read_csv(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. "
@@ -39,48 +65,177 @@ def read_data(data_dir):
     for column in OPTIONAL_COLUMNS:
         if column not in df.columns:
             df[column] = ""
-    for column in ["question", "answer", "triple", "abstract", "question_type", "split", "lang"]:
+    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
         df[column] = df[column].str.strip()
-    df["category"] = np.where(df["triple"] != "", "triple", np.where(df["abstract"] != "", "abstract", "vqa"))
-    # Without an explicit type, a row that carries outside knowledge is type B.
-    df["question_type"] = np.where(df["question_type"] != "", df["question_type"],
-                                   np.where(df["category"] == "vqa", "A", "B"))
-    bad_type = df.index[~df["question_type"].isin(["A", "B"])]
-    if len(bad_type):
-        raise DataError(f"{path}: column question_type must be A or B; rows {_rows(bad_type)} have "
-                        f"{sorted(set(df.loc[bad_type, 'question_type']))}.")
+    df.insert(0, "row", np.arange(2, len(df) + 2))  # as a spreadsheet shows it: the header is row 1
+    derive_columns(df)
     if (df["split"] == "").all():
         df["split"] = _load_or_make_split(data_dir, df)
-    bad_split = df.index[~df["split"].isin(SPLITS)]
-    if len(bad_split):
-        raise DataError(f"{path}: column split must be one of {SPLITS}; rows {_rows(bad_split)} have "
-                        f"{sorted(set(df.loc[bad_split, 'split']))}. Fill it for every row or drop the column.")
     return df
 
 
-def _rows(index, limit=10):
-    """Row numbers as a user sees them in a spreadsheet: header is line 1, first data row line 2."""
-    lines = [str(i + 2) for i in list(index)[:limit]]
-    return ", ".join(lines) + (f" (and {len(index) - limit} more)" if len(index) > limit else "")
+def derive_columns(df):
+    """Fills category (triple, abstract or vqa) and, where it is empty, question_type (B with knowledge, else A)."""
+    df["category"] = np.where(df["triple"] != "", "triple", np.where(df["abstract"] != "", "abstract", "vqa"))
+    df["question_type"] = np.where(df["question_type"] != "", df["question_type"],
+                                   np.where(df["category"] == "vqa", "A", "B"))
+    return df
+
+
+def _rows(rows, limit=10):
+    """'row 7' or 'rows 3, 9, ... and 12 more'."""
+    rows = list(rows)
+    text = ", ".join(map(str, rows[:limit])) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+    return ("rows " if len(rows) > 1 else "row ") + text
+
+
+def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source=None):
+    """Checks every row: required fields, allowed values, duplicates and the image file.
+
+    Returns (good rows, skipped rows with a problem column). Without skip_bad, any problem raises one DataError
+    that lists them all, by row number, column and file. image_dir defaults to data_dir/image, source (the file
+    named in messages) to data_dir/data.csv."""
+    path = source or os.path.join(data_dir, "data.csv")
+    image_dir = image_dir or os.path.join(data_dir, "image")
+    problems = pd.Series("", index=df.index)
+
+    def flag(mask, text):
+        problems[mask & (problems == "")] = text
+
+    flag(df["question"] == "", "column question is empty")
+    flag(df["answer"] == "", "column answer is empty")
+    flag(~df["question_type"].isin(["A", "B"]), "column question_type is not A or B")
+    no_split = (df["split"] == "").all()  # read_data makes the seeded split for such data
+    flag(~df["split"].isin(SPLITS) & ~no_split, f"column split is not one of {', '.join(SPLITS)}")
+    duplicate = df.duplicated(["image", "question", "answer"], keep="first")
+    first_row = df.drop_duplicates(["image", "question", "answer"]).set_index(["image", "question", "answer"])["row"]
+    for i in df.index[duplicate & (problems == "")]:
+        problems[i] = f"duplicate of row {first_row[(df.at[i, 'image'], df.at[i, 'question'], df.at[i, 'answer'])]}"
+    image_faults = check_images(data_dir, df["image"].unique(), progress=progress, image_dir=image_dir)
+    for i in df.index[(df["image"].map(image_faults) != "") & (problems == "")]:
+        name = df.at[i, "image"]
+        problems[i] = f"column image: {os.path.join(image_dir, name)} {image_faults[name]}"
+
+    bad = problems != ""
+    skipped = df[bad].assign(problem=problems[bad])
+    if bad.any() and not skip_bad:
+        lines = [f"  {_rows(group['row'])}: {kind}" for kind, group in skipped.groupby("problem", sort=False)]
+        shown = lines[:30] + ([f"  ... and {len(lines) - 30} more kinds of problem"] if len(lines) > 30 else [])
+        raise DataError(f"{path}: problems in {int(bad.sum())} of {len(df)} rows (row numbers as in a "
+                        f"spreadsheet, the header is row 1):\n" + "\n".join(shown) +
+                        "\nFix them, or run again with --skip_bad to leave those rows out (they are then listed "
+                        "in skipped_rows.csv).")
+    return df[~bad], skipped
+
+
+def load_data(data_dir, skip_bad=False, progress=True):
+    """read_data + validate: (good rows, skipped rows); says how many rows were skipped and which."""
+    df, skipped = validate(read_data(data_dir), data_dir, skip_bad, progress)
+    if len(skipped) and progress:
+        print(f"--skip_bad: skipped {len(skipped)} of {len(df) + len(skipped)} rows of {data_dir}/data.csv:")
+        for row, problem in skipped[["row", "problem"]].head(20).itertuples(index=False):
+            print(f"  row {row}: {problem}")
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more (all in skipped_rows.csv)")
+    return df, skipped
+
+
+def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None):
+    """{name: problem} for image files that are missing, unreadable, empty, truncated or corrupt ('' when fine).
+
+    Reads only each file's header and its last bytes, in parallel threads; results are cached in
+    data_dir/cache/image_check.json by file size and modification time, so unchanged files are not read again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    cache_path = os.path.join(data_dir, "cache", "image_check.json")
+    try:
+        with open(cache_path, encoding="utf-8") as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    image_dir = image_dir or os.path.join(data_dir, "image")
+    result, todo = {}, []
+    for name in names:
+        try:
+            stat = os.stat(os.path.join(image_dir, name))
+        except FileNotFoundError:
+            result[name] = "does not exist"
+            continue
+        except OSError as e:
+            result[name] = f"cannot be read ({e.strerror})"
+            continue
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        if name in cache and cache[name][:2] == stamp:
+            result[name] = cache[name][2]
+        else:
+            todo.append((name, stamp))
+    if todo:
+        with ThreadPoolExecutor(num_workers) as pool:
+            found = list(tqdm(pool.map(lambda item: check_image(os.path.join(image_dir, item[0])), todo),
+                              total=len(todo), desc="checking images", disable=not progress, dynamic_ncols=True))
+        for (name, stamp), problem in zip(todo, found):
+            result[name] = problem
+            cache[name] = stamp + [problem]
+        try:
+            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+            tmp = f"{cache_path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(cache, f)
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass  # a read-only data directory: check again next time
+    return result
+
+
+def check_image(path):
+    """'' for a readable image, else what is wrong with it; reads the header and the last 64 KiB only."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size == 0:
+                return "is an empty file"
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    try:
+        with Image.open(path) as im:
+            kind, width, height = im.format, im.width, im.height
+    except Exception as e:  # PIL raises several types for files that are not images
+        return f"is not a readable image ({type(e).__name__}: {e})"
+    if width == 0 or height == 0:
+        return "has no pixels"
+    if kind == "JPEG" and b"\xff\xd9" not in tail:
+        return "is truncated (no JPEG end marker)"
+    if kind == "PNG" and b"IEND" not in tail[-64:]:
+        return "is truncated (no PNG end chunk)"
+    return ""
 
 
 def make_split(df, seed=0, fractions=SPLIT_FRACTIONS):
-    """Deterministic split stratified by answer; answers too rare to stratify share one stratum."""
+    """Deterministic train/valid/test labels, stratified by answer (answers seen fewer than 10 times share one
+    stratum); where a stratum is too small for that, or there are very few rows, a plain seeded shuffle."""
     from sklearn.model_selection import train_test_split
 
     counts = df["answer"].map(df["answer"].value_counts())
-    strata = df["answer"].where(counts >= 10, "__rare__")
-    if (strata == "__rare__").sum() < 10:
-        strata = None if strata.nunique() == 1 else strata.where(strata != "__rare__", strata.mode()[0])
-    index = np.arange(len(df))
+    strata = df["answer"].where(counts >= 10, "__rare__").values
+    if 0 < (strata == "__rare__").sum() < 10 and (strata != "__rare__").any():  # too few to be a stratum
+        strata = np.where(strata == "__rare__", pd.Series(strata[strata != "__rare__"]).mode()[0], strata)
+
+    def divide(index, size):
+        try:
+            return train_test_split(index, test_size=size, random_state=seed, stratify=strata[index])
+        except ValueError:
+            shuffled = np.random.default_rng(seed).permutation(index)
+            n_out = int(round(len(index) * size))
+            return shuffled[n_out:], shuffled[:n_out]
+
     holdout = fractions[1] + fractions[2]
-    train_idx, rest_idx = train_test_split(index, test_size=holdout, random_state=seed,
-                                           stratify=None if strata is None else strata.values)
-    rest_strata = None if strata is None else strata.values[rest_idx]
-    if rest_strata is not None and pd.Series(rest_strata).value_counts().min() < 2:
-        rest_strata = None
-    valid_idx, test_idx = train_test_split(rest_idx, test_size=fractions[2] / holdout, random_state=seed,
-                                           stratify=rest_strata)
+    train_idx, rest_idx = divide(np.arange(len(df)), holdout)
+    valid_idx, test_idx = divide(rest_idx, fractions[2] / holdout)
     split = np.empty(len(df), dtype=object)
     split[train_idx], split[valid_idx], split[test_idx] = "train", "valid", "test"
     return split
@@ -104,7 +259,7 @@ def _load_or_make_split(data_dir, df):
     return split
 
 
-def select_rows(df, split=None, train_data="all", infer_data="all", lang="all"):
+def select_rows(df, split=None, train_data="all", infer_data="all", lang="bi"):
     """Rows of one split, question type (A|B|all), category (vqa|triple|abstract|all) and language."""
     keep = np.ones(len(df), dtype=bool)
     if split is not None:
@@ -113,7 +268,7 @@ def select_rows(df, split=None, train_data="all", infer_data="all", lang="all"):
         keep &= df["question_type"].values == train_data
     if infer_data != "all":
         keep &= df["category"].values == infer_data
-    if lang not in ("all", "bi"):
+    if lang != "bi":
         keep &= df["lang"].values == lang
     return df[keep].reset_index(drop=True)
 
@@ -127,7 +282,7 @@ def build_answer_vocab(train_df):
 def load_image(path, img_size):
     """One image as uint8 HWC, resized as the original's eval transform (bilinear, antialiased)."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB").resize((img_size, img_size), Image.BILINEAR), dtype=np.uint8)
+        return np.array(im.convert("RGB").resize((img_size, img_size), Image.BILINEAR), dtype=np.uint8)
 
 
 def to_model_input(images, device):

@@ -83,14 +83,9 @@ def test_answer_vocab_is_by_frequency():
     assert build_answer_vocab(df) == ["b", "a", "c"]
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"image": "a.jpg", "question": "q"}], "missing column(s) ['answer']"),
-    ([{"image": "a.jpg", "question": "q", "answer": "x", "split": "dev"}], "split must be one of"),
-    ([{"image": "a.jpg", "question": "q", "answer": "x", "question_type": "C"}], "question_type must be A or B"),
-])
-def test_bad_data_is_a_clear_error(tmp_path, rows, message):
-    write_csv(tmp_path, rows)
-    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+def test_missing_column_is_a_clear_error(tmp_path):
+    write_csv(tmp_path, [{"image": "a.jpg", "question": "q"}])
+    with pytest.raises(DataError, match=r"missing column\(s\) \['answer'\]"):
         read_data(tmp_path)
 
 
