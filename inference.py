@@ -22,6 +22,10 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
     from train import build_model
 
     run_dir, weights = util.find_run(model_path, results_dir)
+    for name in (util.CONFIG_FILE, util.ANSWERS_FILE, util.TOKENIZER_DIR, util.TEXT_CONFIG_DIR):
+        if not os.path.exists(os.path.join(run_dir, name)):
+            raise FileNotFoundError(f"{run_dir} has no {name}: weights are used from the run directory main.py "
+                                    f"wrote them to, with its config.json, answers.json, tokenizer/ and text_encoder/.")
     config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
     answers = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
     if len(answers) != config["num_answers"]:
@@ -29,7 +33,7 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
                          f"{config['num_answers']}; the run directory is inconsistent.")
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
     model = build_model(config, run_dir=run_dir)
-    util.load_weights(model, weights)
+    util.load_weights(model, weights, config, answers)
     return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
 
 
@@ -70,7 +74,7 @@ def main():
             sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
                      f"(train_data {config['train_data']}) in {data_dir}/data.csv.")
         images = ImageCache(data_dir, df["image"], config["img_size"])
-    except (OfflineError, DataError, FileNotFoundError, ValueError) as e:
+    except (OfflineError, DataError, util.CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if len(skipped):
         skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{args.infer_data}.csv"), index=False)

@@ -59,7 +59,7 @@ def main():
             image_path, question, gold = os.path.join(data_dir, "image", row["image"]), row["question"], row["answer"]
             print(f"test sample {index}: type {row['question_type']}, {row['category']}")
         top = answer(model, tokenizer, config, answers, image_path, question, device, args.top_k)
-    except (OfflineError, DataError, FileNotFoundError, ValueError, OSError) as e:
+    except (OfflineError, DataError, util.CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"image:    {image_path}")
     print(f"question: {question}")

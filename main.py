@@ -47,6 +47,9 @@ def build_parser(suppress_defaults=False):
     add("--skip_bad", action="store_true", default=False,
         help="leave out rows with problems (empty fields, duplicates, bad images) instead of stopping; they are "
              "printed and written to skipped_rows.csv in the run directory")
+    add("--resume", default=None, metavar="RUN_DIR",
+        help="continue this run in its directory with its saved options, from its last checkpoint "
+             "(only --device, --num_workers and --precision may be given with it)")
     add("--results_dir", default="results", help="run directories go to <results_dir>/<train_data>_<MMDD_HHMM>/")
     add("--seed", type=int, default=42, help="random seed")
     add("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
@@ -84,6 +87,8 @@ def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.image_model_kwargs, args.scratch_text = {}, {"hidden": 128, "layers": 2, "heads": 4}
+    if args.resume:
+        return resume_args(args, argv)
     if args.preset:
         explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
         for key, value in PRESETS[args.preset].items():
@@ -93,16 +98,45 @@ def parse_args(argv=None):
     return args
 
 
+def resume_args(args, argv):
+    """The options a run was started with, from its config.json; only how to run it may change."""
+    import os
+
+    import util
+    from train import CONFIG_KEYS
+
+    path = os.path.join(args.resume, util.CONFIG_FILE)
+    if not os.path.isfile(path):
+        sys.exit(f"error: --resume {args.resume}: no {util.CONFIG_FILE} there; it is not a run directory of main.py, "
+                 f"or the run stopped before it began training (start it again).")
+    config = util.read_json(path)
+    explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
+    fixed = explicit - {"resume", "device", "num_workers", "precision"}
+    if fixed:
+        sys.exit(f"error: --resume continues {args.resume} with its saved options; drop "
+                 f"{', '.join('--' + k for k in sorted(fixed))} (only --device, --num_workers and --precision "
+                 f"may change).")
+    for key in CONFIG_KEYS + ["image_model_kwargs", "scratch_text"]:
+        if key not in explicit and key in config:
+            setattr(args, key, config[key])
+    return args
+
+
 def main(argv=None):
     args = parse_args(argv)
     from model import OfflineError
     from vqa_dataset import DataError
     import train
 
+    import util
+
     try:
         return train.train(args)
-    except (OfflineError, DataError) as e:
+    except (OfflineError, DataError, util.CheckpointError) as e:
         sys.exit(f"error: {e}")
+    except train.Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)  # the shell's code for "stopped by this signal": scripts chained with && stop too
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ epoch saved as safetensors plus everything needed to use it without the training
 
 Runs on a CPU, one GPU, or several GPUs / nodes under torchrun (DistributedDataParallel)."""
 import functools
+import glob
 import math
 import os
+import signal
 import time
 
 import pandas as pd
@@ -17,13 +19,13 @@ import util
 from focal import build_loss
 from model import (VQAModel, build_image_encoder, build_text_encoder, image_model_spec, load_tokenizer,
                    small_text_config, train_tokenizer)
-from vqa_dataset import ImageCache, VQADataset, build_answer_vocab, collate, load_data, select_rows, to_model_input
+from vqa_dataset import DataError, ImageCache, VQADataset, build_answer_vocab, collate, load_data, select_rows, to_model_input
 
 SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
 CONFIG_KEYS = ["train_data", "data_dir", "lang", "text_model", "image_model", "pretrained", "img_size", "max_token",
                "dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool",
                "loss", "gamma", "label_smoothing", "n_epoch", "lr", "batch_size", "weight_decay", "warmup",
-               "freeze_text_epochs", "seed", "preset", "skip_bad"]
+               "freeze_text_epochs", "clip_grad", "seed", "preset", "skip_bad", "num_workers"]
 
 
 def build_model(config, tokenizer=None, run_dir=None):
@@ -96,6 +98,61 @@ def lr_factor(step, total_steps, warmup_steps):
     return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
 
+class EpochSampler(DistributedSampler):
+    """DistributedSampler, also for a single process: its order depends only on seed and epoch, so a resumed run
+    sees the same batches; skip starts an epoch after the samples already trained on."""
+
+    def __init__(self, dataset, num_replicas, rank, seed):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self):
+        return self.num_samples - self.skip
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT: the run saved its state and stopped; `python main.py --resume RUN_DIR` continues it."""
+
+    def __init__(self, signum, run_dir):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; the state was saved. "
+                         f"Continue with: python main.py --resume {run_dir}")
+        self.signum = signum
+
+
+def catch_stop_signals():
+    """SIGTERM/SIGINT only set a flag, so the current step finishes and the state is saved; a second one stops
+    at once. Returns (flag, restore)."""
+    flag = {"signum": 0}
+
+    def handler(signum, frame):
+        flag["signum"] = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    return flag, lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+
+def stop_requested(flag, world_size, device):
+    """Any rank's signal stops every rank at the same step (torchrun forwards SIGTERM to all, not at one instant)."""
+    if world_size == 1:
+        return flag["signum"]
+    signum = torch.tensor([flag["signum"]], device=device)
+    dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+    return int(signum)
+
+
+def check_same_answers(answers, run_dir):
+    saved = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
+    if saved != answers:
+        added, removed = sorted(set(answers) - set(saved)), sorted(set(saved) - set(answers))
+        raise DataError(f"the training data changed since {run_dir} started: its answer vocabulary has "
+                        f"{len(answers)} answers, the run's answers.json {len(saved)} (new: {added[:5]}, gone: "
+                        f"{removed[:5]}). Resume with the data the run started with, or start a new run.")
+
+
 def train(args):
     device = util.pick_device(args.device)
     rank, world_size = util.init_distributed(device)
@@ -105,6 +162,7 @@ def train(args):
     util.set_seed(args.seed)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     log = print if is_main else (lambda *a, **k: None)
+    resume = getattr(args, "resume", None)
 
     df, skipped = load_data(args.data_dir, args.skip_bad, progress=is_main)
     train_df = select_rows(df, "train", args.train_data, lang=args.lang)
@@ -118,12 +176,27 @@ def train(args):
     log(f"data: {len(train_df)} train / {len(valid_df)} valid rows, {len(answers)} answers"
         + (f"; {unknown_valid} valid rows have answers never seen in training and count as wrong" if unknown_valid else ""))
 
-    tokenizer = train_tokenizer(list(train_df["question"])) if args.text_model == SCRATCH else load_tokenizer(args.text_model)
     config = {k: getattr(args, k) for k in CONFIG_KEYS}
     image_arch, image_kwargs = image_model_spec(args.image_model, args.image_model_kwargs)
     config.update(num_answers=len(answers), image_arch=image_arch, image_model_kwargs=image_kwargs,
                   scratch_text=args.scratch_text, world_size=world_size)
-    model = build_model(config, tokenizer=tokenizer).to(device, memory_format=torch.channels_last)  # faster convs
+    last = os.path.join(resume, util.LAST_CHECKPOINT) if resume else None
+    if resume:
+        check_same_answers(answers, resume)
+        saved_world_size = util.read_json(os.path.join(resume, util.CONFIG_FILE))["world_size"]
+        if saved_world_size != world_size:  # the batches, steps and learning rate schedule depend on it
+            raise DataError(f"{resume} was trained by {saved_world_size} process(es); resume it with as many "
+                            f"(now {world_size}).")
+        tokenizer = load_tokenizer(os.path.join(resume, util.TOKENIZER_DIR))
+    elif args.text_model == SCRATCH:
+        tokenizer = train_tokenizer(list(train_df["question"]))
+    else:
+        tokenizer = load_tokenizer(args.text_model)
+    if last and os.path.isfile(last):  # from the run's own text config: no download, weights come from `last`
+        model = build_model(config, run_dir=resume)
+    else:
+        model = build_model(config, tokenizer=tokenizer)
+    model = model.to(device, memory_format=torch.channels_last)  # faster convs
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, text {args.text_model}, "
         f"image {args.image_model} at {args.img_size}px, transformer layer {'on' if args.use_transformer_layer else 'off'}, "
         f"device {device} x{world_size}, precision {precision}")
@@ -136,10 +209,11 @@ def train(args):
     images = ImageCache(args.data_dir, names, args.img_size, progress=False)
     train_set = VQADataset(train_df, images, tokenizer, answer_to_id, args.max_token)
     valid_set = VQADataset(valid_df, images, tokenizer, answer_to_id, args.max_token)
-    sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed) if world_size > 1 else None
+    sampler = EpochSampler(train_set, world_size, rank, args.seed)
     per_rank_batch = max(1, args.batch_size // world_size)
     train_loader = make_loader(train_set, per_rank_batch, True, args.num_workers, device, sampler, args.seed)
     valid_loader = make_loader(valid_set, per_rank_batch, False, args.num_workers, device)
+    steps_per_epoch = len(train_loader)
 
     ddp_model = model
     if world_size > 1:
@@ -148,78 +222,135 @@ def train(args):
     # With --freeze_text_epochs the text encoder joins the optimizer (with fresh AdamW state) only afterwards.
     text_params = list(model.text_encoder.parameters())
     text_ids = {id(p) for p in text_params}
-    trainable = [p for p in model.parameters() if id(p) not in text_ids or not args.freeze_text_epochs]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, fused=device.type == "cuda")
-    total_steps, step = args.n_epoch * len(train_loader), 0
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in text_ids or not args.freeze_text_epochs],
+                                  lr=args.lr, weight_decay=args.weight_decay, fused=device.type == "cuda")
+    total_steps = args.n_epoch * steps_per_epoch
     warmup_steps = max(1, int(args.warmup * total_steps))
 
-    run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if is_main else None)
-    if is_main:
-        tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
-        model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
-        util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), answers)
-        if len(skipped):
-            skipped.to_csv(os.path.join(run_dir, "skipped_rows.csv"), index=False)
-        config["data_stats"] = {"train": len(train_df), "valid": len(valid_df), "answers": len(answers),
-                                "valid_unknown_answers": unknown_valid, "skipped_rows": len(skipped)}
-        util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
-        log(f"run directory: {run_dir}")
-
-    history, best_acc, best_path = [], -1.0, None
-    for epoch in range(1, args.n_epoch + 1):
-        ddp_model.train()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        frozen = " (text encoder frozen)" if epoch <= args.freeze_text_epochs else ""
-        if args.freeze_text_epochs and epoch == args.freeze_text_epochs + 1:
-            optimizer.add_param_group({"params": text_params})
-            trainable = list(model.parameters())
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.n_epoch}{frozen}", disable=not is_main, dynamic_ncols=True)
-        for batch in bar:
-            label = batch["label"].to(device, non_blocking=True)
-            logits = forward(ddp_model, batch, device, precision)
-            loss = loss_fn(logits, label)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, args.clip_grad)
-            for group in optimizer.param_groups:
-                group["lr"] = args.lr * lr_factor(step, total_steps, warmup_steps)
-            optimizer.step()
-            step += 1
-            seen += len(label)
-            loss_sum += loss.item() * len(label)
-            correct += int((logits.argmax(-1) == label).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-        train_stats = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
-        if world_size > 1:
-            dist.all_reduce(train_stats)
+    # the loop's state: what a checkpoint saves and --resume restores
+    state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_acc": -1.0, "best_weights": None,
+             "text_in_optimizer": not args.freeze_text_epochs, "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0}}
+    if resume:
+        run_dir = resume
+        config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
+        if os.path.isfile(last):
+            if util.read_metadata(last).get("text_in_optimizer") and args.freeze_text_epochs:
+                optimizer.add_param_group({"params": text_params})
+            state = util.load_checkpoint(last, model, optimizer, config, answers)
+            log(f"resuming {run_dir} at epoch {state['epoch']}, batch {state['batch']} of {steps_per_epoch}")
+        else:
+            log(f"{run_dir} has no {util.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it again")
+        if is_main:  # weights of epochs trained again now would be stale; .tmp files are writes cut short
+            for path in glob.glob(os.path.join(run_dir, util.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp")):
+                if os.path.basename(path) != state["best_weights"]:
+                    os.remove(path)
+    else:
+        run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if is_main else None)
         if is_main:
-            valid = predict(model, valid_loader, device, precision, loss_fn, desc="valid")
-            loss_total, correct_total, seen_total = train_stats.tolist()
-            row = {"epoch": epoch, "train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-                   "train_samples": int(seen_total), "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - start}
-            history.append(row)
-            improved = valid["accuracy"] > best_acc
-            if improved:
-                best_acc = valid["accuracy"]
-                new_path = os.path.join(run_dir, f"infer_model_{100 * best_acc:.2f}.safetensors")
-                util.save_weights(model, new_path)
-                if best_path and best_path != new_path:
-                    os.remove(best_path)
-                best_path = new_path
-            util.write_json(os.path.join(run_dir, "history.json"), history)
-            log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}{' (best, saved)' if improved else ''} "
-                f"| {row['seconds']:.1f}s")
-        if world_size > 1:
-            dist.barrier()
+            tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
+            model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
+            util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), answers)
+            config["data_stats"] = {"train": len(train_df), "valid": len(valid_df), "answers": len(answers),
+                                    "valid_unknown_answers": unknown_valid, "skipped_rows": len(skipped)}
+            util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
+        log(f"run directory: {run_dir}")
+    if is_main and len(skipped):
+        skipped.to_csv(os.path.join(run_dir, "skipped_rows.csv"), index=False)
+
+    def save_last():
+        if is_main:
+            util.save_checkpoint(os.path.join(run_dir, util.LAST_CHECKPOINT), model, optimizer, state, config, answers)
+
+    def saving_failed(error):
+        last = os.path.join(run_dir, util.LAST_CHECKPOINT)
+        kept = (f"the last good checkpoint {last} is intact; then continue with `python main.py --resume {run_dir}`"
+                if os.path.isfile(last) else "no checkpoint was written yet; then start the run again")
+        return util.CheckpointError(f"{error} Training stopped: {kept}.")
+
+    stop, restore_signals = catch_stop_signals()
+    try:
+        for epoch in range(state["epoch"], args.n_epoch + 1):
+            ddp_model.train()
+            sampler.set_epoch(epoch)
+            sampler.skip = state["batch"] * per_rank_batch
+            partial, start = state["partial"], time.time()
+            if args.freeze_text_epochs and epoch > args.freeze_text_epochs and not state["text_in_optimizer"]:
+                optimizer.add_param_group({"params": text_params})
+                state["text_in_optimizer"] = True
+            trainable = [p for group in optimizer.param_groups for p in group["params"]]
+            frozen = "" if state["text_in_optimizer"] else " (text encoder frozen)"
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.n_epoch}{frozen}", disable=not is_main,
+                       initial=state["batch"], total=steps_per_epoch, dynamic_ncols=True)
+            for batch in bar:
+                label = batch["label"].to(device, non_blocking=True)
+                logits = forward(ddp_model, batch, device, precision)
+                loss = loss_fn(logits, label)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, args.clip_grad)
+                for group in optimizer.param_groups:
+                    group["lr"] = args.lr * lr_factor(state["step"], total_steps, warmup_steps)
+                optimizer.step()
+                state["step"] += 1
+                state["batch"] += 1
+                partial["seen"] += len(label)
+                partial["loss_sum"] += loss.item() * len(label)
+                partial["correct"] += int((logits.argmax(-1) == label).sum())
+                bar.set_postfix(loss=f"{partial['loss_sum'] / partial['seen']:.4f}",
+                                acc=f"{partial['correct'] / partial['seen']:.3f}", refresh=False)
+                signum = stop_requested(stop, world_size, device)
+                if signum and state["batch"] < steps_per_epoch:
+                    try:
+                        save_last()
+                    except util.CheckpointError as e:
+                        raise saving_failed(e) from None
+                    if world_size > 1:
+                        dist.barrier()  # a rank that exits first would make torchrun stop rank 0 mid-save
+                    raise Interrupted(signum, run_dir)
+            bar.close()
+            train_stats = torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]],
+                                       dtype=torch.float64, device=device)
+            if world_size > 1:
+                dist.all_reduce(train_stats)
+            state.update(epoch=epoch + 1, batch=0, partial={"loss_sum": 0.0, "correct": 0, "seen": 0})
+            if is_main:
+                valid = predict(model, valid_loader, device, precision, loss_fn, desc="valid")
+                loss_total, correct_total, seen_total = train_stats.tolist()
+                row = {"epoch": epoch, "train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
+                       "train_samples": int(seen_total), "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - start}
+                state["history"].append(row)
+                improved = valid["accuracy"] > state["best_acc"]
+                old_best = state["best_weights"]
+                if improved:
+                    state["best_acc"] = valid["accuracy"]
+                    state["best_weights"] = f"infer_model_{100 * state['best_acc']:.2f}.safetensors"
+                try:
+                    if improved:
+                        util.save_weights(model, os.path.join(run_dir, state["best_weights"]), config, answers)
+                    util.write_json(os.path.join(run_dir, "history.json"), state["history"])
+                    save_last()
+                except util.CheckpointError as e:
+                    raise saving_failed(e) from None
+                # only now that `last` names the new best may the old one go: a crash in between keeps both
+                if old_best and old_best != state["best_weights"]:
+                    os.remove(os.path.join(run_dir, old_best))
+                log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                    f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}"
+                    f"{' (best, saved)' if improved else ''} | {row['seconds']:.1f}s")
+            if world_size > 1:
+                dist.barrier()
+            signum = stop_requested(stop, world_size, device)
+            if signum and epoch < args.n_epoch:
+                raise Interrupted(signum, run_dir)
+    finally:
+        restore_signals()
     if is_main:
-        best_epoch = max(history, key=lambda r: r["valid_acc"])["epoch"]
-        config.update(best_epoch=best_epoch, best_valid_acc=best_acc, weights=os.path.basename(best_path))
+        best = max(state["history"], key=lambda r: r["valid_acc"])
+        config.update(best_epoch=best["epoch"], best_valid_acc=state["best_acc"], weights=state["best_weights"])
         util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
-        log(f"best valid accuracy {best_acc:.4f} at epoch {best_epoch}; weights: {best_path}")
+        log(f"best valid accuracy {state['best_acc']:.4f} at epoch {best['epoch']}; "
+            f"weights: {os.path.join(run_dir, state['best_weights'])}")
     if world_size > 1:
         dist.destroy_process_group()
     return run_dir

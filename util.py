@@ -64,12 +64,32 @@ def make_run_dir(results_dir, train_data):
             path = f"{base}_{n}"
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read; the message names the file and the fix."""
+
+
+def atomic_write(path, data):
+    """Writes bytes to a temporary file beside path, syncs it and renames it into place: a crash, a full disk or a
+    read-only directory mid-write leaves any previous file intact."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; nothing was changed (an earlier version "
+                              f"of the file, if any, is intact). Free disk space or make "
+                              f"{os.path.dirname(path) or '.'} writable.") from None
+
+
 def write_json(path, obj):
-    """Atomic: a crash mid-write leaves any previous file intact."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8"))
 
 
 def read_json(path):
@@ -77,23 +97,93 @@ def read_json(path):
         return json.load(f)
 
 
-def save_weights(model, path):
-    """Model weights as safetensors, written to a temporary file and renamed into place."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path + ".tmp"
-    save_file(state, tmp, metadata={"format": "pt"})
-    os.replace(tmp, path)
+# What the weights depend on: saved inside every weights file, so that a file and a config.json / answers.json that
+# do not belong together are caught by name rather than as a shape error or, worse, silently wrong answers.
+MODEL_KEYS = ["num_answers", "image_arch", "image_model_kwargs", "img_size", "dim_h", "use_transformer_layer",
+              "n_transformer_layers", "n_heads", "text_pool", "ablate"]
 
 
-def load_weights(model, path):
-    """Loads safetensors weights into model; any difference in names or shapes is a clear error."""
-    from safetensors.torch import load_file
+def model_metadata(config, answers):
+    return {"format": "pt", "model_config": json.dumps({k: config.get(k) for k in MODEL_KEYS}, ensure_ascii=False),
+            "answers": json.dumps(answers, ensure_ascii=False)}
 
-    if not path.endswith(".safetensors"):
-        raise ValueError(f"{path}: only .safetensors weights are loaded (pickled files can run code).")
-    state = load_file(path)
+
+def check_metadata(metadata, config, answers, path):
+    """Raises CheckpointError naming every config key and answer that differ between a weights file and a run."""
+    problems = []
+    if "model_config" in metadata and config is not None:
+        saved = json.loads(metadata["model_config"])
+        problems += [f"{k} is {saved[k]!r} in the weights but {config.get(k)!r} in config.json"
+                     for k in MODEL_KEYS if k in saved and saved[k] != config.get(k)]
+    if "answers" in metadata and answers is not None:
+        saved = json.loads(metadata["answers"])
+        if saved != answers:
+            moved = next((i for i, (a, b) in enumerate(zip(saved, answers)) if a != b), min(len(saved), len(answers)))
+            added, removed = sorted(set(answers) - set(saved)), sorted(set(saved) - set(answers))
+            problems.append(f"the answer vocabulary differs: {len(saved)} answers in the weights, {len(answers)} in "
+                            f"answers.json, first difference at index {moved}"
+                            + (f", only in answers.json: {added[:5]}" if added else "")
+                            + (f", only in the weights: {removed[:5]}" if removed else ""))
+    if problems:
+        raise CheckpointError(f"{path} does not belong to this run: " + "; ".join(problems) +
+                              ". Use the config.json and answers.json saved with these weights.")
+
+
+def _cpu_state(model):
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(model, path, config=None, answers=None):
+    """Model weights as safetensors (with the config keys and answers they belong to), written atomically."""
+    from safetensors.torch import save
+
+    metadata = model_metadata(config, answers) if config is not None else {"format": "pt"}
+    atomic_write(path, save(_cpu_state(model), metadata=metadata))
+
+
+def read_safetensors(path):
+    """(tensors, metadata) of a safetensors file; parsing it never runs code."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error type for a file that is not safetensors
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated or not "
+                              f"written by main.py.") from None
+
+
+def read_metadata(path):
+    """The training state saved in a checkpoint's metadata, without reading its tensors."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("state", "{}"))
+
+
+def read_pickled_weights(path):
+    """A .pt/.pth/.bin state dict through torch.load(weights_only=True), which refuses any pickle that holds more
+    than tensors and plain containers instead of running it."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"refused {path}: it is a pickle that holds more than weights, or is damaged, so "
+                              f"it was not loaded and nothing in it was run ({reason}). Ask for the weights as "
+                              f".safetensors.") from None
+    for key in ("state_dict", "model"):  # common wrappers of a state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise CheckpointError(f"{path} holds no state dict of tensors; save the weights with "
+                              f"torch.save(model.state_dict(), path) or as .safetensors.")
+    return state
+
+
+def load_state(model, state, path):
+    """Loads a state dict into model; any difference in names or shapes is a clear error."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -102,9 +192,78 @@ def load_weights(model, path):
     if missing or unexpected or reshaped:
         problems = [f"{label} {names[:5]}{' ...' if len(names) > 5 else ''}" for label, names in
                     [("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", reshaped)] if names]
-        raise ValueError(f"{path} does not match the model built from its config.json: " + "; ".join(problems)
-                         + ". Use the config.json that was saved with these weights.")
+        raise CheckpointError(f"{path} does not match the model built from its config.json: " + "; ".join(problems)
+                              + ". Use the config.json that was saved with these weights.")
     model.load_state_dict(state)
+
+
+def load_weights(model, path, config=None, answers=None):
+    """Loads weights from .safetensors, or from a .pt/.pth/.bin state dict read with weights_only=True."""
+    if path.endswith(".safetensors"):
+        state, metadata = read_safetensors(path)
+        check_metadata(metadata, config, answers, path)
+    elif path.endswith(PICKLE_SUFFIXES):
+        state = read_pickled_weights(path)
+    else:
+        raise CheckpointError(f"{path}: weights must be .safetensors (or a .pt/.pth/.bin state dict).")
+    load_state(model, state, path)
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+LAST_CHECKPOINT = "last.safetensors"
+
+
+def save_checkpoint(path, model, optimizer, state, config, answers):
+    """Everything needed to continue training, in one safetensors file written atomically: model and optimizer
+    tensors, RNG states, and (as JSON metadata) the loop state, optimizer settings and config it belongs to."""
+    from safetensors.torch import save
+
+    tensors = {f"model.{k}": v for k, v in _cpu_state(model).items()}
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for name, value in values.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = rng
+    numpy_rng = np.random.get_state()
+    state = {**state, "optimizer_param_groups": optimizer_state["param_groups"],
+             "python_rng": random.getstate(), "numpy_rng": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]}
+    metadata = {**model_metadata(config, answers), "state": json.dumps(state)}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
+def load_checkpoint(path, model, optimizer, config, answers):
+    """Restores what save_checkpoint wrote into model, optimizer and the RNGs; returns the loop state."""
+    tensors, metadata = read_safetensors(path)
+    if "state" not in metadata:
+        raise CheckpointError(f"{path} holds no training state; it is not a checkpoint written by main.py.")
+    check_metadata(metadata, config, answers, path)
+    state = json.loads(metadata["state"])
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    optimizer_state = {"state": {}, "param_groups": state.pop("optimizer_param_groups")}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state["state"].setdefault(int(index), {})[name] = value
+    for saved, current in zip(optimizer_state["param_groups"], optimizer.param_groups):
+        for key in ("fused", "foreach", "capturable"):  # how to step is this machine's choice, not the checkpoint's
+            if key in current:
+                saved[key] = current[key]
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the optimizer state does not fit this model ({e}).") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    python_rng = state.pop("python_rng")
+    random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
+    numpy_rng = state.pop("numpy_rng")
+    np.random.set_state((numpy_rng[0], np.array(numpy_rng[1], dtype=np.uint32), *numpy_rng[2:]))
+    return state
 
 
 def find_run(model_path=None, results_dir="results"):
@@ -122,7 +281,7 @@ def find_run(model_path=None, results_dir="results"):
         return model_path, max(weights, key=lambda w: float(re.findall(r"infer_model_([\d.]+)\.safetensors", w)[0]))
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"--model_path {model_path} does not exist.")
-    if not model_path.endswith(".safetensors"):
-        raise ValueError(f"--model_path {model_path}: only .safetensors weights written by main.py are loaded; "
-                         f"pickled .pt/.bin files are refused because unpickling can run arbitrary code.")
+    if not model_path.endswith((".safetensors",) + PICKLE_SUFFIXES):
+        raise ValueError(f"--model_path {model_path}: give a run directory, its .safetensors weights, or a "
+                         f".pt/.pth/.bin state dict in a run directory.")
     return os.path.dirname(os.path.abspath(model_path)), model_path

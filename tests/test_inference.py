@@ -73,6 +73,6 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     pickled.write_bytes(b"not really a pickle")
     result = run_script("inference.py", "--model_path", pickled)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "only .safetensors" in result.stderr
+    assert "has no config.json" in result.stderr
     result = run_script("inference_each.py", "--model_path", tmp_path / "missing")
     assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
