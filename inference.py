@@ -10,6 +10,8 @@ import sys
 
 import torch
 
+import plots
+import report
 import util
 from model import OfflineError
 from vqa_dataset import DataError, ImageCache, VQADataset, read_data, select_rows, validate
@@ -35,17 +37,6 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
     model = build_model(config, run_dir=run_dir)
     util.load_weights(model, weights, config, answers)
     return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
-
-
-def accuracy_table(df):
-    """{"A": {"accuracy", "n"}, "B": ..., "vqa": ..., "triple": ..., "abstract": ...} for types present."""
-    table = {}
-    for column, values in [("question_type", ["A", "B"]), ("category", ["vqa", "triple", "abstract"])]:
-        for value in values:
-            rows = df[df[column] == value]
-            if len(rows):
-                table[value] = {"accuracy": float(rows["correct"].mean()), "n": int(len(rows))}
-    return table
 
 
 def main():
@@ -90,19 +81,22 @@ def main():
     df["confidence"] = result["prob"][:, 0].tolist()
     df["correct"] = df["prediction"] == df["answer"]
     unknown = int((~df["answer"].isin(answer_to_id)).sum())
-    report = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": accuracy_table(df),
-              "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
-              "split": args.split, "infer_data": args.infer_data}
+    summary = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": report.accuracy_table(df),
+               "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
+               "split": args.split, "infer_data": args.infer_data}
     df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{args.infer_data}.csv"), index=False)
-    util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), report)
+    util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), summary)
+    image = report.add_test_section(run_dir, summary, df)
+    plots.plot_by_type(summary["by_type"], os.path.join(run_dir, image), overall=summary,
+                       title=f"{args.split} accuracy, infer_data {args.infer_data}")
 
-    print(f"{args.split} accuracy ({args.infer_data}): {100 * report['accuracy']:.2f}% on {report['n']} questions")
+    print(f"{args.split} accuracy ({args.infer_data}): {100 * summary['accuracy']:.2f}% on {summary['n']} questions")
     if unknown:
         print(f"{unknown} {args.split} answers never occur in training; they count as wrong")
     print(f"{'type':<10}{'accuracy':>10}{'n':>8}")
-    for name, row in report["by_type"].items():
+    for name, row in summary["by_type"].items():
         print(f"{name:<10}{100 * row['accuracy']:>9.2f}%{row['n']:>8}")
-    print(f"wrote {run_dir}/predictions_{args.infer_data}.csv and eval_{args.infer_data}.json")
+    print(f"wrote {run_dir}/predictions_{args.infer_data}.csv, eval_{args.infer_data}.json, {image} and report.md")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python inference_each.py --model_path results/all_1228_1734 --image img.jpg --question "이미지 속 원은 무슨 색이야?"
     python inference_each.py --model_path results/all_1228_1734 --index 12     # a test sample (default: a random one)
+    python inference_each.py --index 12 --save_png answer.png                   # also draw image, question and answers
 """
 import argparse
 import os
@@ -26,6 +27,12 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
     return [(answers[i], p) for i, p in zip(index.tolist(), prob.tolist())]
 
 
+def read_test_split(config, data_dir=None):
+    """(data_dir, the test split's rows for the run's train_data and lang) from the run's data or data_dir."""
+    data_dir = data_dir or config["data_dir"]
+    return data_dir, select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", default=None, help="run directory or its .safetensors weights (default: newest run)")
@@ -37,6 +44,8 @@ def main():
     p.add_argument("--top_k", type=int, default=5, help="number of answers to show")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--save_png", default=None, metavar="OUT.png",
+                   help="also draw the image, question, gold answer and top answers to this PNG")
     args = p.parse_args()
     if (args.image is None) != (args.question is None):
         p.error("--image and --question go together")
@@ -48,8 +57,7 @@ def main():
         if args.image is not None:
             image_path, question = args.image, args.question
         else:
-            data_dir = args.data_dir or config["data_dir"]
-            test = select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
+            data_dir, test = read_test_split(config, args.data_dir)
             if len(test) == 0:
                 sys.exit(f"error: {data_dir}/data.csv has no test rows for train_data {config['train_data']}")
             index = args.index if args.index is not None else random.Random(args.seed).randrange(len(test))
@@ -67,6 +75,14 @@ def main():
         print(f"gold:     {gold}{'' if gold in answers else ' (never seen in training)'}")
     for rank, (text, prob) in enumerate(top, 1):
         print(f"  {rank}. {text:<20} {100 * prob:6.2f}%")
+    if args.save_png:
+        import plots  # matplotlib only when asked
+
+        try:
+            plots.plot_answer(image_path, question, gold, top, args.save_png)
+        except OSError as e:
+            sys.exit(f"error: cannot write {args.save_png}: {e.strerror or e}")
+        print(f"wrote {args.save_png}")
 
 
 if __name__ == "__main__":

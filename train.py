@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+import plots
+import report
 import util
 from focal import build_loss
 from model import (VQAModel, build_image_encoder, build_text_encoder, image_model_spec, load_tokenizer,
@@ -228,7 +230,7 @@ def train(args):
     warmup_steps = max(1, int(args.warmup * total_steps))
 
     # the loop's state: what a checkpoint saves and --resume restores
-    state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_acc": -1.0, "best_weights": None,
+    state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_acc": -1.0, "best_weights": None, "valid_by_type": {},
              "text_in_optimizer": not args.freeze_text_epochs, "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0}}
     if resume:
         run_dir = resume
@@ -325,10 +327,14 @@ def train(args):
                 if improved:
                     state["best_acc"] = valid["accuracy"]
                     state["best_weights"] = f"infer_model_{100 * state['best_acc']:.2f}.safetensors"
+                    index = valid["index"].numpy()
+                    rows = valid_set.df.iloc[index].assign(correct=(valid["pred"][:, 0] == valid_set.labels[index]).numpy())
+                    state["valid_by_type"] = report.accuracy_table(rows)
                 try:
                     if improved:
                         util.save_weights(model, os.path.join(run_dir, state["best_weights"]), config, answers)
                     util.write_json(os.path.join(run_dir, "history.json"), state["history"])
+                    plots.plot_curves(state["history"], os.path.join(run_dir, "curves.png"))
                     save_last()
                 except util.CheckpointError as e:
                     raise saving_failed(e) from None
@@ -349,6 +355,8 @@ def train(args):
         best = max(state["history"], key=lambda r: r["valid_acc"])
         config.update(best_epoch=best["epoch"], best_valid_acc=state["best_acc"], weights=state["best_weights"])
         util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
+        report.write_training_report(run_dir, config, select_rows(df, None, args.train_data, lang=args.lang), answers,
+                                     train_df["answer"].value_counts(), state["history"], state["valid_by_type"])
         log(f"best valid accuracy {state['best_acc']:.4f} at epoch {best['epoch']}; "
             f"weights: {os.path.join(run_dir, state['best_weights'])}")
     if world_size > 1:

@@ -2,6 +2,7 @@
 import json
 
 import pandas as pd
+from PIL import Image
 
 from conftest import run_script
 from vqa_dataset import read_data, select_rows
@@ -21,6 +22,16 @@ def test_inference_all(trained_run, sample_dir):
         assert report["by_type"][name]["n"] == len(rows)
         assert report["by_type"][name]["accuracy"] == (rows["prediction"] == rows["answer"]).mean()
     assert f"{100 * report['accuracy']:.2f}%" in result.stdout
+    # the run report gains the test table, its bar chart and the most frequent confusions
+    assert Image.open(trained_run / "by_type.png").size[0] > 300
+    text = (trained_run / "report.md").read_text()
+    section = text[text.index("<!-- test:all -->"):]
+    assert f"Accuracy {100 * report['accuracy']:.2f}% on {report['n']} questions" in section
+    assert f"| B | {100 * report['by_type']['B']['accuracy']:.2f}% | {report['by_type']['B']['n']} |" in section
+    wrong = predictions[predictions["prediction"] != predictions["answer"]]
+    (gold, predicted), count = next(iter(wrong.groupby(["answer", "prediction"]).size().sort_values(
+        ascending=False).items()))
+    assert f"| {count} |" in section and "![accuracy per type](by_type.png)" in section
 
 
 def test_inference_one_category_with_weights_file(trained_run, sample_dir):
@@ -30,6 +41,10 @@ def test_inference_one_category_with_weights_file(trained_run, sample_dir):
     report = json.loads((trained_run / "eval_triple.json").read_text())
     assert set(report["by_type"]) == {"B", "triple"}
     assert report["by_type"]["triple"]["n"] == report["n"] > 0
+    # a second --infer_data adds its own section; running one again replaces it rather than repeating it
+    run_script("inference.py", "--model_path", weights, "--infer_data", "triple", "--data_dir", sample_dir)
+    text = (trained_run / "report.md").read_text()
+    assert text.count("<!-- test:triple -->") == 1 and (trained_run / "by_type_triple.png").is_file()
 
 
 def test_answers_unseen_in_training_count_as_wrong(trained_run, sample_dir, tmp_path):

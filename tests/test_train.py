@@ -31,6 +31,25 @@ def test_run_directory_is_complete(trained_run):
     assert not list(trained_run.rglob("*.tmp"))
 
 
+def test_run_report(trained_run, sample_dir):
+    from PIL import Image
+
+    assert Image.open(trained_run / "curves.png").size[0] > 300
+    config = json.loads((trained_run / "config.json").read_text())
+    answers = json.loads((trained_run / "answers.json").read_text())
+    text = (trained_run / "report.md").read_text()
+    data = read_data(sample_dir)
+    for split in ("train", "valid", "test"):
+        rows = data[data["split"] == split]
+        counts = [len(rows)] + [int((rows[c] == v).sum()) for c, v in [("question_type", "A"), ("question_type", "B"),
+                  ("category", "vqa"), ("category", "triple"), ("category", "abstract")]]
+        assert f"| {split} | " + " | ".join(map(str, counts)) + " |" in text
+    assert f"Answer vocabulary: {len(answers)} answers" in text and f"Most frequent: {answers[0]} (" in text
+    assert f"Best epoch {config['best_epoch']} of 3: valid accuracy {100 * config['best_valid_acc']:.2f}%" in text
+    assert f"| all | {100 * config['best_valid_acc']:.2f}% | {config['data_stats']['valid']} |" in text
+    assert "| A | " in text and "| abstract | " in text and "![curves](curves.png)" in text
+
+
 def test_training_learns(trained_run, sample_dir):
     history = json.loads((trained_run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]

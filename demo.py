@@ -1,0 +1,107 @@
+"""Web demo: upload an image or pick a test sample, ask a question, see the top answers with probabilities.
+
+    pip install -r requirements-demo.txt
+    python demo.py --model_path results/all_1228_1734                  # then open http://127.0.0.1:7860
+    python demo.py --model_path results/all_1228_1734 --host 0.0.0.0   # reachable from other machines too
+
+The model is loaded once; answers come from inference_each.answer, so they are the same as on the command line.
+"""
+import argparse
+import os
+import sys
+
+import util
+from inference import load_run
+from inference_each import answer, read_test_split
+from model import OfflineError
+from vqa_dataset import DataError
+
+
+def load_samples(config, data_dir, n):
+    """[(label, image path, question, gold)] for the first n test rows; [] when the run's data is not on this machine."""
+    try:
+        data_dir, test = read_test_split(config, data_dir)
+    except (DataError, OSError):
+        return []
+    samples = []
+    for i, row in enumerate(test.head(n).itertuples()):
+        path = os.path.join(data_dir, "image", row.image)
+        if os.path.isfile(path):
+            samples.append((f"{i}: {row.question}  [{row.image}]", path, row.question, row.answer))
+    return samples
+
+
+def build_app(gr, predict, samples, top_k):
+    """The page: sample picker, image, question and button on the left; gold answer and top answers on the right."""
+    with gr.Blocks(title="VQA_NIA demo") as app:
+        gr.Markdown("## VQA_NIA: knowledge-based visual question answering\n"
+                    "Upload an image or pick a test sample, type a question (Korean or English) and press Answer.")
+        with gr.Row():
+            with gr.Column():
+                sample = gr.Dropdown([(s[0], i) for i, s in enumerate(samples)], value=None, label="test sample",
+                                     elem_id="sample", visible=bool(samples))
+                # filepath without a mode conversion: the uploaded file reaches the model as is, not re-encoded
+                image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="image",
+                                 elem_id="image", height=320)
+                question = gr.Textbox(label="question", placeholder="이미지 속 원은 무슨 색이야?", elem_id="question")
+                button = gr.Button("Answer", variant="primary", elem_id="submit")
+            with gr.Column():
+                gold = gr.Textbox(label="gold answer (test samples only)", interactive=False, elem_id="gold")
+                label = gr.Label(num_top_classes=top_k, label=f"top-{top_k} answers", elem_id="answers")
+
+        def pick(i):
+            if i is None:
+                return gr.update(), gr.update(), gr.update()
+            _, path, text, answer_text = samples[i]
+            return path, text, answer_text
+
+        sample.change(pick, sample, [image, question, gold])
+        image.upload(lambda: "", None, gold)  # an uploaded image has no gold answer
+        button.click(predict, [image, question], label)
+        question.submit(predict, [image, question], label)
+    return app
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", default=None, help="run directory or its .safetensors weights (default: newest run)")
+    p.add_argument("--results_dir", default="results", help="where to look for the newest run")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 127.0.0.1 keeps the demo on this machine, 0.0.0.0 opens it to the network")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--data_dir", default=None, help="data directory for the test samples (default: the run's)")
+    p.add_argument("--n_samples", type=int, default=100, help="test samples offered in the picker")
+    p.add_argument("--top_k", type=int, default=5, help="number of answers to show")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    args = p.parse_args()
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a machine that may be offline
+    try:
+        import gradio as gr
+    except ImportError:
+        sys.exit("error: the web demo needs gradio, which requirements.txt leaves out. "
+                 "Install it with: pip install -r requirements-demo.txt")
+
+    device = util.pick_device(args.device)
+    try:
+        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
+    except (OfflineError, DataError, util.CheckpointError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    samples = load_samples(config, args.data_dir, args.n_samples)
+    print(f"model: {run_dir} ({len(answers)} answers), {len(samples)} test samples to pick from")
+
+    def predict(image_path, question):
+        if not image_path:
+            raise gr.Error("Upload an image or pick a test sample first.")
+        if not question or not question.strip():
+            raise gr.Error("Type a question.")
+        return dict(answer(model, tokenizer, config, answers, image_path, question.strip(), device, args.top_k))
+
+    app = build_app(gr, predict, samples, args.top_k)
+    # gradio serves only files it is told about: the sample images live in the data directory
+    app.launch(server_name=args.host, server_port=args.port,
+               allowed_paths=sorted({os.path.dirname(path) for _, path, _, _ in samples}))
+
+
+if __name__ == "__main__":
+    main()

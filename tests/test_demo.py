@@ -1,0 +1,156 @@
+"""demo.py in a real headless browser (Debian's chromium driven by Playwright): upload an image or pick a test
+sample, ask, and read the answer the page shows; it must be inference_each.answer's top answer.
+
+Skipped only outside CI when chromium or Playwright is missing; in CI (CI set) that is a failure."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+from inference import load_run
+from inference_each import answer, read_test_split
+
+BROWSERS = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
+TIMEOUT_MS = 30_000
+
+
+def missing(why):
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI is set, so the browser test must run; `make test` installs it)")
+    pytest.skip(why)
+
+
+def test_without_gradio_says_how_to_install():
+    code = ("import runpy, sys; sys.modules['gradio'] = None; sys.argv = ['demo.py']; "
+            "runpy.run_path('demo.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "pip install -r requirements-demo.txt" in result.stderr
+
+
+def find_chromium():
+    path = os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
+    if path is None:
+        missing(f"no chromium found ({', '.join(BROWSERS)}, or set CHROMIUM=path); apt-get install chromium")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_url(trained_run, tmp_path_factory):
+    """demo.py serving the tiny trained run on a free local port, stopped after the module."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("demo") / "demo.log"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "demo.py", "--model_path", str(trained_run), "--port", str(port),
+                                 "--device", "cpu", "--n_samples", "20"],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"demo.py exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"demo.py did not answer on {url} in 120 s:\n{log_path.read_text()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = find_chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed; pip install -r requirements-demo.txt")
+    with sync_playwright() as p:
+        # --no-sandbox: chromium refuses to start its sandbox as root, which CI is
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, demo_url):
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(demo_url)
+    page.wait_for_selector("#question textarea")
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    """(model, tokenizer, config, answers, test rows, data_dir) for the expected answers."""
+    model, tokenizer, config, answers, _ = load_run(str(trained_run), "cpu")
+    data_dir, test = read_test_split(config)
+    return model, tokenizer, config, answers, test, data_dir
+
+
+def expected(run, image_path, question):
+    model, tokenizer, config, answers, _, _ = run
+    return answer(model, tokenizer, config, answers, image_path, question, "cpu")
+
+
+def shown_answers(page):
+    """The answers the page shows, best first, once the model has answered."""
+    top = page.locator("#answers [data-testid=label-output-value]")
+    top.wait_for()
+    rows = page.locator("#answers [data-testid$='-confidence-set']")
+    return top.inner_text().strip(), [rows.nth(i).get_attribute("data-testid").removesuffix("-confidence-set")
+                                      for i in range(rows.count())]
+
+
+def test_upload_and_ask(page, run):
+    *_, test, data_dir = run
+    row = test.iloc[0]
+    image_path = os.path.join(data_dir, "image", row["image"])
+    page.locator("#image input[type=file]").set_input_files(image_path)
+    page.locator("#image img").wait_for()  # the upload has reached the server
+    page.locator("#question textarea").fill(row["question"])
+    page.locator("#submit").click()
+    top, listed = shown_answers(page)
+    want = expected(run, image_path, row["question"])
+    assert top == want[0][0]
+    assert listed == [text for text, _ in want]
+
+
+def test_pick_sample_and_ask(page, run):
+    from playwright.sync_api import expect
+
+    *_, test, data_dir = run
+    index = 3
+    row = test.iloc[index]
+    page.locator("#sample input").click()
+    page.locator("#sample [role=option]").nth(index).click()
+    expect(page.locator("#question textarea")).to_have_value(row["question"])
+    expect(page.locator("#gold textarea")).to_have_value(row["answer"])
+    page.locator("#image img").wait_for()
+    page.locator("#submit").click()
+    top, _ = shown_answers(page)
+    assert top == expected(run, os.path.join(data_dir, "image", row["image"]), row["question"])[0][0]
