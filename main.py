@@ -49,11 +49,16 @@ def build_parser(suppress_defaults=False):
              "printed and written to skipped_rows.csv in the run directory")
     add("--resume", default=None, metavar="RUN_DIR",
         help="continue this run in its directory with its saved options, from its last checkpoint "
-             "(only --device, --num_workers and --precision may be given with it)")
+             "(only --device, --num_workers, --precision, --image_cache and --compile may be given with it)")
     add("--results_dir", default="results", help="run directories go to <results_dir>/<train_data>_<MMDD_HHMM>/")
     add("--seed", type=int, default=42, help="random seed")
     add("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
     add("--num_workers", type=int, default=8, help="DataLoader worker processes per training process")
+    add("--image_cache", action=argparse.BooleanOptionalAction, default=True,
+        help="decode and resize every image once into a memory-mapped cache under <data_dir>/cache/ "
+             "(--no-image_cache: decode the JPEG each time it is read, as the original)")
+    add("--compile", action="store_true", default=False,
+        help="torch.compile the model (faster steps on GPUs after a minute or two of compiling)")
     add("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     # model
     add("--text_model", default="xlm-roberta-base",
@@ -111,11 +116,11 @@ def resume_args(args, argv):
                  f"or the run stopped before it began training (start it again).")
     config = util.read_json(path)
     explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
-    fixed = explicit - {"resume", "device", "num_workers", "precision"}
+    fixed = explicit - {"resume", "device", "num_workers", "precision", "image_cache", "compile"}
     if fixed:
         sys.exit(f"error: --resume continues {args.resume} with its saved options; drop "
-                 f"{', '.join('--' + k for k in sorted(fixed))} (only --device, --num_workers and --precision "
-                 f"may change).")
+                 f"{', '.join('--' + k for k in sorted(fixed))} (only --device, --num_workers, --precision, "
+                 f"--image_cache and --compile may change).")
     for key in CONFIG_KEYS + ["image_model_kwargs", "scratch_text"]:
         if key not in explicit and key in config:
             setattr(args, key, config[key])

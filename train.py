@@ -21,7 +21,7 @@ import util
 from focal import build_loss
 from model import (VQAModel, build_image_encoder, build_text_encoder, image_model_spec, load_tokenizer,
                    small_text_config, train_tokenizer)
-from vqa_dataset import DataError, ImageCache, VQADataset, build_answer_vocab, collate, load_data, select_rows, to_model_input
+from vqa_dataset import DataError, ImageCache, ImageFiles, VQADataset, build_answer_vocab, collate, load_data, select_rows, to_model_input
 
 SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
 CONFIG_KEYS = ["train_data", "data_dir", "lang", "text_model", "image_model", "pretrained", "img_size", "max_token",
@@ -204,11 +204,14 @@ def train(args):
         f"device {device} x{world_size}, precision {precision}")
 
     names = pd.concat([train_df["image"], valid_df["image"]])
-    if is_main:  # rank 0 decodes the images once; the others then map its file
-        ImageCache(args.data_dir, names, args.img_size, num_workers=max(args.num_workers, os.cpu_count() or 1))
-    if world_size > 1:
-        dist.barrier()
-    images = ImageCache(args.data_dir, names, args.img_size, progress=False)
+    if not args.image_cache:
+        images = ImageFiles(args.data_dir, names, args.img_size)
+    else:
+        if is_main:  # rank 0 decodes the images once; the others then map its file
+            ImageCache(args.data_dir, names, args.img_size, num_workers=max(args.num_workers, os.cpu_count() or 1))
+        if world_size > 1:
+            dist.barrier()
+        images = ImageCache(args.data_dir, names, args.img_size, progress=False)
     train_set = VQADataset(train_df, images, tokenizer, answer_to_id, args.max_token)
     valid_set = VQADataset(valid_df, images, tokenizer, answer_to_id, args.max_token)
     sampler = EpochSampler(train_set, world_size, rank, args.seed)
@@ -220,6 +223,11 @@ def train(args):
     ddp_model = model
     if world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif device.type == "cuda" and torch.cuda.device_count() > 1:
+        log(f"note: {torch.cuda.device_count()} GPUs found but this run uses one; to use them all: "
+            f"torchrun --nproc_per_node {torch.cuda.device_count()} main.py ...")
+    if args.compile:  # training steps only; validation and saving use the plain module, which shares the weights
+        ddp_model = torch.compile(ddp_model)
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(device)
     # With --freeze_text_epochs the text encoder joins the optimizer (with fresh AdamW state) only afterwards.
     text_params = list(model.text_encoder.parameters())

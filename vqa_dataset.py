@@ -348,12 +348,29 @@ class ImageCache:
             self._array = np.load(self.path, mmap_mode="r")
         return self._array
 
+    def get(self, row):
+        return np.array(self.array[row])
+
     def __getstate__(self):
         return {**self.__dict__, "_array": None}
 
 
+class ImageFiles:
+    """ImageCache's interface without the cache: every image decoded and resized from its JPEG each time it is
+    read, as the original pipeline does (--no-image_cache; for checking that the cache changes nothing)."""
+
+    def __init__(self, data_dir, names, img_size):
+        self.names = sorted(set(names))
+        self.row = {name: i for i, name in enumerate(self.names)}
+        self.paths = [os.path.join(data_dir, "image", name) for name in self.names]
+        self.img_size = img_size
+
+    def get(self, row):
+        return load_image(self.paths[row], self.img_size)
+
+
 class VQADataset(Dataset):
-    """Questions tokenized once up front; images read from the decoded cache. Unknown answers get label -1."""
+    """Questions tokenized once up front; images from an ImageCache (or ImageFiles). Unknown answers get label -1."""
 
     def __init__(self, df, images, tokenizer, answer_to_id, max_token):
         self.df = df.reset_index(drop=True)
@@ -368,7 +385,7 @@ class VQADataset(Dataset):
         return len(self.df)
 
     def __getitem__(self, i):
-        return self.input_ids[i], torch.from_numpy(np.array(self.images.array[self.image_rows[i]])), self.labels[i], i
+        return self.input_ids[i], torch.from_numpy(self.images.get(self.image_rows[i])), self.labels[i], i
 
 
 def collate(batch, pad_id):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import util
+from conftest import TINY_TRAIN
 from inference import load_run
 from train import make_loader, predict
 from vqa_dataset import ImageCache, VQADataset, read_data, select_rows
@@ -101,7 +102,6 @@ def test_run_dirs_are_never_overwritten(tmp_path):
 
 def test_train_data_b_uses_only_type_b(sample_dir, tmp_path):
     import main
-    from conftest import TINY_TRAIN
 
     run_dir = main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(tmp_path),
                                       "--train_data", "B", "--n_epoch", "1", "--use_transformer_layer"])
@@ -112,3 +112,12 @@ def test_train_data_b_uses_only_type_b(sample_dir, tmp_path):
     assert sorted(answers) == sorted(type_b_train["answer"].unique())
     assert config["data_stats"]["train"] == len(type_b_train) and config["use_transformer_layer"]
     assert run_dir.split("/")[-1].startswith("B_")
+
+
+def test_without_the_image_cache_training_is_identical(trained_run, sample_dir, tmp_path):
+    import main
+
+    run_dir = main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(tmp_path), "--no-image_cache"])
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    history = json.loads((trained_run / "history.json").read_text())
+    assert strip(json.loads(open(f"{run_dir}/history.json").read())) == strip(history)
