@@ -247,7 +247,7 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False):
     os.replace(path + ".tmp", path)
     if len(skipped):
         skipped.rename(columns={"row": "source_row"}).to_csv(os.path.join(out_dir, "skipped_rows.csv"), index=False)
-        print(f"--skip_bad: skipped {len(skipped)} rows with problems, listed in {out_dir}/skipped_rows.csv")
+        print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in {out_dir}/skipped_rows.csv")
         for source, row, problem in skipped[["source", "row", "problem"]].head(20).itertuples(index=False):
             print(f"  {source} row {row}: {problem}")
     counts = data["split"].replace("", "(seeded split)").value_counts().to_dict()

@@ -69,7 +69,7 @@ def main():
         sys.exit(f"error: {e}")
     if len(skipped):
         skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{args.infer_data}.csv"), index=False)
-        print(f"--skip_bad: skipped {len(skipped)} rows with problems, listed in "
+        print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in "
               f"{run_dir}/skipped_rows_{args.infer_data}.csv")
     answer_to_id = {a: i for i, a in enumerate(answers)}
     dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"])
