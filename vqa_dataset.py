@@ -268,7 +268,7 @@ def select_rows(df, split=None, train_data="all", infer_data="all", lang="bi"):
         keep &= df["question_type"].values == train_data
     if infer_data != "all":
         keep &= df["category"].values == infer_data
-    if lang != "bi":
+    if lang not in ("bi", "all"):  # "all": what runs saved before --lang became ko|en|bi
         keep &= df["lang"].values == lang
     return df[keep].reset_index(drop=True)
 
