@@ -41,7 +41,7 @@ import main
 import train
 import util
 from focal import build_loss
-from model import VQAModel, build_image_encoder, small_text_config, train_tokenizer
+from model import VQAModel, build_image_encoder, small_text_config, train_tokenizer, xlmr_base_config
 from vqa_dataset import IMAGENET_MEAN, IMAGENET_STD, ImageCache, VQADataset, build_answer_vocab, collate, read_data, \
     select_rows
 
@@ -254,11 +254,7 @@ def run():
     if args.quick:
         text_config = small_text_config(len(tokenizer), args.max_token, **cfg.scratch_text)
     else:
-        from transformers import XLMRobertaConfig
-
-        # xlm-roberta-base's config.json; the class defaults carry BERT's 30,522-token vocabulary instead
-        text_config = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1,
-                                       layer_norm_eps=1e-5)
+        text_config = xlmr_base_config()
 
     def build_model(memory_format):
         from transformers import AutoModel

@@ -80,8 +80,8 @@ def main():
 
         try:
             plots.plot_answer(image_path, question, gold, top, args.save_png)
-        except OSError as e:
-            sys.exit(f"error: cannot write {args.save_png}: {e.strerror or e}")
+        except (OSError, util.CheckpointError) as e:
+            sys.exit(f"error: {e}")
         print(f"wrote {args.save_png}")
 
 

@@ -85,6 +85,14 @@ def build_text_encoder(name, pretrained=True, config_overrides=None):
     return _from_pretrained(AutoModel, name, "text model", "--text_model")
 
 
+def xlmr_base_config():
+    """xlm-roberta-base's architecture without a download: XLMRobertaConfig()'s defaults are its sizes (hidden 768,
+    12 layers, 12 heads) but carry BERT's vocabulary, so the values that differ are set here."""
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5)
+
+
 def small_text_config(vocab_size, max_token, hidden=128, layers=2, heads=4):
     """A small encoder of the XLM-RoBERTa architecture, built from a config (no download)."""
     from transformers import XLMRobertaConfig

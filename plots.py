@@ -7,6 +7,7 @@ with Hangul such as Debian's fonts-nanum or fonts-noto-cjk.
 """
 import functools
 import importlib.util
+import io
 import os
 import textwrap
 import warnings
@@ -14,6 +15,8 @@ import warnings
 from matplotlib import font_manager, ft2font, rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+import util
 
 HANGUL = ord("가")
 # System fonts with Hangul, most common first (Linux, Windows, macOS); any other font with Hangul is the last resort.
@@ -61,16 +64,11 @@ def style():
 
 
 def save_png(fig, path, dpi=120):
-    """PNG written to a temporary file beside path, then renamed: a reader never sees half a file."""
+    """PNG written atomically (util.atomic_write): a reader never sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=dpi, bbox_inches="tight")
+    util.atomic_write(path, png.getvalue())
     return path
 
 

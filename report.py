@@ -29,8 +29,7 @@ def data_statistics(df):
     counts = counts.reindex(columns=[t for t in TYPES if t in counts.columns], fill_value=0)
     counts.insert(0, "rows", df["split"].value_counts())
     counts = counts.reindex([s for s in ("train", "valid", "test") if s in counts.index])
-    return markdown_table(counts.reset_index().rename(columns={"split": "split"}).values.tolist(),
-                          ["split"] + list(counts.columns))
+    return markdown_table(counts.reset_index().values.tolist(), ["split"] + list(counts.columns))
 
 
 def markdown_table(rows, header):

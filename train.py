@@ -149,10 +149,9 @@ def stop_requested(flag, world_size, device):
 def check_same_answers(answers, run_dir):
     saved = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
     if saved != answers:
-        added, removed = sorted(set(answers) - set(saved)), sorted(set(saved) - set(answers))
-        raise DataError(f"the training data changed since {run_dir} started: its answer vocabulary has "
-                        f"{len(answers)} answers, the run's answers.json {len(saved)} (new: {added[:5]}, gone: "
-                        f"{removed[:5]}). Resume with the data the run started with, or start a new run.")
+        raise DataError(f"the training data changed since {run_dir} started: "
+                        + util.answers_difference(saved, "the run's answers.json", answers, "the data now")
+                        + ". Resume with the data the run started with, or start a new run.")
 
 
 def train(args):
@@ -185,9 +184,9 @@ def train(args):
     last = os.path.join(resume, util.LAST_CHECKPOINT) if resume else None
     if resume:
         check_same_answers(answers, resume)
-        saved_world_size = util.read_json(os.path.join(resume, util.CONFIG_FILE))["world_size"]
-        if saved_world_size != world_size:  # the batches, steps and learning rate schedule depend on it
-            raise DataError(f"{resume} was trained by {saved_world_size} process(es); resume it with as many "
+        config = util.read_json(os.path.join(resume, util.CONFIG_FILE))
+        if config["world_size"] != world_size:  # the batches, steps and learning rate schedule depend on it
+            raise DataError(f"{resume} was trained by {config['world_size']} process(es); resume it with as many "
                             f"(now {world_size}).")
         tokenizer = load_tokenizer(os.path.join(resume, util.TOKENIZER_DIR))
     elif args.text_model == SCRATCH:
@@ -229,7 +228,7 @@ def train(args):
     if args.compile:  # training steps only; validation and saving use the plain module, which shares the weights
         ddp_model = torch.compile(ddp_model)
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(device)
-    # With --freeze_text_epochs the text encoder joins the optimizer (with fresh AdamW state) only afterwards.
+    # With --freeze_text_epochs N the text encoder joins the optimizer (with fresh AdamW state) after epoch N.
     text_params = list(model.text_encoder.parameters())
     text_ids = {id(p) for p in text_params}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in text_ids or not args.freeze_text_epochs],
@@ -239,14 +238,14 @@ def train(args):
 
     # the loop's state: what a checkpoint saves and --resume restores
     state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_acc": -1.0, "best_weights": None, "valid_by_type": {},
-             "text_in_optimizer": not args.freeze_text_epochs, "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0}}
+             "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0}}
     if resume:
         run_dir = resume
-        config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
         if os.path.isfile(last):
-            if util.read_metadata(last).get("text_in_optimizer") and args.freeze_text_epochs:
+            state, optimizer_state = util.load_checkpoint(last, model, config, answers)
+            if args.freeze_text_epochs and state["epoch"] > args.freeze_text_epochs:  # the groups as saved
                 optimizer.add_param_group({"params": text_params})
-            state = util.load_checkpoint(last, model, optimizer, config, answers)
+            util.load_optimizer_state(optimizer, optimizer_state, last)
             log(f"resuming {run_dir} at epoch {state['epoch']}, batch {state['batch']} of {steps_per_epoch}")
         else:
             log(f"{run_dir} has no {util.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it again")
@@ -284,11 +283,8 @@ def train(args):
             sampler.set_epoch(epoch)
             sampler.skip = state["batch"] * per_rank_batch
             partial, start = state["partial"], time.time()
-            if args.freeze_text_epochs and epoch > args.freeze_text_epochs and not state["text_in_optimizer"]:
-                optimizer.add_param_group({"params": text_params})
-                state["text_in_optimizer"] = True
             trainable = [p for group in optimizer.param_groups for p in group["params"]]
-            frozen = "" if state["text_in_optimizer"] else " (text encoder frozen)"
+            frozen = " (text encoder frozen)" if epoch <= args.freeze_text_epochs else ""
             bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.n_epoch}{frozen}", disable=not is_main,
                        initial=state["batch"], total=steps_per_epoch, dynamic_ncols=True)
             for batch in bar:
@@ -323,6 +319,8 @@ def train(args):
             if world_size > 1:
                 dist.all_reduce(train_stats)
             state.update(epoch=epoch + 1, batch=0, partial={"loss_sum": 0.0, "correct": 0, "seen": 0})
+            if epoch == args.freeze_text_epochs:  # before `last` is saved, so that it holds the new group
+                optimizer.add_param_group({"params": text_params})
             if is_main:
                 valid = predict(model, valid_loader, device, precision, loss_fn, desc="valid")
                 loss_total, correct_total, seen_total = train_stats.tolist()

@@ -65,7 +65,8 @@ def make_run_dir(results_dir, train_data):
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be written or read; the message names the file and the fix."""
+    """A run file (checkpoint, JSON, figure) that cannot be written, or a checkpoint that cannot be read; the message
+    names the file and the fix."""
 
 
 def atomic_write(path, data):
@@ -118,15 +119,20 @@ def check_metadata(metadata, config, answers, path):
     if "answers" in metadata and answers is not None:
         saved = json.loads(metadata["answers"])
         if saved != answers:
-            moved = next((i for i, (a, b) in enumerate(zip(saved, answers)) if a != b), min(len(saved), len(answers)))
-            added, removed = sorted(set(answers) - set(saved)), sorted(set(saved) - set(answers))
-            problems.append(f"the answer vocabulary differs: {len(saved)} answers in the weights, {len(answers)} in "
-                            f"answers.json, first difference at index {moved}"
-                            + (f", only in answers.json: {added[:5]}" if added else "")
-                            + (f", only in the weights: {removed[:5]}" if removed else ""))
+            problems.append("the answer vocabulary differs: " + answers_difference(saved, "the weights", answers,
+                                                                                   "answers.json"))
     if problems:
         raise CheckpointError(f"{path} does not belong to this run: " + "; ".join(problems) +
                               ". Use the config.json and answers.json saved with these weights.")
+
+
+def answers_difference(old, old_name, new, new_name):
+    """How two answer vocabularies differ, for an error message."""
+    first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    return (f"{len(old)} answers in {old_name}, {len(new)} in {new_name}, first difference at index {first}"
+            + (f", only in {new_name}: {added[:5]}" if added else "")
+            + (f", only in {old_name}: {removed[:5]}" if removed else ""))
 
 
 def _cpu_state(model):
@@ -234,8 +240,9 @@ def save_checkpoint(path, model, optimizer, state, config, answers):
     atomic_write(path, save(tensors, metadata=metadata))
 
 
-def load_checkpoint(path, model, optimizer, config, answers):
-    """Restores what save_checkpoint wrote into model, optimizer and the RNGs; returns the loop state."""
+def load_checkpoint(path, model, config, answers):
+    """Restores what save_checkpoint wrote into model and the RNGs; returns (loop state, optimizer state dict) for
+    load_optimizer_state once the optimizer has the param groups the loop state implies."""
     tensors, metadata = read_safetensors(path)
     if "state" not in metadata:
         raise CheckpointError(f"{path} holds no training state; it is not a checkpoint written by main.py.")
@@ -247,14 +254,6 @@ def load_checkpoint(path, model, optimizer, config, answers):
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
             optimizer_state["state"].setdefault(int(index), {})[name] = value
-    for saved, current in zip(optimizer_state["param_groups"], optimizer.param_groups):
-        for key in ("fused", "foreach", "capturable"):  # how to step is this machine's choice, not the checkpoint's
-            if key in current:
-                saved[key] = current[key]
-    try:
-        optimizer.load_state_dict(optimizer_state)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: the optimizer state does not fit this model ({e}).") from None
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
@@ -263,7 +262,18 @@ def load_checkpoint(path, model, optimizer, config, answers):
     random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
     numpy_rng = state.pop("numpy_rng")
     np.random.set_state((numpy_rng[0], np.array(numpy_rng[1], dtype=np.uint32), *numpy_rng[2:]))
-    return state
+    return state, optimizer_state
+
+
+def load_optimizer_state(optimizer, optimizer_state, path):
+    for saved, current in zip(optimizer_state["param_groups"], optimizer.param_groups):
+        for key in ("fused", "foreach", "capturable"):  # how to step is this machine's choice, not the checkpoint's
+            if key in current:
+                saved[key] = current[key]
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the optimizer state does not fit this model ({e}).") from None
 
 
 def find_run(model_path=None, results_dir="results"):

@@ -99,22 +99,20 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
     image_dir = image_dir or os.path.join(data_dir, "image")
     problems = pd.Series("", index=df.index)
 
-    def flag(mask, text):
-        problems[mask & (problems == "")] = text
+    def flag(mask, text):  # the first problem of a row is the one reported; text: one message or one per row
+        mask = mask & (problems == "")
+        problems[mask] = text[mask] if isinstance(text, pd.Series) else text
 
     flag(df["question"] == "", "column question is empty")
     flag(df["answer"] == "", "column answer is empty")
     flag(~df["question_type"].isin(["A", "B"]), "column question_type is not A or B")
     no_split = (df["split"] == "").all()  # read_data makes the seeded split for such data
     flag(~df["split"].isin(SPLITS) & ~no_split, f"column split is not one of {', '.join(SPLITS)}")
-    duplicate = df.duplicated(["image", "question", "answer"], keep="first")
-    first_row = df.drop_duplicates(["image", "question", "answer"]).set_index(["image", "question", "answer"])["row"]
-    for i in df.index[duplicate & (problems == "")]:
-        problems[i] = f"duplicate of row {first_row[(df.at[i, 'image'], df.at[i, 'question'], df.at[i, 'answer'])]}"
-    image_faults = check_images(data_dir, df["image"].unique(), progress=progress, image_dir=image_dir)
-    for i in df.index[(df["image"].map(image_faults) != "") & (problems == "")]:
-        name = df.at[i, "image"]
-        problems[i] = f"column image: {os.path.join(image_dir, name)} {image_faults[name]}"
+    keys = ["image", "question", "answer"]
+    first_row = df.groupby(keys, sort=False)["row"].transform("first")
+    flag(df.duplicated(keys), "duplicate of row " + first_row.astype(str))
+    faults = df["image"].map(check_images(data_dir, df["image"].unique(), progress=progress, image_dir=image_dir))
+    flag(faults != "", "column image: " + df["image"].map(lambda name: os.path.join(image_dir, name)) + " " + faults)
 
     bad = problems != ""
     skipped = df[bad].assign(problem=problems[bad])
@@ -293,19 +291,30 @@ def to_model_input(images, device):
     return (images - mean) / std
 
 
-class ImageCache:
+class ImageFiles:
+    """The images of a data set by row: each decoded and resized from its file every time it is read, as the
+    original pipeline does (--no-image_cache; for checking that the cache changes nothing)."""
+
+    def __init__(self, data_dir, names, img_size):
+        self.names = sorted(set(names))
+        self.row = {name: i for i, name in enumerate(self.names)}
+        self.paths = [os.path.join(data_dir, "image", name) for name in self.names]
+        self.img_size = img_size
+
+    def get(self, row):
+        return load_image(self.paths[row], self.img_size)
+
+
+class ImageCache(ImageFiles):
     """Every image of a data set decoded and resized once into a uint8 array on disk, memory-mapped.
 
     Reused across epochs, scripts and runs; rebuilt when the list of images, their sizes or modification
     times, or the image size change (the key is in the file name)."""
 
     def __init__(self, data_dir, names, img_size, num_workers=8, progress=True):
-        self.names = sorted(set(names))
-        self.row = {name: i for i, name in enumerate(self.names)}
-        image_dir = os.path.join(data_dir, "image")
-        paths = [os.path.join(image_dir, name) for name in self.names]
+        super().__init__(data_dir, names, img_size)
         key = hashlib.sha1(str(img_size).encode())
-        for name, path in zip(self.names, paths):
+        for name, path in zip(self.names, self.paths):
             try:
                 stat = os.stat(path)
             except OSError as e:
@@ -317,10 +326,10 @@ class ImageCache:
         self.shape = (len(self.names), img_size, img_size, 3)
         if not os.path.isfile(self.path):
             os.makedirs(cache_dir, exist_ok=True)
-            self._build(paths, img_size, num_workers, progress)
+            self._build(num_workers, progress)
         self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
 
-    def _build(self, paths, img_size, num_workers, progress):
+    def _build(self, num_workers, progress):
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
@@ -330,14 +339,14 @@ class ImageCache:
 
         def decode(i):
             try:
-                array[i] = load_image(paths[i], img_size)
+                array[i] = ImageFiles.get(self, i)  # decoded from the file
             except OSError as e:
-                raise DataError(f"{paths[i]}: cannot decode image ({e}). Replace the file or remove its rows.") from None
+                raise DataError(f"{self.paths[i]}: cannot decode image ({e}). Replace the file or remove its rows.") from None
 
         # PIL releases the GIL while decoding, so threads use every core
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
-            list(tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc=f"caching images at {img_size}px",
-                      disable=not progress, dynamic_ncols=True))
+            list(tqdm(pool.map(decode, range(len(self.paths))), total=len(self.paths),
+                      desc=f"caching images at {self.img_size}px", disable=not progress, dynamic_ncols=True))
         array.flush()
         del array
         os.replace(tmp, self.path)
@@ -355,22 +364,8 @@ class ImageCache:
         return {**self.__dict__, "_array": None}
 
 
-class ImageFiles:
-    """ImageCache's interface without the cache: every image decoded and resized from its JPEG each time it is
-    read, as the original pipeline does (--no-image_cache; for checking that the cache changes nothing)."""
-
-    def __init__(self, data_dir, names, img_size):
-        self.names = sorted(set(names))
-        self.row = {name: i for i, name in enumerate(self.names)}
-        self.paths = [os.path.join(data_dir, "image", name) for name in self.names]
-        self.img_size = img_size
-
-    def get(self, row):
-        return load_image(self.paths[row], self.img_size)
-
-
 class VQADataset(Dataset):
-    """Questions tokenized once up front; images from an ImageCache (or ImageFiles). Unknown answers get label -1."""
+    """Questions tokenized once up front; images from an ImageCache or ImageFiles. Unknown answers get label -1."""
 
     def __init__(self, df, images, tokenizer, answer_to_id, max_token):
         self.df = df.reset_index(drop=True)

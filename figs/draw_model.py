@@ -23,23 +23,20 @@ sys.path.insert(0, ROOT)  # model, main and plots live in the repository root
 
 import main  # noqa: E402
 import plots  # noqa: E402
-from model import VQAModel, build_image_encoder  # noqa: E402
+from model import VQAModel, build_image_encoder, xlmr_base_config  # noqa: E402
 
-# xlm-roberta-base's config.json where it differs from XLMRobertaConfig()'s defaults (so the parameter count is right);
-# the sizes drawn (hidden 768, 12 layers, 12 heads) are the defaults
-XLMR_BASE = {"vocab_size": 250002, "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5}
 COLORS = {"input": "#fdebd0", "text": "#d6e6f5", "image": "#dcefd9", "fusion": "#f1d9ec", "head": "#ececec"}
 Box = namedtuple("Box", "x y w h")
 
 
 def build(args, use_transformer_layer):
     """VQAModel with main.py's defaults, on the meta device; one answer (the classifier's width is drawn as #answers)."""
-    from transformers import AutoModel, XLMRobertaConfig
+    from transformers import AutoModel
 
     if args.text_model != "xlm-roberta-base":
-        sys.exit(f"error: main.py's default --text_model is now {args.text_model}; update XLMR_BASE in {__file__}")
+        sys.exit(f"error: main.py's default --text_model is now {args.text_model}; draw it from its config in {__file__}")
     with torch.device("meta"):
-        text = AutoModel.from_config(XLMRobertaConfig(**XLMR_BASE))
+        text = AutoModel.from_config(xlmr_base_config())
         image = build_image_encoder(args.image_model, pretrained=False, **args.image_model_kwargs)
         model = VQAModel(text, image, 1, args.img_size, dim_h=args.dim_h, dropout=args.dropout,
                          use_transformer_layer=use_transformer_layer, n_transformer_layers=args.n_transformer_layers,
