@@ -7,9 +7,9 @@
 (a) original-style: DataLoader workers PIL-decode every JPEG and resize it on every step (the original's eval
     transform), every question is padded to --max_token by the tokenizer, fp32, default (non-fused) AdamW.
 (b) fast path: the repo's ImageCache (decoded once; its build time is reported on its own line and is not part of
-    the throughput), questions tokenized once and padded per batch (train.make_loader), train.forward (bf16
-    autocast on CUDA), a channels_last model, fused AdamW on CUDA, pinned memory with non_blocking copies,
-    persistent workers, optionally torch.compile.
+    the throughput), questions tokenized once and padded per batch (vqa_dataset.make_loader), train.train_step
+    (bf16 autocast on GPUs with bf16), a channels_last model, train.py's fused AdamW on CUDA, pinned memory with
+    non_blocking copies, persistent workers, optionally torch.compile.
 Both train the same model (same initial weights) on the same data, device and batch size, one after the other,
 with the same training step (focal loss, gradient clipping). Throughput counts data loading; warmup steps are not
 timed. Then the fast path's model alone on a batch already on the device, with the FLOPs of a training step and,
@@ -38,12 +38,12 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 import main
-import train
 import util
 from focal import build_loss
-from model import VQAModel, build_image_encoder, small_text_config, train_tokenizer, xlmr_base_config
-from vqa_dataset import IMAGENET_MEAN, IMAGENET_STD, ImageCache, VQADataset, build_answer_vocab, collate, read_data, \
-    select_rows
+from model import build_model, forward, run_config, small_text_config, train_tokenizer, xlmr_base_config
+from train import build_optimizer, optimize, train_step
+from vqa_dataset import IMAGENET_MEAN, IMAGENET_STD, ImageCache, VQADataset, build_answer_vocab, collate, \
+    make_loader, read_data, select_rows
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s by device name; the first key found in the name wins.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", None), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
@@ -92,6 +92,8 @@ def parse_args():
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="the fast path's precision; auto: bf16 autocast on CUDA, fp32 on CPU ((a) is always fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path's model")
+    p.add_argument("--use_transformer_layer", action="store_true",
+                   help="the model with main.py's --use_transformer_layer (both pipelines)")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="the device's dense bf16 peak in TFLOP/s (default: from a table of known GPUs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the sample order")
@@ -130,9 +132,7 @@ def generate_data(data_dir, n_images, questions_per_image, width, height, seed):
     rng = random.Random(seed)
     rows = [{"image": name, "question": make_question(rng), "answer": rng.choice(ANSWERS), "split": "train"}
             for name in names for _ in range(questions_per_image)]
-    tmp = os.path.join(data_dir, "data.csv.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, os.path.join(data_dir, "data.csv"))
+    util.write_csv(os.path.join(data_dir, "data.csv"), pd.DataFrame(rows))
 
 
 class OriginalStyleDataset(Dataset):
@@ -164,18 +164,20 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def make_step(model, optimizer, loss_fn, forward):
-    """One training step as train.py's: focal loss, backward, gradient clipping, AdamW, and the loss read back."""
+def original_step(model, optimizer, loss_fn, device, clip_grad, lr):
+    """(a)'s training step: its batches as the original's loader gives them, fp32, then train.py's optimize."""
     def step(batch):
-        logits, label = forward(batch)
-        loss = loss_fn(logits, label)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        loss.item()  # train.py logs the loss every step, which waits for the step to finish
+        input_ids, attention_mask, image, label = (t.to(device) for t in batch)
+        loss = loss_fn(model(input_ids, attention_mask, image), label)
+        optimize(model, optimizer, loss, clip_grad, lr)
+        loss.item()  # train.py reads the loss every step, which waits for the step to finish
         return len(label)
     return step
+
+
+def fast_step(model, optimizer, loss_fn, device, precision, clip_grad, lr):
+    """(b)'s training step: train.train_step."""
+    return lambda batch: train_step(model, optimizer, loss_fn, batch, device, precision, clip_grad, lr)[2]
 
 
 def timed(desc, step, batches, warmup_steps, steps, device):
@@ -226,12 +228,13 @@ def run():
     device = util.pick_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no GPU; use --device cpu (with --quick)")
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = util.pick_precision(device, args.precision)
     preset = QUICK if args.quick else FULL
     # the model options of main.py: its defaults (XLM-R base size, resnet50) or its sample preset
-    cfg = main.parse_args(["--preset", "sample"] if args.quick else [])
+    cfg = main.parse_args((["--preset", "sample"] if args.quick else [])
+                          + (["--use_transformer_layer"] if args.use_transformer_layer else []))
     n_images = args.n_images or preset["n_images"]
-    img_size = args.img_size or cfg.img_size
+    cfg.img_size = img_size = args.img_size or cfg.img_size
     batch_size = args.batch_size or preset["batch_size"]
     nw = args.num_workers
     # (a)'s batches come in waves of num_workers (each worker builds a whole batch): time whole waves
@@ -256,13 +259,9 @@ def run():
     else:
         text_config = xlmr_base_config()
 
-    def build_model(memory_format):
-        from transformers import AutoModel
-
+    def new_model(memory_format):
         util.set_seed(args.seed)  # the same initial weights for both pipelines
-        model = VQAModel(AutoModel.from_config(text_config),
-                         build_image_encoder(cfg.image_model, pretrained=False, **cfg.image_model_kwargs),
-                         len(answer_to_id), img_size, dim_h=cfg.dim_h, dropout=cfg.dropout, text_pool=cfg.text_pool)
+        model = build_model(run_config(cfg, len(answer_to_id)), text_config)
         return model.to(device, memory_format=memory_format)
 
     loss_fn = build_loss("focal", gamma=cfg.gamma).to(device)
@@ -281,22 +280,17 @@ def run():
 
     # (a) original-style
     reset_memory(device)
-    model = build_model(torch.contiguous_format)
+    model = new_model(torch.contiguous_format)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters: text "
           f"{text_config.hidden_size}x{text_config.num_hidden_layers} (vocab {text_config.vocab_size:,}), image "
-          f"{cfg.image_model} at {img_size} px")
+          f"{cfg.image_model} at {img_size} px, transformer layer {'on' if cfg.use_transformer_layer else 'off'}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     original_set = OriginalStyleDataset(df, data_dir, tokenizer, answer_to_id, img_size, args.max_token)
     loader = DataLoader(original_set, batch_size=batch_size, sampler=sampler(original_set), num_workers=nw)
-
-    def forward_original(batch):
-        input_ids, attention_mask, image, label = (t.to(device) for t in batch)
-        return model(input_ids, attention_mask, image), label
-
-    original, _ = timed("(a) original-style", make_step(model, optimizer, loss_fn, forward_original), iter(loader),
-                        warmup_steps, steps, device)
+    original, _ = timed("(a) original-style", original_step(model, optimizer, loss_fn, device, cfg.clip_grad, cfg.lr),
+                        iter(loader), warmup_steps, steps, device)
     original_mem = peak_memory(device)
-    del model, optimizer, loader, forward_original
+    del model, optimizer, loader
 
     # (b) fast path, after the image cache is built
     cache_files = set(glob.glob(os.path.join(data_dir, "cache", "images_*.npy")))
@@ -307,19 +301,14 @@ def run():
           f"({len(images.names):,} images at {img_size} px, {os.path.getsize(images.path) / 2**20:.0f} MiB; "
           f"not part of (b)'s throughput)")
     reset_memory(device)
-    model = build_model(torch.channels_last)
+    model = new_model(torch.channels_last)
     raw_model = model
+    optimizer = build_optimizer(model, cfg, device)
     if args.compile:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
     fast_set = VQADataset(df, images, tokenizer, answer_to_id, args.max_token)
-    loader = train.make_loader(fast_set, batch_size, True, nw, device, sampler=sampler(fast_set), seed=args.seed)
-
-    def forward_fast(batch):
-        return train.forward(model, batch, device, precision), batch["label"].to(device, non_blocking=True)
-
-    step = make_step(model, optimizer, loss_fn, forward_fast)
+    loader = make_loader(fast_set, batch_size, nw, device, sampler=sampler(fast_set), seed=args.seed)
+    step = fast_step(model, optimizer, loss_fn, device, precision, cfg.clip_grad, cfg.lr)
     fast, _ = timed(f"(b) fast path{' (compiled)' if args.compile else ''}", step, iter(loader),
                     warmup_steps, steps, device)
     fast_mem = peak_memory(device)
@@ -331,7 +320,7 @@ def run():
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:  # forward and backward, eager (the same math as compiled)
-        logits = train.forward(raw_model, batch, device, precision)
+        logits = forward(raw_model, batch, device, precision)
         loss_fn(logits, batch["label"]).backward()
     optimizer.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()

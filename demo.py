@@ -4,17 +4,16 @@
     python demo.py --model_path results/all_1228_1734                  # then open http://127.0.0.1:7860
     python demo.py --model_path results/all_1228_1734 --host 0.0.0.0   # reachable from other machines too
 
-The model is loaded once; answers come from inference_each.answer, so they are the same as on the command line.
+The model is loaded once; answers come from model.answer, as inference_each.py's, so they are the same as on the
+command line.
 """
 import argparse
 import os
 import sys
 
 import util
-from inference import load_run
-from inference_each import answer, read_test_split
-from model import OfflineError
-from vqa_dataset import DataError
+from model import OfflineError, answer, load_run
+from vqa_dataset import DataError, read_test_split
 
 
 def load_samples(config, data_dir, n):
@@ -82,10 +81,10 @@ def main():
         sys.exit("error: the web demo needs gradio, which requirements.txt leaves out. "
                  "Install it with: pip install -r requirements-demo.txt")
 
-    device = util.pick_device(args.device)
     try:
+        device = util.pick_device(args.device)
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
-    except (OfflineError, DataError, util.CheckpointError, FileNotFoundError, ValueError) as e:
+    except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     samples = load_samples(config, args.data_dir, args.n_samples)
     print(f"model: {run_dir} ({len(answers)} answers), {len(samples)} test samples to pick from")

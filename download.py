@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
+import util
 from vqa_dataset import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, DataError, derive_columns, read_csv, validate
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
@@ -98,8 +99,7 @@ def unpack(zip_path, data_dir):
             if os.path.commonpath([root, path]) != root:  # belt and braces after unsafe_entries
                 raise DataError(f"{zip_path}: entry {member.filename} would be written outside {target}")
             archive.extract(member, target)
-    with open(os.path.join(image_dir, UNPACKED_MARKER), "w", encoding="utf-8") as f:
-        f.write(f"{os.path.basename(zip_path)} {len(members)}\n")
+    util.atomic_write(os.path.join(image_dir, UNPACKED_MARKER), f"{os.path.basename(zip_path)} {len(members)}\n".encode())
     print(f"unpacked {len(members)} files into {image_dir}/")
 
 
@@ -243,8 +243,7 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False):
     if (data["split"] == "").all():
         columns.remove("split")  # read_data then makes the seeded split
     path = os.path.join(out_dir, "data.csv")
-    data[columns].to_csv(path + ".tmp", index=False)
-    os.replace(path + ".tmp", path)
+    util.write_csv(path, data[columns])
     if len(skipped):
         skipped.rename(columns={"row": "source_row"}).to_csv(os.path.join(out_dir, "skipped_rows.csv"), index=False)
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in {out_dir}/skipped_rows.csv")

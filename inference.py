@@ -8,35 +8,11 @@ import argparse
 import os
 import sys
 
-import torch
-
 import plots
 import report
 import util
-from model import OfflineError
-from vqa_dataset import DataError, ImageCache, VQADataset, read_data, select_rows, validate
-
-
-def load_run(model_path=None, device="cpu", results_dir="results"):
-    """(model, tokenizer, config, answers, run_dir) from a run directory or its weights; no training data needed."""
-    from transformers import AutoTokenizer
-
-    from train import build_model
-
-    run_dir, weights = util.find_run(model_path, results_dir)
-    for name in (util.CONFIG_FILE, util.ANSWERS_FILE, util.TOKENIZER_DIR, util.TEXT_CONFIG_DIR):
-        if not os.path.exists(os.path.join(run_dir, name)):
-            raise FileNotFoundError(f"{run_dir} has no {name}: weights are used from the run directory main.py "
-                                    f"wrote them to, with its config.json, answers.json, tokenizer/ and text_encoder/.")
-    config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
-    answers = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
-    if len(answers) != config["num_answers"]:
-        raise ValueError(f"{run_dir}: answers.json has {len(answers)} answers but config.json says "
-                         f"{config['num_answers']}; the run directory is inconsistent.")
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
-    model = build_model(config, run_dir=run_dir)
-    util.load_weights(model, weights, config, answers)
-    return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
+from model import OfflineError, load_run, predict
+from vqa_dataset import DataError, ImageCache, VQADataset, make_loader, read_data, select_rows, validate
 
 
 def main():
@@ -49,15 +25,16 @@ def main():
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--batch_size", type=int, default=256, help="batch size")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, ...; the precision is the run's (--precision of main.py) on this device")
     p.add_argument("--skip_bad", action="store_true",
                    help="leave out rows with problems instead of stopping; written to skipped_rows_<infer_data>.csv")
     args = p.parse_args()
-    import train
 
-    device = util.pick_device(args.device)
     try:
+        device = util.pick_device(args.device)
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
+        precision = util.pick_precision(device, config.get("precision", "auto"))
         data_dir = args.data_dir or config["data_dir"]
         df = select_rows(read_data(data_dir), args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
         df, skipped = validate(df, data_dir, args.skip_bad)
@@ -65,7 +42,7 @@ def main():
             sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
                      f"(train_data {config['train_data']}) in {data_dir}/data.csv.")
         images = ImageCache(data_dir, df["image"], config["img_size"])
-    except (OfflineError, DataError, util.CheckpointError, FileNotFoundError, ValueError) as e:
+    except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if len(skipped):
         skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{args.infer_data}.csv"), index=False)
@@ -73,9 +50,8 @@ def main():
               f"{run_dir}/skipped_rows_{args.infer_data}.csv")
     answer_to_id = {a: i for i, a in enumerate(answers)}
     dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"])
-    loader = train.make_loader(dataset, args.batch_size, False, args.num_workers, device)
-    precision = "bf16" if device.type == "cuda" else "fp32"
-    result = train.predict(model, loader, device, precision, top_k=1, desc=args.split)
+    loader = make_loader(dataset, args.batch_size, args.num_workers, device)
+    result = predict(model, loader, device, precision, top_k=1, desc=args.split)
 
     df["prediction"] = [answers[i] for i in result["pred"][:, 0].tolist()]
     df["confidence"] = result["prob"][:, 0].tolist()

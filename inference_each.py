@@ -9,28 +9,9 @@ import os
 import random
 import sys
 
-import torch
-
 import util
-from inference import load_run
-from model import OfflineError
-from vqa_dataset import DataError, load_image, read_data, select_rows, to_model_input
-
-
-@torch.no_grad()
-def answer(model, tokenizer, config, answers, image_path, question, device, top_k=5):
-    """[(answer, probability)] for an image file and a question string, preprocessed as in training."""
-    ids = tokenizer(question, truncation=True, max_length=config["max_token"], return_tensors="pt")
-    pixels = to_model_input(torch.from_numpy(load_image(image_path, config["img_size"]))[None], device)
-    logits = model(ids["input_ids"].to(device), ids["attention_mask"].to(device), pixels)
-    prob, index = torch.softmax(logits.float(), -1)[0].topk(min(top_k, len(answers)))
-    return [(answers[i], p) for i, p in zip(index.tolist(), prob.tolist())]
-
-
-def read_test_split(config, data_dir=None):
-    """(data_dir, the test split's rows for the run's train_data and lang) from the run's data or data_dir."""
-    data_dir = data_dir or config["data_dir"]
-    return data_dir, select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
+from model import OfflineError, answer, load_run
+from vqa_dataset import DataError, read_test_split
 
 
 def main():
@@ -50,8 +31,8 @@ def main():
     if (args.image is None) != (args.question is None):
         p.error("--image and --question go together")
 
-    device = util.pick_device(args.device)
     try:
+        device = util.pick_device(args.device)
         model, tokenizer, config, answers, _ = load_run(args.model_path, device, args.results_dir)
         gold = None
         if args.image is not None:
@@ -67,7 +48,7 @@ def main():
             image_path, question, gold = os.path.join(data_dir, "image", row["image"]), row["question"], row["answer"]
             print(f"test sample {index}: type {row['question_type']}, {row['category']}")
         top = answer(model, tokenizer, config, answers, image_path, question, device, args.top_k)
-    except (OfflineError, DataError, util.CheckpointError, FileNotFoundError, ValueError, OSError) as e:
+    except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"image:    {image_path}")
     print(f"question: {question}")

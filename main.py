@@ -52,14 +52,18 @@ def build_parser(suppress_defaults=False):
              "(only --device, --num_workers, --precision, --image_cache and --compile may be given with it)")
     add("--results_dir", default="results", help="run directories go to <results_dir>/<train_data>_<MMDD_HHMM>/")
     add("--seed", type=int, default=42, help="random seed")
-    add("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    add("--device", default="auto",
+        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...; under torchrun every CUDA choice means "
+             "each process's own GPU (cuda:LOCAL_RANK)")
     add("--num_workers", type=int, default=8, help="DataLoader worker processes per training process")
     add("--image_cache", action=argparse.BooleanOptionalAction, default=True,
         help="decode and resize every image once into a memory-mapped cache under <data_dir>/cache/ "
              "(--no-image_cache: decode the JPEG each time it is read, as the original)")
     add("--compile", action="store_true", default=False,
         help="torch.compile the model (faster steps on GPUs after a minute or two of compiling)")
-    add("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    add("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 autocast on a GPU that supports it, else fp32; saved with the run, and the inference "
+             "scripts and the demo use it too")
     # model
     add("--text_model", default="xlm-roberta-base",
         help="Hugging Face model name or local directory; 'scratch' builds a small XLM-R with its own tokenizer")
@@ -108,7 +112,6 @@ def resume_args(args, argv):
     import os
 
     import util
-    from train import CONFIG_KEYS
 
     path = os.path.join(args.resume, util.CONFIG_FILE)
     if not os.path.isfile(path):
@@ -121,7 +124,7 @@ def resume_args(args, argv):
         sys.exit(f"error: --resume continues {args.resume} with its saved options; drop "
                  f"{', '.join('--' + k for k in sorted(fixed))} (only --device, --num_workers, --precision, "
                  f"--image_cache and --compile may change).")
-    for key in CONFIG_KEYS + ["image_model_kwargs", "scratch_text"]:
+    for key in util.RUN_OPTIONS:
         if key not in explicit and key in config:
             setattr(args, key, config[key])
     return args
@@ -137,7 +140,7 @@ def main(argv=None):
 
     try:
         return train.train(args)
-    except (OfflineError, DataError, util.CheckpointError) as e:
+    except (OfflineError, DataError, util.CheckpointError, util.UsageError) as e:
         sys.exit(f"error: {e}")
     except train.Interrupted as e:
         print(e, file=sys.stderr)

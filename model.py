@@ -1,8 +1,8 @@
 """The VQA model: a Hugging Face text encoder and a timm image encoder fused by element-wise product
 (as the original baseline), optionally followed by a Transformer encoder over image and question features.
 
-Also loads the encoders and tokenizer from the hub, a local directory, or (for the sample preset)
-builds small ones from scratch.
+Also: loading the encoders and tokenizer from the hub, a local directory, or (for the sample preset) building small
+ones from scratch; building a model from a run's config; loading a trained run; and prediction with it.
 """
 import json
 import os
@@ -11,7 +11,15 @@ import socket
 import timm
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+
+import util
+from vqa_dataset import load_image, to_model_input
+
+SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
+# VQAModel's options, as config.json names them
+HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 
 
 class OfflineError(Exception):
@@ -130,6 +138,18 @@ def image_model_spec(name, kwargs):
     return name, dict(kwargs)
 
 
+def feature_grid(image_encoder, img_size):
+    """(height, width) of the encoder's feature map for img_size inputs. Probed in eval mode without gradients and
+    the mode restored, so that building a model leaves BatchNorm's (pretrained) running statistics untouched."""
+    was_training = image_encoder.training
+    image_encoder.eval()
+    param = next(image_encoder.parameters())
+    with torch.no_grad():
+        grid = image_encoder(torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype)).shape[-2:]
+    image_encoder.train(was_training)
+    return tuple(grid)
+
+
 class VQAModel(nn.Module):
     """logits = classifier(drop(relu(LN(linear(i_f * q_f))))), as the original baseline.
 
@@ -157,8 +177,7 @@ class VQAModel(nn.Module):
         self.text_pool = text_pool
         self.use_transformer_layer = use_transformer_layer
         if use_transformer_layer:
-            with torch.no_grad():
-                grid = image_encoder(torch.zeros(1, 3, img_size, img_size)).shape[-2:]
+            grid = feature_grid(image_encoder, img_size)
             self.image_pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim_q))
             self.type_embed = nn.Embedding(5, dim_q)  # fused, image, question, image grid, question tokens
             layer = nn.TransformerEncoderLayer(dim_q, n_heads, dim_feedforward=4 * dim_q, dropout=0.1,
@@ -196,3 +215,100 @@ class VQAModel(nn.Module):
             fused = self.fusion_encoder(tokens, src_key_padding_mask=pad)[:, 0]
         hidden = self.drop(torch.relu(self.h_layer_norm(self.linear(fused))))
         return self.classifier(hidden)
+
+
+def run_config(options, num_answers, world_size=1):
+    """A run's config.json: the options it saves (util.RUN_OPTIONS) and what its model is rebuilt from without its
+    sources (the image encoder's timm architecture and arguments, the number of answers)."""
+    config = {k: getattr(options, k) for k in util.RUN_OPTIONS}
+    image_arch, image_kwargs = image_model_spec(options.image_model, options.image_model_kwargs)
+    config.update(num_answers=num_answers, image_arch=image_arch, image_model_kwargs=image_kwargs,
+                  world_size=world_size)
+    return config
+
+
+def build_model(config, text_config=None, from_sources=False):
+    """The VQAModel a run's config describes; the one way a model is built (training, inference, bench, figures).
+
+    from_sources: the encoders come from config's text_model and image_model (hub or local directory), pretrained
+    if config says so; a text_config (a scratch encoder's) replaces the text model. Otherwise every weight is
+    random, ready for load_weights, and nothing is read or downloaded: the text encoder from text_config (a run's
+    text_encoder/ config, xlm-roberta-base's sizes), the image encoder from its timm architecture."""
+    if text_config is not None:
+        text_encoder = AutoModel.from_config(text_config)
+    else:
+        text_encoder = build_text_encoder(config["text_model"], pretrained=from_sources and config["pretrained"])
+    image_source = config["image_model"] if from_sources else config["image_arch"]
+    image_encoder = build_image_encoder(image_source, pretrained=from_sources and config["pretrained"],
+                                        **config["image_model_kwargs"])
+    return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"],
+                    **{k: config[k] for k in HEAD_OPTIONS})
+
+
+def load_run(model_path=None, device="cpu", results_dir="results"):
+    """(model, tokenizer, config, answers, run_dir) from a run directory or its weights; no training data needed."""
+    run_dir, weights = util.find_run(model_path, results_dir)
+    for name in (util.CONFIG_FILE, util.ANSWERS_FILE, util.TOKENIZER_DIR, util.TEXT_CONFIG_DIR):
+        if not os.path.exists(os.path.join(run_dir, name)):
+            raise FileNotFoundError(f"{run_dir} has no {name}: weights are used from the run directory main.py "
+                                    f"wrote them to, with its config.json, answers.json, tokenizer/ and text_encoder/.")
+    config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
+    answers = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
+    if len(answers) != config["num_answers"]:
+        raise ValueError(f"{run_dir}: answers.json has {len(answers)} answers but config.json says "
+                         f"{config['num_answers']}; the run directory is inconsistent.")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
+    model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
+    util.load_weights(model, weights, config, answers)
+    return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
+
+
+def autocast(device, precision):
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def forward(model, batch, device, precision):
+    """Logits (float32) of a collated batch, in the given precision (util.pick_precision)."""
+    with autocast(device, precision):
+        logits = model(batch["input_ids"].to(device, non_blocking=True),
+                       batch["attention_mask"].to(device, non_blocking=True), to_model_input(batch["image"], device))
+    return logits.float()
+
+
+@torch.no_grad()
+def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc="eval", progress=True):
+    """dict(loss, accuracy, n, loss_sum, n_loss, correct, pred [N, top_k], prob [N, top_k], index [N]); label -1
+    (an answer unknown to the model) counts as wrong and adds no loss."""
+    model.eval()
+    preds, probs, indices, loss_sum, n_loss, correct = [], [], [], 0.0, 0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
+        logits = forward(model, batch, device, precision)
+        label = batch["label"].to(device)
+        known = int((label >= 0).sum())
+        if loss_fn is not None and known:
+            loss_sum += loss_fn(logits, label).item() * known
+            n_loss += known
+        prob, pred = torch.softmax(logits, -1).topk(min(top_k, logits.shape[-1]), dim=-1)
+        correct += int((pred[:, 0] == label).sum())
+        preds.append(pred.cpu()), probs.append(prob.cpu()), indices.append(batch["index"])
+    n = sum(len(i) for i in indices)
+    return {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "n": n, "loss_sum": loss_sum,
+            "n_loss": n_loss, "correct": correct,
+            "pred": torch.cat(preds) if preds else torch.zeros(0, top_k, dtype=torch.long),
+            "prob": torch.cat(probs) if probs else torch.zeros(0, top_k),
+            "index": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)}
+
+
+@torch.no_grad()
+def answer(model, tokenizer, config, answers, image_path, question, device, top_k=5):
+    """[(answer, probability)] for an image file and a question string, preprocessed and computed as in training and
+    inference.py (the run's precision on this device), so every script gives the same answer."""
+    device = torch.device(device)
+    ids = tokenizer(question, truncation=True, max_length=config["max_token"], return_tensors="pt")
+    batch = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
+             "image": torch.from_numpy(load_image(image_path, config["img_size"]))[None]}
+    model.eval()
+    logits = forward(model, batch, device, util.pick_precision(device, config.get("precision", "auto")))
+    prob, index = torch.softmax(logits, -1)[0].topk(min(top_k, len(answers)))
+    return [(answers[i], p) for i, p in zip(index.tolist(), prob.tolist())]

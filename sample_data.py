@@ -7,12 +7,14 @@ only by a property that varies between images, so a question-only model cannot d
 
 Written in the canonical format of this repo: <out>/data.csv and <out>/image/*.jpg.
 """
-import csv
 import math
 import os
 import random
 
+import pandas as pd
 from PIL import Image, ImageDraw
+
+import util
 
 IMAGE_SIZE = 128
 JPEG_QUALITY = 90
@@ -180,10 +182,6 @@ def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, p
         families = rng.sample(TYPE_A, n_a) + rng.sample(TYPE_B, questions_per_image - n_a)
         for family in families:
             rows.append({"image": name, **make_question(family, objects, rng, lang), "lang": lang})
-    tmp = os.path.join(out_dir, "data.csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "question", "answer", "question_type", "triple", "abstract", "lang"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, "data.csv"))
+    columns = ["image", "question", "answer", "question_type", "triple", "abstract", "lang"]
+    util.write_csv(os.path.join(out_dir, "data.csv"), pd.DataFrame(rows, columns=columns))
     return len(rows)

@@ -1,118 +1,55 @@
 """Training loop: data, model, focal loss, AdamW with warmup and cosine decay, validation each epoch, the best
 epoch saved as safetensors plus everything needed to use it without the training data.
 
+    setup → data → model and optimizer → start or resume → for each epoch: train one epoch, validate, end the epoch
+    (history, best weights, checkpoint) → report
+
 Runs on a CPU, one GPU, or several GPUs / nodes under torchrun (DistributedDataParallel)."""
-import functools
 import glob
 import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+import torch.nn as nn
 from tqdm import tqdm
 
 import plots
 import report
 import util
 from focal import build_loss
-from model import (VQAModel, build_image_encoder, build_text_encoder, image_model_spec, load_tokenizer,
-                   small_text_config, train_tokenizer)
-from vqa_dataset import DataError, ImageCache, ImageFiles, VQADataset, build_answer_vocab, collate, load_data, select_rows, to_model_input
-
-SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
-CONFIG_KEYS = ["train_data", "data_dir", "lang", "text_model", "image_model", "pretrained", "img_size", "max_token",
-               "dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool",
-               "loss", "gamma", "label_smoothing", "n_epoch", "lr", "batch_size", "weight_decay", "warmup",
-               "freeze_text_epochs", "clip_grad", "seed", "preset", "skip_bad", "num_workers"]
+from model import SCRATCH, build_model, forward, load_tokenizer, predict, run_config, small_text_config, train_tokenizer
+from vqa_dataset import (DataError, EpochSampler, ImageCache, ImageFiles, ShardSampler, VQADataset, build_answer_vocab,
+                         load_data, make_loader, select_rows)
 
 
-def build_model(config, tokenizer=None, run_dir=None):
-    """The model config describes: for training from its sources (hub, local directory or scratch), or, with
-    run_dir, empty from the run's saved text config, ready for load_weights."""
-    if run_dir is not None:
-        text_encoder = build_text_encoder(os.path.join(run_dir, util.TEXT_CONFIG_DIR), pretrained=False)
-        image_encoder = build_image_encoder(config["image_arch"], pretrained=False, **config["image_model_kwargs"])
-    else:
-        if config["text_model"] == SCRATCH:
-            from transformers import AutoModel
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    precision: str
 
-            text_config = small_text_config(len(tokenizer), config["max_token"], **config["scratch_text"])
-            text_encoder = AutoModel.from_config(text_config)
-        else:
-            text_encoder = build_text_encoder(config["text_model"], pretrained=config["pretrained"])
-        image_encoder = build_image_encoder(config["image_model"], pretrained=config["pretrained"],
-                                            **config["image_model_kwargs"])
-    return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"], dim_h=config["dim_h"],
-                    dropout=config["dropout"], use_transformer_layer=config["use_transformer_layer"],
-                    n_transformer_layers=config["n_transformer_layers"], n_heads=config["n_heads"],
-                    ablate=config["ablate"], text_pool=config["text_pool"])
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def log(self, *args):
+        if self.is_main:
+            print(*args)
 
 
-def autocast(device, precision):
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-def make_loader(dataset, batch_size, shuffle, num_workers, device, sampler=None, seed=0):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=num_workers > 0, collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def forward(model, batch, device, precision):
-    with autocast(device, precision):
-        logits = model(batch["input_ids"].to(device, non_blocking=True),
-                       batch["attention_mask"].to(device, non_blocking=True), to_model_input(batch["image"], device))
-    return logits.float()
-
-
-@torch.no_grad()
-def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc="eval"):
-    """dict(loss, accuracy, n, pred [N, top_k], prob [N, top_k], index [N]); label -1 (unknown answer) is wrong."""
-    model.eval()
-    preds, probs, indices, total_loss, n_loss, correct = [], [], [], 0.0, 0, 0
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        logits = forward(model, batch, device, precision)
-        label = batch["label"].to(device)
-        known = int((label >= 0).sum())
-        if loss_fn is not None and known:
-            total_loss += loss_fn(logits, label).item() * known
-            n_loss += known
-        prob, pred = torch.softmax(logits, -1).topk(min(top_k, logits.shape[-1]), dim=-1)
-        correct += int((pred[:, 0] == label).sum())
-        preds.append(pred.cpu()), probs.append(prob.cpu()), indices.append(batch["index"])
-    n = sum(len(i) for i in indices)
-    return {"loss": total_loss / max(n_loss, 1), "accuracy": correct / max(n, 1), "n": n,
-            "pred": torch.cat(preds) if preds else torch.zeros(0, top_k, dtype=torch.long),
-            "prob": torch.cat(probs) if probs else torch.zeros(0, top_k),
-            "index": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)}
-
-
-def lr_factor(step, total_steps, warmup_steps):
-    """Linear warmup then cosine decay to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-
-
-class EpochSampler(DistributedSampler):
-    """DistributedSampler, also for a single process: its order depends only on seed and epoch, so a resumed run
-    sees the same batches; skip starts an epoch after the samples already trained on."""
-
-    def __init__(self, dataset, num_replicas, rank, seed):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.skip = 0
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.skip:])
-
-    def __len__(self):
-        return self.num_samples - self.skip
+@dataclass
+class Data:
+    all_rows: pd.DataFrame
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    skipped: pd.DataFrame
+    answers: list
 
 
 class Interrupted(Exception):
@@ -124,247 +61,373 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def catch_stop_signals():
-    """SIGTERM/SIGINT only set a flag, so the current step finishes and the state is saved; a second one stops
-    at once. Returns (flag, restore)."""
-    flag = {"signum": 0}
-
-    def handler(signum, frame):
-        flag["signum"] = signum
-        signal.signal(signum, signal.SIG_DFL)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    return flag, lambda: [signal.signal(s, h) for s, h in previous.items()]
-
-
-def stop_requested(flag, world_size, device):
-    """Any rank's signal stops every rank at the same step (torchrun forwards SIGTERM to all, not at one instant)."""
-    if world_size == 1:
-        return flag["signum"]
-    signum = torch.tensor([flag["signum"]], device=device)
-    dist.all_reduce(signum, op=dist.ReduceOp.MAX)
-    return int(signum)
-
-
-def check_same_answers(answers, run_dir):
-    saved = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
-    if saved != answers:
-        raise DataError(f"the training data changed since {run_dir} started: "
-                        + util.answers_difference(saved, "the run's answers.json", answers, "the data now")
-                        + ". Resume with the data the run started with, or start a new run.")
-
-
 def train(args):
+    rt = setup(args)
+    data = load_training_data(args, rt)
+    run_dir, config, tokenizer, model, checkpoint = start_or_resume(args, rt, data)
+    model = model.to(rt.device, memory_format=torch.channels_last)  # faster convs
+    rt.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, text {args.text_model}, "
+           f"image {args.image_model} at {args.img_size}px, transformer layer "
+           f"{'on' if args.use_transformer_layer else 'off'}, device {rt.device} x{rt.world_size}, "
+           f"precision {rt.precision}")
+    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer)
+    optimizer = build_optimizer(model, args, rt.device)
+    loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
+    state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
+
+    stop = StopSignals(rt)
+    wrapped, frozen = None, None
+    with stop:
+        for epoch in range(len(state["history"]) + 1, args.n_epoch + 1):
+            if frozen != (epoch <= args.freeze_text_epochs):
+                frozen = epoch <= args.freeze_text_epochs
+                wrapped = wrap(model, rt, args.compile, frozen)
+            start = time.time()
+            signum = train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, epoch, args, rt, stop,
+                                     frozen)
+            if signum:
+                save_or_explain(run_dir, save_last, run_dir, model, optimizer, state, config, data.answers, rt)
+                util.barrier()  # a rank that exits first would make torchrun stop rank 0 mid-save
+                raise Interrupted(signum, run_dir)
+            valid = validate(model, valid_loader, loss_fn, rt)
+            save_or_explain(run_dir, end_epoch, epoch, valid, time.time() - start, state, run_dir, model, optimizer,
+                            config, data, valid_loader.dataset, rt)
+            signum = stop.requested()
+            if signum and epoch < args.n_epoch:
+                raise Interrupted(signum, run_dir)
+    if rt.is_main:
+        write_report(run_dir, config, data, state, args)
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+    return run_dir
+
+
+# ---------------------------------------------------------------- setup and data
+
+def setup(args):
     device = util.pick_device(args.device)
     rank, world_size = util.init_distributed(device)
-    is_main = rank == 0
     if device.type == "cpu" and world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # don't oversubscribe the cores
     util.set_seed(args.seed)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    log = print if is_main else (lambda *a, **k: None)
-    resume = getattr(args, "resume", None)
+    return Runtime(device, rank, world_size, util.pick_precision(device, args.precision))
 
-    df, skipped = load_data(args.data_dir, args.skip_bad, progress=is_main)
+
+def load_training_data(args, rt):
+    with util.main_process_first():  # rank 0 makes split.csv and the image check cache; the others read them
+        df, skipped = load_data(args.data_dir, args.skip_bad, progress=rt.is_main)
     train_df = select_rows(df, "train", args.train_data, lang=args.lang)
     valid_df = select_rows(df, "valid", args.train_data, lang=args.lang)
     if len(train_df) == 0 or len(valid_df) == 0:
-        raise SystemExit(f"error: no train or valid rows for --train_data {args.train_data} --lang {args.lang} in "
-                         f"{args.data_dir}/data.csv (train {len(train_df)}, valid {len(valid_df)}).")
+        raise DataError(f"no train or valid rows for --train_data {args.train_data} --lang {args.lang} in "
+                        f"{args.data_dir}/data.csv (train {len(train_df)}, valid {len(valid_df)}).")
     answers = build_answer_vocab(train_df)
-    answer_to_id = {a: i for i, a in enumerate(answers)}
-    unknown_valid = int((~valid_df["answer"].isin(answer_to_id)).sum())
-    log(f"data: {len(train_df)} train / {len(valid_df)} valid rows, {len(answers)} answers"
-        + (f"; {unknown_valid} valid rows have answers never seen in training and count as wrong" if unknown_valid else ""))
+    unknown = int((~valid_df["answer"].isin(set(answers))).sum())
+    rt.log(f"data: {len(train_df)} train / {len(valid_df)} valid rows, {len(answers)} answers"
+           + (f"; {unknown} valid rows have answers never seen in training and count as wrong" if unknown else ""))
+    return Data(df, train_df, valid_df, skipped, answers)
 
-    config = {k: getattr(args, k) for k in CONFIG_KEYS}
-    image_arch, image_kwargs = image_model_spec(args.image_model, args.image_model_kwargs)
-    config.update(num_answers=len(answers), image_arch=image_arch, image_model_kwargs=image_kwargs,
-                  scratch_text=args.scratch_text, world_size=world_size)
-    last = os.path.join(resume, util.LAST_CHECKPOINT) if resume else None
-    if resume:
-        check_same_answers(answers, resume)
-        config = util.read_json(os.path.join(resume, util.CONFIG_FILE))
-        if config["world_size"] != world_size:  # the batches, steps and learning rate schedule depend on it
-            raise DataError(f"{resume} was trained by {config['world_size']} process(es); resume it with as many "
-                            f"(now {world_size}).")
-        tokenizer = load_tokenizer(os.path.join(resume, util.TOKENIZER_DIR))
-    elif args.text_model == SCRATCH:
-        tokenizer = train_tokenizer(list(train_df["question"]))
-    else:
-        tokenizer = load_tokenizer(args.text_model)
-    if last and os.path.isfile(last):  # from the run's own text config: no download, weights come from `last`
-        model = build_model(config, run_dir=resume)
-    else:
-        model = build_model(config, tokenizer=tokenizer)
-    model = model.to(device, memory_format=torch.channels_last)  # faster convs
-    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, text {args.text_model}, "
-        f"image {args.image_model} at {args.img_size}px, transformer layer {'on' if args.use_transformer_layer else 'off'}, "
-        f"device {device} x{world_size}, precision {precision}")
 
-    names = pd.concat([train_df["image"], valid_df["image"]])
-    if not args.image_cache:
+def make_loaders(args, rt, data, tokenizer):
+    names = pd.concat([data.train["image"], data.valid["image"]])
+    if args.image_cache:
+        with util.main_process_first():  # rank 0 decodes the images once; the others then map its file
+            images = ImageCache(args.data_dir, names, args.img_size, progress=rt.is_main,
+                                num_workers=max(args.num_workers, os.cpu_count() or 1))
+    else:
         images = ImageFiles(args.data_dir, names, args.img_size)
-    else:
-        if is_main:  # rank 0 decodes the images once; the others then map its file
-            ImageCache(args.data_dir, names, args.img_size, num_workers=max(args.num_workers, os.cpu_count() or 1))
-        if world_size > 1:
-            dist.barrier()
-        images = ImageCache(args.data_dir, names, args.img_size, progress=False)
-    train_set = VQADataset(train_df, images, tokenizer, answer_to_id, args.max_token)
-    valid_set = VQADataset(valid_df, images, tokenizer, answer_to_id, args.max_token)
-    sampler = EpochSampler(train_set, world_size, rank, args.seed)
-    per_rank_batch = max(1, args.batch_size // world_size)
-    train_loader = make_loader(train_set, per_rank_batch, True, args.num_workers, device, sampler, args.seed)
-    valid_loader = make_loader(valid_set, per_rank_batch, False, args.num_workers, device)
-    steps_per_epoch = len(train_loader)
+    answer_to_id = {a: i for i, a in enumerate(data.answers)}
+    train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token)
+    valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token)
+    per_rank_batch = max(1, args.batch_size // rt.world_size)
+    train_loader = make_loader(train_set, per_rank_batch, args.num_workers, rt.device,
+                               EpochSampler(train_set, rt.world_size, rt.rank, args.seed), args.seed)
+    valid_loader = make_loader(valid_set, per_rank_batch, args.num_workers, rt.device,
+                               ShardSampler(valid_set, rt.world_size, rt.rank))
+    return train_loader, valid_loader
 
-    ddp_model = model
-    if world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    elif device.type == "cuda" and torch.cuda.device_count() > 1:
-        log(f"note: {torch.cuda.device_count()} GPUs found but this run uses one; to use them all: "
-            f"torchrun --nproc_per_node {torch.cuda.device_count()} main.py ...")
-    if args.compile:  # training steps only; validation and saving use the plain module, which shares the weights
-        ddp_model = torch.compile(ddp_model)
-    loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(device)
-    # With --freeze_text_epochs N the text encoder joins the optimizer (with fresh AdamW state) after epoch N.
-    text_params = list(model.text_encoder.parameters())
-    text_ids = {id(p) for p in text_params}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in text_ids or not args.freeze_text_epochs],
-                                  lr=args.lr, weight_decay=args.weight_decay, fused=device.type == "cuda")
+
+# ---------------------------------------------------------------- model, optimizer, start or resume
+
+def initial_model(config, tokenizer):
+    """The model training starts from: encoders from their sources, or a scratch text encoder sized to the tokenizer."""
+    scratch = config["text_model"] == SCRATCH
+    text_config = small_text_config(len(tokenizer), config["max_token"], **config["scratch_text"]) if scratch else None
+    return build_model(config, text_config, from_sources=True)
+
+
+def start_or_resume(args, rt, data):
+    """(run_dir, config, tokenizer, model, checkpoint or None): a new run directory with the run's files, or the run
+    to resume with the model as its last checkpoint holds it."""
+    if args.resume:
+        return resume_run(args.resume, rt, data)
+    tokenizer = train_tokenizer(list(data.train["question"])) if args.text_model == SCRATCH else \
+        load_tokenizer(args.text_model)
+    config = run_config(args, len(data.answers), rt.world_size)
+    model = initial_model(config, tokenizer)
+    run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if rt.is_main else None)
+    if rt.is_main:
+        tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
+        model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
+        util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), data.answers)
+        config["data_stats"] = {"train": len(data.train), "valid": len(data.valid), "answers": len(data.answers),
+                                "valid_unknown_answers": int((~data.valid["answer"].isin(set(data.answers))).sum()),
+                                "skipped_rows": len(data.skipped)}
+        util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
+        if len(data.skipped):
+            data.skipped.to_csv(os.path.join(run_dir, "skipped_rows.csv"), index=False)
+    rt.log(f"run directory: {run_dir}")
+    return run_dir, config, tokenizer, model, None
+
+
+def resume_run(run_dir, rt, data):
+    saved = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
+    if saved != data.answers:
+        raise DataError(f"the training data changed since {run_dir} started: "
+                        + util.answers_difference(saved, "the run's answers.json", data.answers, "the data now")
+                        + ". Resume with the data the run started with, or start a new run.")
+    config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
+    if config["world_size"] != rt.world_size:  # the batches, steps and learning rate schedule depend on it
+        raise DataError(f"{run_dir} was trained by {config['world_size']} process(es); resume it with as many "
+                        f"(now {rt.world_size}).")
+    tokenizer = load_tokenizer(os.path.join(run_dir, util.TOKENIZER_DIR))
+    last = os.path.join(run_dir, util.LAST_CHECKPOINT)
+    if os.path.isfile(last):
+        from transformers import AutoConfig
+
+        # from the run's own text config: no download, the weights come from `last`
+        model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
+        checkpoint = util.load_checkpoint(last, model, config, data.answers, rt.rank)
+    else:
+        rt.log(f"{run_dir} has no {util.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it again")
+        model, checkpoint = initial_model(config, tokenizer), None
+    if rt.is_main:  # weights of epochs trained again now would be stale; .tmp files are writes cut short
+        keep = best_weights_name(checkpoint[0]["history"] if checkpoint else [])
+        for path in glob.glob(os.path.join(run_dir, util.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp")):
+            if os.path.basename(path) != keep:
+                os.remove(path)
+    return run_dir, config, tokenizer, model, checkpoint
+
+
+def restore(checkpoint, optimizer, run_dir, rt, steps_per_epoch):
+    """The loop's state, what a checkpoint saves: the history of finished epochs (the epoch, the step of the
+    learning-rate schedule and the best weights follow from it), the batch reached in the current epoch, this
+    rank's partial sums of it, and the validation accuracy per type of the best epoch."""
+    state = {"history": [], "batch": 0, "partial": zero_sums(), "valid_by_type": {}}
+    if checkpoint is not None:
+        saved, own, optimizer_state = checkpoint
+        state.update(saved, partial=util.restore_rank_state(own, rt.device))
+        util.load_optimizer_state(optimizer, optimizer_state, os.path.join(run_dir, util.LAST_CHECKPOINT))
+        rt.log(f"resuming {run_dir} at epoch {len(state['history']) + 1}, batch {state['batch']} of {steps_per_epoch}")
+    return state
+
+
+def zero_sums():
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0}
+
+
+def build_optimizer(model, args, device):
+    """AdamW over every parameter, without weight decay for biases, norms, embeddings and position parameters
+    (timm's param_groups_weight_decay). Built while every parameter requires grad: a frozen text encoder's
+    parameters then simply get no gradient, which AdamW skips, and start moving (with fresh moments) once it
+    is unfrozen."""
+    from timm.optim import param_groups_weight_decay
+
+    no_decay = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
+    no_decay += [name for name, _ in model.named_parameters() if name.endswith("_pos")]
+    groups = param_groups_weight_decay(model, args.weight_decay, no_weight_decay_list=no_decay)
+    return torch.optim.AdamW(groups, lr=args.lr, fused=device.type == "cuda")
+
+
+def wrap(model, rt, compile_model, text_frozen):
+    """The module the training steps run: DistributedDataParallel under torchrun, then torch.compile if asked.
+
+    A frozen text encoder takes no gradient at all rather than only no optimizer step: with requires_grad off,
+    autograd never runs its backward pass or keeps its activations, and DistributedDataParallel, which registers
+    the parameters that require grad when it is built, leaves it out of the gradient all-reduce. Because DDP
+    decides that when it is built, the model is wrapped again whenever the text encoder is frozen or unfrozen."""
+    model.text_encoder.requires_grad_(not text_frozen)
+    wrapped = model
+    if rt.world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
+                                                      else None)
+    elif rt.device.type == "cuda" and torch.cuda.device_count() > 1 and not text_frozen:
+        rt.log(f"note: {torch.cuda.device_count()} GPUs found but this run uses one; to use them all: "
+               f"torchrun --nproc_per_node {torch.cuda.device_count()} main.py ...")
+    if compile_model:  # training steps only; validation and saving use the plain module, which shares the weights
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+# ---------------------------------------------------------------- one epoch
+
+def lr_factor(step, total_steps, warmup_steps):
+    """Linear warmup then cosine decay to zero."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+
+def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad, lr):
+    """One training step at learning rate lr; returns the batch's (loss sum, correct, samples) as numbers."""
+    label = batch["label"].to(device, non_blocking=True)
+    logits = forward(wrapped, batch, device, precision)
+    loss = loss_fn(logits, label)
+    optimize(wrapped, optimizer, loss, clip_grad, lr)
+    return loss.item() * len(label), int((logits.argmax(-1) == label).sum()), len(label)
+
+
+def optimize(wrapped, optimizer, loss, clip_grad, lr):
+    """Backward, gradient norm clipping and an optimizer step at learning rate lr."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(wrapped.parameters(), clip_grad)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+
+
+def epoch_steps(loader):
+    """Steps of a whole epoch, however far into it the sampler starts."""
+    return math.ceil(loader.sampler.num_samples / loader.batch_size)
+
+
+def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen):
+    """Trains from state["batch"] to the end of the epoch, adding to state["partial"]; returns the signal number if
+    SIGTERM/SIGINT stopped it before the end (0 otherwise)."""
+    model.train()
+    model.text_encoder.train(not text_frozen)  # a frozen encoder is a fixed feature extractor: no dropout
+    steps_per_epoch = epoch_steps(loader)
     total_steps = args.n_epoch * steps_per_epoch
     warmup_steps = max(1, int(args.warmup * total_steps))
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.skip = state["batch"] * loader.batch_size
+    partial = state["partial"]
+    bar = tqdm(loader, desc=f"epoch {epoch}/{args.n_epoch}{' (text encoder frozen)' if text_frozen else ''}",
+               disable=not rt.is_main, initial=state["batch"], total=steps_per_epoch, dynamic_ncols=True)
+    for batch in bar:
+        step = (epoch - 1) * steps_per_epoch + state["batch"]
+        lr = args.lr * lr_factor(step, total_steps, warmup_steps)
+        loss_sum, correct, seen = train_step(wrapped, optimizer, loss_fn, batch, rt.device, rt.precision,
+                                             args.clip_grad, lr)
+        state["batch"] += 1
+        partial["loss_sum"] += loss_sum
+        partial["correct"] += correct
+        partial["seen"] += seen
+        bar.set_postfix(loss=f"{partial['loss_sum'] / partial['seen']:.4f}",
+                        acc=f"{partial['correct'] / partial['seen']:.3f}", refresh=False)
+        signum = stop.requested()
+        if signum and state["batch"] < steps_per_epoch:
+            return signum
+    bar.close()
+    return 0
 
-    # the loop's state: what a checkpoint saves and --resume restores
-    state = {"epoch": 1, "batch": 0, "step": 0, "history": [], "best_acc": -1.0, "best_weights": None, "valid_by_type": {},
-             "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0}}
-    if resume:
-        run_dir = resume
-        if os.path.isfile(last):
-            state, optimizer_state = util.load_checkpoint(last, model, config, answers)
-            if args.freeze_text_epochs and state["epoch"] > args.freeze_text_epochs:  # the groups as saved
-                optimizer.add_param_group({"params": text_params})
-            util.load_optimizer_state(optimizer, optimizer_state, last)
-            log(f"resuming {run_dir} at epoch {state['epoch']}, batch {state['batch']} of {steps_per_epoch}")
-        else:
-            log(f"{run_dir} has no {util.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it again")
-        if is_main:  # weights of epochs trained again now would be stale; .tmp files are writes cut short
-            for path in glob.glob(os.path.join(run_dir, util.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp")):
-                if os.path.basename(path) != state["best_weights"]:
-                    os.remove(path)
-    else:
-        run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if is_main else None)
-        if is_main:
-            tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
-            model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
-            util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), answers)
-            config["data_stats"] = {"train": len(train_df), "valid": len(valid_df), "answers": len(answers),
-                                    "valid_unknown_answers": unknown_valid, "skipped_rows": len(skipped)}
-            util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
-        log(f"run directory: {run_dir}")
-    if is_main and len(skipped):
-        skipped.to_csv(os.path.join(run_dir, "skipped_rows.csv"), index=False)
 
-    def save_last():
-        if is_main:
-            util.save_checkpoint(os.path.join(run_dir, util.LAST_CHECKPOINT), model, optimizer, state, config, answers)
+def validate(model, loader, loss_fn, rt):
+    """Validation sharded over the ranks (ShardSampler): loss and accuracy of the whole set on every rank, and on
+    rank 0 each row's index and top answer, for the accuracy per type."""
+    if rt.world_size > 1:  # BatchNorm statistics as rank 0 saves them (DDP syncs them only at the next forward)
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+    result = predict(model, loader, rt.device, rt.precision, loss_fn, desc="valid", progress=rt.is_main)
+    loss_sum, n_loss, correct, n = util.all_reduce_sum(
+        [result["loss_sum"], result["n_loss"], result["correct"], result["n"]], rt.device)
+    shards = util.gather_object((result["index"], result["pred"][:, 0]))
+    rows = (torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])) if rt.is_main else None
+    return {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "rows": rows}
 
-    def saving_failed(error):
+
+# ---------------------------------------------------------------- end of an epoch, saving, report
+
+def best_weights_name(history):
+    """The best epoch's weights file: its validation accuracy is in the name (None before the first epoch)."""
+    if not history:
+        return None
+    return f"infer_model_{100 * max(r['valid_acc'] for r in history):.2f}.safetensors"
+
+
+def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, data, valid_set, rt):
+    """Adds the epoch to the history, saves the best weights when it improved, history.json, curves.png and the
+    checkpoint (every rank's part gathered to rank 0), and only then deletes the previous best weights."""
+    loss_sum, correct, seen = util.all_reduce_sum([state["partial"][k] for k in ("loss_sum", "correct", "seen")],
+                                                  rt.device)
+    old_best = best_weights_name(state["history"])
+    improved = not state["history"] or valid["accuracy"] > max(r["valid_acc"] for r in state["history"])
+    state["history"].append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                             "train_samples": int(seen), "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
+                             "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+    state.update(batch=0, partial=zero_sums())
+    if rt.is_main:
+        if improved:
+            index, pred = valid["rows"]
+            rows = valid_set.df.iloc[index.numpy()].assign(correct=(pred == valid_set.labels[index]).numpy())
+            state["valid_by_type"] = report.accuracy_table(rows)
+            util.save_weights(model, os.path.join(run_dir, best_weights_name(state["history"])), config, data.answers)
+        util.write_json(os.path.join(run_dir, "history.json"), state["history"])
+        plots.plot_curves(state["history"], os.path.join(run_dir, "curves.png"))
+    save_last(run_dir, model, optimizer, state, config, data.answers, rt)
+    # only now that `last` holds the history that names the new best may the old one go: a crash keeps both
+    if rt.is_main and old_best and old_best != best_weights_name(state["history"]):
+        os.remove(os.path.join(run_dir, old_best))
+    row = state["history"][-1]
+    rt.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+           f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}"
+           f"{' (best, saved)' if improved else ''} | {row['seconds']:.1f}s")
+
+
+def save_last(run_dir, model, optimizer, state, config, answers, rt):
+    """The checkpoint: every rank's partial sums and RNG states gathered to rank 0, which writes the file."""
+    rank_states = util.gather_object(util.rank_state(state["partial"], rt.device))
+    if rt.is_main:
+        util.save_checkpoint(os.path.join(run_dir, util.LAST_CHECKPOINT), model, optimizer,
+                             {k: v for k, v in state.items() if k != "partial"}, config, answers, rank_states)
+
+
+def save_or_explain(run_dir, save, *args):
+    """Runs a saving step; a file that cannot be written stops training with what was kept and how to go on."""
+    try:
+        save(*args)
+    except util.CheckpointError as e:
         last = os.path.join(run_dir, util.LAST_CHECKPOINT)
         kept = (f"the last good checkpoint {last} is intact; then continue with `python main.py --resume {run_dir}`"
                 if os.path.isfile(last) else "no checkpoint was written yet; then start the run again")
-        return util.CheckpointError(f"{error} Training stopped: {kept}.")
+        raise util.CheckpointError(f"{e} Training stopped: {kept}.") from None
 
-    stop, restore_signals = catch_stop_signals()
-    try:
-        for epoch in range(state["epoch"], args.n_epoch + 1):
-            ddp_model.train()
-            sampler.set_epoch(epoch)
-            sampler.skip = state["batch"] * per_rank_batch
-            partial, start = state["partial"], time.time()
-            trainable = [p for group in optimizer.param_groups for p in group["params"]]
-            frozen = " (text encoder frozen)" if epoch <= args.freeze_text_epochs else ""
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.n_epoch}{frozen}", disable=not is_main,
-                       initial=state["batch"], total=steps_per_epoch, dynamic_ncols=True)
-            for batch in bar:
-                label = batch["label"].to(device, non_blocking=True)
-                logits = forward(ddp_model, batch, device, precision)
-                loss = loss_fn(logits, label)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, args.clip_grad)
-                for group in optimizer.param_groups:
-                    group["lr"] = args.lr * lr_factor(state["step"], total_steps, warmup_steps)
-                optimizer.step()
-                state["step"] += 1
-                state["batch"] += 1
-                partial["seen"] += len(label)
-                partial["loss_sum"] += loss.item() * len(label)
-                partial["correct"] += int((logits.argmax(-1) == label).sum())
-                bar.set_postfix(loss=f"{partial['loss_sum'] / partial['seen']:.4f}",
-                                acc=f"{partial['correct'] / partial['seen']:.3f}", refresh=False)
-                signum = stop_requested(stop, world_size, device)
-                if signum and state["batch"] < steps_per_epoch:
-                    try:
-                        save_last()
-                    except util.CheckpointError as e:
-                        raise saving_failed(e) from None
-                    if world_size > 1:
-                        dist.barrier()  # a rank that exits first would make torchrun stop rank 0 mid-save
-                    raise Interrupted(signum, run_dir)
-            bar.close()
-            train_stats = torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]],
-                                       dtype=torch.float64, device=device)
-            if world_size > 1:
-                dist.all_reduce(train_stats)
-            state.update(epoch=epoch + 1, batch=0, partial={"loss_sum": 0.0, "correct": 0, "seen": 0})
-            if epoch == args.freeze_text_epochs:  # before `last` is saved, so that it holds the new group
-                optimizer.add_param_group({"params": text_params})
-            if is_main:
-                valid = predict(model, valid_loader, device, precision, loss_fn, desc="valid")
-                loss_total, correct_total, seen_total = train_stats.tolist()
-                row = {"epoch": epoch, "train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-                       "train_samples": int(seen_total), "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
-                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - start}
-                state["history"].append(row)
-                improved = valid["accuracy"] > state["best_acc"]
-                old_best = state["best_weights"]
-                if improved:
-                    state["best_acc"] = valid["accuracy"]
-                    state["best_weights"] = f"infer_model_{100 * state['best_acc']:.2f}.safetensors"
-                    index = valid["index"].numpy()
-                    rows = valid_set.df.iloc[index].assign(correct=(valid["pred"][:, 0] == valid_set.labels[index]).numpy())
-                    state["valid_by_type"] = report.accuracy_table(rows)
-                try:
-                    if improved:
-                        util.save_weights(model, os.path.join(run_dir, state["best_weights"]), config, answers)
-                    util.write_json(os.path.join(run_dir, "history.json"), state["history"])
-                    plots.plot_curves(state["history"], os.path.join(run_dir, "curves.png"))
-                    save_last()
-                except util.CheckpointError as e:
-                    raise saving_failed(e) from None
-                # only now that `last` names the new best may the old one go: a crash in between keeps both
-                if old_best and old_best != state["best_weights"]:
-                    os.remove(os.path.join(run_dir, old_best))
-                log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                    f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}"
-                    f"{' (best, saved)' if improved else ''} | {row['seconds']:.1f}s")
-            if world_size > 1:
-                dist.barrier()
-            signum = stop_requested(stop, world_size, device)
-            if signum and epoch < args.n_epoch:
-                raise Interrupted(signum, run_dir)
-    finally:
-        restore_signals()
-    if is_main:
-        best = max(state["history"], key=lambda r: r["valid_acc"])
-        config.update(best_epoch=best["epoch"], best_valid_acc=state["best_acc"], weights=state["best_weights"])
-        util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
-        report.write_training_report(run_dir, config, select_rows(df, None, args.train_data, lang=args.lang), answers,
-                                     train_df["answer"].value_counts(), state["history"], state["valid_by_type"])
-        log(f"best valid accuracy {state['best_acc']:.4f} at epoch {best['epoch']}; "
-            f"weights: {os.path.join(run_dir, state['best_weights'])}")
-    if world_size > 1:
-        dist.destroy_process_group()
-    return run_dir
+
+def write_report(run_dir, config, data, state, args):
+    best = max(state["history"], key=lambda r: r["valid_acc"])
+    config.update(best_epoch=best["epoch"], best_valid_acc=best["valid_acc"], weights=best_weights_name(state["history"]))
+    util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
+    report.write_training_report(run_dir, config, select_rows(data.all_rows, None, args.train_data, lang=args.lang),
+                                 data.answers, data.train["answer"].value_counts(), state["history"],
+                                 state["valid_by_type"])
+    print(f"best valid accuracy {best['valid_acc']:.4f} at epoch {best['epoch']}; "
+          f"weights: {os.path.join(run_dir, config['weights'])}")
+
+
+class StopSignals:
+    """SIGTERM/SIGINT only set a flag, so the current step finishes and the state is saved; a second one stops at
+    once. requested() is the signal to stop at, the same on every rank (torchrun forwards SIGTERM to all, not at
+    one instant)."""
+
+    def __init__(self, rt):
+        self.rt, self.signum, self.previous = rt, 0, {}
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+    def requested(self):
+        if self.rt.world_size == 1:
+            return self.signum
+        signum = torch.tensor([self.signum], device=self.rt.device)
+        dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+        return int(signum)

@@ -1,10 +1,12 @@
 """Shared helpers: seeding, devices and torch.distributed, run directories, checkpoints (safetensors + JSON)."""
+import contextlib
 import glob
 import json
 import os
 import random
 import re
 import time
+import uuid
 
 import numpy as np
 import torch
@@ -15,6 +17,14 @@ ANSWERS_FILE = "answers.json"
 TOKENIZER_DIR = "tokenizer"
 TEXT_CONFIG_DIR = "text_encoder"
 WEIGHTS_GLOB = "infer_model_*.safetensors"
+LAST_CHECKPOINT = "last.safetensors"
+# The options of main.py that a run saves in its config.json and --resume restores (with the preset-only
+# image_model_kwargs and scratch_text).
+RUN_OPTIONS = ["train_data", "data_dir", "lang", "text_model", "image_model", "pretrained", "img_size", "max_token",
+               "dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool",
+               "loss", "gamma", "label_smoothing", "n_epoch", "lr", "batch_size", "weight_decay", "warmup",
+               "freeze_text_epochs", "clip_grad", "seed", "preset", "skip_bad", "num_workers", "precision",
+               "image_model_kwargs", "scratch_text"]
 
 
 def set_seed(seed):
@@ -24,12 +34,37 @@ def set_seed(seed):
     torch.cuda.manual_seed_all(seed)
 
 
+class UsageError(Exception):
+    """An option that cannot work on this machine; the message names it and what to use instead."""
+
+
+def local_rank():
+    """This process's GPU index on its node under torchrun; None outside torchrun."""
+    return int(os.environ["LOCAL_RANK"]) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+
+
 def pick_device(name="auto"):
+    """auto: CUDA if available, else the CPU. Under torchrun every CUDA choice (auto, cuda, cuda:N) is this rank's
+    local GPU, cuda:LOCAL_RANK: one process per GPU is what torchrun starts."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        rank = local_rank()
+        return torch.device("cuda", rank if rank is not None else (device.index or 0))
+    return device
+
+
+def pick_precision(device, requested="auto"):
+    """The one place precision is decided, for training and every inference script: auto is bf16 autocast on a GPU
+    that supports bf16, else fp32; fp16 is not offered (it would need a grad scaler)."""
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if requested == "bf16" and not bf16_ok:
+        raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bf16; use "
+                         f"--precision fp32 (or auto).")
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" and bf16_ok else "fp32"
+    return requested
 
 
 def init_distributed(device):
@@ -43,12 +78,49 @@ def init_distributed(device):
     return dist.get_rank(), world_size
 
 
+def distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier():
+    if distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first (making shared files such as split.csv and the image cache); the other ranks
+    run it after, reading what rank 0 wrote."""
+    if distributed() and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if distributed() and dist.get_rank() == 0:
+        dist.barrier()
+
+
 def broadcast_object(obj, src=0):
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         return obj
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def gather_object(obj):
+    """[obj of every rank] on rank 0, None on the others; [obj] without torch.distributed."""
+    if not distributed():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_reduce_sum(values, device):
+    """Element-wise sums of a list of numbers over all ranks (float64)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if distributed():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def make_run_dir(results_dir, train_data):
@@ -69,28 +141,42 @@ class CheckpointError(Exception):
     names the file and the fix."""
 
 
-def atomic_write(path, data):
-    """Writes bytes to a temporary file beside path, syncs it and renames it into place: a crash, a full disk or a
-    read-only directory mid-write leaves any previous file intact."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yields a temporary path beside path, unique to this call (several processes may write the same file at
+    once); on success the file is synced and renamed into place, on any failure removed. A crash, a full disk or a
+    read-only directory mid-write leaves any previous file intact. The one way every file here is written."""
+    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         try:
             os.remove(tmp)
         except OSError:
             pass
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; nothing was changed (an earlier version "
-                              f"of the file, if any, is intact). Free disk space or make "
-                              f"{os.path.dirname(path) or '.'} writable.") from None
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; nothing was changed (an earlier version "
+                                  f"of the file, if any, is intact). Free disk space or make "
+                                  f"{os.path.dirname(path) or '.'} writable.") from None
+        raise
+
+
+def atomic_write(path, data):
+    """Writes bytes to path through atomic_file."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def write_json(path, obj):
     atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8"))
+
+
+def write_csv(path, df):
+    atomic_write(path, df.to_csv(index=False).encode("utf-8"))
 
 
 def read_json(path):
@@ -216,33 +302,54 @@ def load_weights(model, path, config=None, answers=None):
 
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
-LAST_CHECKPOINT = "last.safetensors"
 
 
-def save_checkpoint(path, model, optimizer, state, config, answers):
+def rank_state(partial, device):
+    """What differs between torchrun processes and must come back to each on --resume: its partial epoch sums and
+    its random number generators (dropout, and anything else drawn)."""
+    numpy_rng = np.random.get_state()
+    state = {"partial": partial, "python_rng": random.getstate(),
+             "numpy_rng": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]], "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rank_state(state, device):
+    """Sets this process's RNGs from rank_state's output; returns its partial epoch sums."""
+    python_rng = state["python_rng"]
+    random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
+    numpy_rng = state["numpy_rng"]
+    np.random.set_state((numpy_rng[0], np.array(numpy_rng[1], dtype=np.uint32), *numpy_rng[2:]))
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return state["partial"]
+
+
+def save_checkpoint(path, model, optimizer, state, config, answers, rank_states):
     """Everything needed to continue training, in one safetensors file written atomically: model and optimizer
-    tensors, RNG states, and (as JSON metadata) the loop state, optimizer settings and config it belongs to."""
+    tensors, and (as JSON metadata) the loop state, optimizer settings and config it belongs to, with every rank's
+    rank_state (RNG states as tensors)."""
     from safetensors.torch import save
 
     tensors = {f"model.{k}": v for k, v in _cpu_state(model).items()}
     optimizer_state = optimizer.state_dict()
     for index, values in optimizer_state["state"].items():
-        for name, value in values.items():
+        for name, value in values.items():  # stored contiguous; load_optimizer_state restores each parameter's layout
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = rng
-    numpy_rng = np.random.get_state()
-    state = {**state, "optimizer_param_groups": optimizer_state["param_groups"],
-             "python_rng": random.getstate(), "numpy_rng": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]]}
+    ranks = []
+    for rank, rank_state_ in enumerate(rank_states):
+        ranks.append({k: v for k, v in rank_state_.items() if not torch.is_tensor(v)})
+        tensors.update({f"rank.{rank}.{k}": v for k, v in rank_state_.items() if torch.is_tensor(v)})
+    state = {**state, "optimizer_param_groups": optimizer_state["param_groups"], "ranks": ranks}
     metadata = {**model_metadata(config, answers), "state": json.dumps(state)}
     atomic_write(path, save(tensors, metadata=metadata))
 
 
-def load_checkpoint(path, model, config, answers):
-    """Restores what save_checkpoint wrote into model and the RNGs; returns (loop state, optimizer state dict) for
-    load_optimizer_state once the optimizer has the param groups the loop state implies."""
+def load_checkpoint(path, model, config, answers, rank=0):
+    """Restores what save_checkpoint wrote into model; returns (loop state, this rank's rank_state, optimizer state
+    dict) for restore_rank_state and load_optimizer_state."""
     tensors, metadata = read_safetensors(path)
     if "state" not in metadata:
         raise CheckpointError(f"{path} holds no training state; it is not a checkpoint written by main.py.")
@@ -254,15 +361,15 @@ def load_checkpoint(path, model, config, answers):
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
             optimizer_state["state"].setdefault(int(index), {})[name] = value
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    python_rng = state.pop("python_rng")
-    random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
-    numpy_rng = state.pop("numpy_rng")
-    np.random.set_state((numpy_rng[0], np.array(numpy_rng[1], dtype=np.uint32), *numpy_rng[2:]))
-    return state, optimizer_state
+    if "ranks" not in state:
+        raise CheckpointError(f"{path} was written by an earlier version of main.py, whose checkpoints kept one "
+                              f"process's state only; it cannot be resumed exactly. Start the run again.")
+    ranks = state.pop("ranks")
+    if rank >= len(ranks):
+        raise CheckpointError(f"{path} holds the state of {len(ranks)} process(es), not of rank {rank}.")
+    prefix = f"rank.{rank}."
+    own = {**ranks[rank], **{k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}}
+    return state, own, optimizer_state
 
 
 def load_optimizer_state(optimizer, optimizer_state, path):
@@ -274,6 +381,13 @@ def load_optimizer_state(optimizer, optimizer_state, path):
         optimizer.load_state_dict(optimizer_state)
     except ValueError as e:
         raise CheckpointError(f"{path}: the optimizer state does not fit this model ({e}).") from None
+    # Each moment takes its parameter's memory layout (strides) back: fused AdamW walks parameter, gradient and
+    # moments as flat memory, so a contiguous moment of a channels_last weight would be paired element by element
+    # with the wrong weights (silently on CPUs; CUDA's kernel refuses mismatched strides).
+    for param, values in optimizer.state.items():
+        for name, value in values.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                values[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def find_run(model_path=None, results_dir="results"):

@@ -3,22 +3,26 @@
 data_dir/data.csv columns: image (path under data_dir/image/), question, answer, and optionally
 question_type (A|B), triple (head|relation|tail), abstract, split (train|valid|test), lang (ko|en).
 """
+import functools
 import hashlib
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+import util
 
 REQUIRED_COLUMNS = ["image", "question", "answer"]
 OPTIONAL_COLUMNS = ["question_type", "triple", "abstract", "split", "lang"]
 SPLITS = ("train", "valid", "test")
 SPLIT_FILE = "split.csv"  # written next to data.csv when the data has no split column
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_FOLDS = 10  # test one fold, valid one, train the other eight: 8:1:1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -178,11 +182,8 @@ def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None)
             cache[name] = stamp + [problem]
         try:
             os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-            tmp = f"{cache_path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(cache, f)
-            os.replace(tmp, cache_path)
-        except OSError:
+            util.atomic_write(cache_path, json.dumps(cache).encode("utf-8"))
+        except (OSError, util.CheckpointError):
             pass  # a read-only data directory: check again next time
     return result
 
@@ -213,30 +214,29 @@ def check_image(path):
     return ""
 
 
-def make_split(df, seed=0, fractions=SPLIT_FRACTIONS):
-    """Deterministic train/valid/test labels, stratified by answer (answers seen fewer than 10 times share one
-    stratum); where a stratum is too small for that, or there are very few rows, a plain seeded shuffle."""
-    from sklearn.model_selection import train_test_split
+def make_split(df, seed=0, n_folds=SPLIT_FOLDS):
+    """Seeded train/valid/test labels (8:1:1) by image: every question of one image lands in one split, so no test
+    image is seen in training, and with them every language version of a question (they share its image).
+    Stratified by answer as far as the groups allow (scikit-learn's StratifiedGroupKFold; answers seen fewer than 10
+    times share one stratum); with fewer images than folds, a seeded shuffle of the images."""
+    from sklearn.model_selection import StratifiedGroupKFold
 
+    groups = df["image"].values
     counts = df["answer"].map(df["answer"].value_counts())
     strata = df["answer"].where(counts >= 10, "__rare__").values
     if 0 < (strata == "__rare__").sum() < 10 and (strata != "__rare__").any():  # too few to be a stratum
         strata = np.where(strata == "__rare__", pd.Series(strata[strata != "__rare__"]).mode()[0], strata)
-
-    def divide(index, size):
-        try:
-            return train_test_split(index, test_size=size, random_state=seed, stratify=strata[index])
-        except ValueError:
-            shuffled = np.random.default_rng(seed).permutation(index)
-            n_out = int(round(len(index) * size))
-            return shuffled[n_out:], shuffled[:n_out]
-
-    holdout = fractions[1] + fractions[2]
-    train_idx, rest_idx = divide(np.arange(len(df)), holdout)
-    valid_idx, test_idx = divide(rest_idx, fractions[2] / holdout)
-    split = np.empty(len(df), dtype=object)
-    split[train_idx], split[valid_idx], split[test_idx] = "train", "valid", "test"
-    return split
+    fold = np.zeros(len(df), dtype=int)
+    if pd.unique(groups).size >= n_folds:
+        with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": as far as groups allow
+            warnings.simplefilter("ignore", UserWarning)
+            folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(groups, strata, groups)
+            for k, (_, held_out) in enumerate(folds):
+                fold[held_out] = k
+    else:
+        images = np.random.default_rng(seed).permutation(pd.unique(groups))
+        fold = pd.Series(groups).map({name: k % n_folds for k, name in enumerate(images)}).values
+    return np.where(fold == 0, "test", np.where(fold == 1, "valid", "train")).astype(object)
 
 
 def _load_or_make_split(data_dir, df):
@@ -249,11 +249,8 @@ def _load_or_make_split(data_dir, df):
             return saved["split"].values
         print(f"{path} does not match data.csv any more (rows changed); making a new split.")
     split = make_split(df)
-    out = pd.DataFrame({"image": df["image"], "question": df["question"], "split": split})
-    tmp = path + ".tmp"
-    out.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    print(f"made a seeded split {dict(pd.Series(split).value_counts())} and wrote it to {path}")
+    util.write_csv(path, pd.DataFrame({"image": df["image"], "question": df["question"], "split": split}))
+    print(f"made a seeded split by image {dict(pd.Series(split).value_counts())} and wrote it to {path}")
     return split
 
 
@@ -334,22 +331,22 @@ class ImageCache(ImageFiles):
 
         from tqdm import tqdm
 
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
+        with util.atomic_file(self.path) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
 
-        def decode(i):
-            try:
-                array[i] = ImageFiles.get(self, i)  # decoded from the file
-            except OSError as e:
-                raise DataError(f"{self.paths[i]}: cannot decode image ({e}). Replace the file or remove its rows.") from None
+            def decode(i):
+                try:
+                    array[i] = ImageFiles.get(self, i)  # decoded from the file
+                except OSError as e:
+                    raise DataError(f"{self.paths[i]}: cannot decode image ({e}). Replace the file or remove its "
+                                    f"rows.") from None
 
-        # PIL releases the GIL while decoding, so threads use every core
-        with ThreadPoolExecutor(max(1, num_workers)) as pool:
-            list(tqdm(pool.map(decode, range(len(self.paths))), total=len(self.paths),
-                      desc=f"caching images at {self.img_size}px", disable=not progress, dynamic_ncols=True))
-        array.flush()
-        del array
-        os.replace(tmp, self.path)
+            # PIL releases the GIL while decoding, so threads use every core
+            with ThreadPoolExecutor(max(1, num_workers)) as pool:
+                list(tqdm(pool.map(decode, range(len(self.paths))), total=len(self.paths),
+                          desc=f"caching images at {self.img_size}px", disable=not progress, dynamic_ncols=True))
+            array.flush()
+            array = None  # unmapped before the rename
 
     @property
     def array(self):
@@ -389,3 +386,46 @@ def collate(batch, pad_id):
     input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(),
             "image": torch.stack(images), "label": torch.stack(labels), "index": torch.tensor(index)}
+
+
+def read_test_split(config, data_dir=None):
+    """(data_dir, the test split's rows for a run's train_data and lang) from the run's data or data_dir."""
+    data_dir = data_dir or config["data_dir"]
+    return data_dir, select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler, also for a single process: its order depends only on seed and epoch, so a resumed run
+    sees the same batches; skip starts an epoch after the samples already trained on."""
+
+    def __init__(self, dataset, num_replicas, rank, seed):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self):
+        return self.num_samples - self.skip
+
+
+class ShardSampler(Sampler):
+    """Every num_replicas-th sample from rank on, in order: the ranks' shards together hold every sample exactly
+    once (DistributedSampler would repeat some to even them out, which would count them twice in validation)."""
+
+    def __init__(self, dataset, num_replicas, rank):
+        self.indices = range(rank, len(dataset), num_replicas)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def make_loader(dataset, batch_size, num_workers, device, sampler=None, seed=0):
+    """Batches in the sampler's order (default: in order), padded per batch; pinned memory for a GPU."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+                      collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
+                      generator=torch.Generator().manual_seed(seed))

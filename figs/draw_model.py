@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)  # model, main and plots live in the repository root
 
 import main  # noqa: E402
 import plots  # noqa: E402
-from model import VQAModel, build_image_encoder, xlmr_base_config  # noqa: E402
+from model import build_model, run_config, xlmr_base_config  # noqa: E402
 
 COLORS = {"input": "#fdebd0", "text": "#d6e6f5", "image": "#dcefd9", "fusion": "#f1d9ec", "head": "#ececec"}
 Box = namedtuple("Box", "x y w h")
@@ -31,16 +31,11 @@ Box = namedtuple("Box", "x y w h")
 
 def build(args, use_transformer_layer):
     """VQAModel with main.py's defaults, on the meta device; one answer (the classifier's width is drawn as #answers)."""
-    from transformers import AutoModel
-
     if args.text_model != "xlm-roberta-base":
         sys.exit(f"error: main.py's default --text_model is now {args.text_model}; draw it from its config in {__file__}")
+    args.use_transformer_layer = use_transformer_layer
     with torch.device("meta"):
-        text = AutoModel.from_config(xlmr_base_config())
-        image = build_image_encoder(args.image_model, pretrained=False, **args.image_model_kwargs)
-        model = VQAModel(text, image, 1, args.img_size, dim_h=args.dim_h, dropout=args.dropout,
-                         use_transformer_layer=use_transformer_layer, n_transformer_layers=args.n_transformer_layers,
-                         n_heads=args.n_heads, ablate=args.ablate, text_pool=args.text_pool)
+        model = build_model(run_config(args, 1), xlmr_base_config())
         fmap = model.image_encoder(torch.zeros(1, 3, args.img_size, args.img_size)).shape[1:]
     return model, tuple(fmap)
 

@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# No test may reach a model hub, here or on a machine with internet: the tests and every script they start run
+# offline (the offline tests set it again where they rely on it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import sample_data  # noqa: E402
 

@@ -51,6 +51,30 @@ def test_split_is_seeded_stratified_and_reused(sample_dir):
     assert (make_split(df) == df["split"].values).all()
 
 
+def test_split_keeps_images_and_language_versions_together(tmp_path):
+    """No image, and no Korean/English version of one question, spans two splits; the split stays stratified."""
+    for lang in ("ko", "en"):  # the same scenes and question families in both languages
+        sample_data.generate(str(tmp_path / lang), n_images=200, lang=lang, seed=1, progress=False)
+    ko, en = (pd.read_csv(tmp_path / lang / "data.csv", dtype=str, keep_default_na=False) for lang in ("ko", "en"))
+    assert (ko["image"] == en["image"]).all()
+    bilingual = pd.concat([ko.assign(pair=range(len(ko))), en.assign(pair=range(len(en)))], ignore_index=True)
+    (tmp_path / "bi").mkdir()
+    bilingual.drop(columns="pair").to_csv(tmp_path / "bi" / "data.csv", index=False)
+    df = read_data(tmp_path / "bi")
+    assert (df.groupby("image")["split"].nunique() == 1).all()
+    pairs = df.assign(pair=bilingual["pair"].values).groupby("pair")["split"].nunique()
+    assert (pairs == 1).all()
+    counts = df["split"].value_counts(normalize=True)
+    assert counts["train"] == pytest.approx(0.8, abs=0.03) and counts["test"] == pytest.approx(0.1, abs=0.03)
+    frequent = df["answer"].value_counts()
+    for answer in frequent[frequent >= 100].index:  # stratified as far as the images allow
+        assert set(df.loc[df["answer"] == answer, "split"]) == {"train", "valid", "test"}
+
+
+def test_sample_split_has_no_image_in_two_splits(sample_dir):
+    assert (read_data(sample_dir).groupby("image")["split"].nunique() == 1).all()
+
+
 def test_split_is_remade_when_rows_change(tmp_path, sample_dir):
     rows = pd.read_csv(sample_dir / "data.csv", dtype=str, keep_default_na=False)
     write_csv(tmp_path, rows)

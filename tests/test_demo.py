@@ -1,5 +1,5 @@
 """demo.py in a real headless browser (Debian's chromium driven by Playwright): upload an image or pick a test
-sample, ask, and read the answer the page shows; it must be inference_each.answer's top answer.
+sample, ask, and read the answer the page shows; it must be model.answer's top answer (as inference_each.py's).
 
 Skipped only outside CI when chromium or Playwright is missing; in CI (CI set) that is a failure."""
 import os
@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 
 from conftest import ROOT
-from inference import load_run
-from inference_each import answer, read_test_split
+from model import answer, load_run
+from vqa_dataset import read_test_split
 
 BROWSERS = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
 TIMEOUT_MS = 30_000

@@ -1,19 +1,39 @@
-"""Two CPU processes under torchrun (DistributedDataParallel, gloo) train one run."""
+"""Two CPU processes under torchrun (DistributedDataParallel, gloo) train one run: from data that has no split yet
+(rank 0 makes split.csv, the other rank reads it), with validation sharded over the ranks."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from conftest import ROOT, TINY_TRAIN
+from model import load_run, predict
+from vqa_dataset import SPLIT_FILE, ImageCache, VQADataset, make_loader, read_data, select_rows
 
 
-def test_torchrun_two_processes(sample_dir, tmp_path):
+@pytest.fixture
+def fresh_data(sample_dir, tmp_path):
+    """The tiny sample without its split.csv and caches, as on a fresh clone after `download.py --sample`."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(sample_dir / "data.csv", data / "data.csv")
+    (data / "image").symlink_to(sample_dir / "image")
+    return data
+
+
+def test_torchrun_two_processes(fresh_data, tmp_path):
+    results = tmp_path / "results"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py",
-               *TINY_TRAIN, "--n_epoch", "2", "--data_dir", str(sample_dir), "--results_dir", str(tmp_path)]
+               *TINY_TRAIN, "--n_epoch", "2", "--data_dir", str(fresh_data), "--results_dir", str(results)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = list(tmp_path.iterdir())
+    assert (fresh_data / SPLIT_FILE).is_file() and result.stdout.count("made a seeded split") == 1
+    assert not list(fresh_data.rglob("*.tmp"))
+    runs = list(results.iterdir())
     assert len(runs) == 1  # one run directory, written by rank 0 only
     config = json.loads((runs[0] / "config.json").read_text())
     assert config["world_size"] == 2
@@ -22,3 +42,19 @@ def test_torchrun_two_processes(sample_dir, tmp_path):
     # each rank saw half of the training rows per epoch; together they saw them all
     assert history[0]["train_samples"] == config["data_stats"]["train"]
     assert len(list(runs[0].glob("infer_model_*.safetensors"))) == 1
+
+    # validation ran on both ranks' shards: together they are the whole valid split, each row once, so the best
+    # epoch's accuracy and loss are those of its weights evaluated by one process
+    model, tokenizer, config, answers, _ = load_run(str(runs[0]))
+    valid = select_rows(read_data(fresh_data), "valid")
+    images = ImageCache(str(fresh_data), valid["image"], config["img_size"], progress=False)
+    dataset = VQADataset(valid, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    from focal import build_loss
+
+    single = predict(model, make_loader(dataset, 64, 0, torch.device("cpu")), torch.device("cpu"),
+                     loss_fn=build_loss(config["loss"], gamma=config["gamma"]))
+    best = max(history, key=lambda row: row["valid_acc"])
+    assert best["valid_acc"] == pytest.approx(single["accuracy"], abs=1e-9)
+    assert best["valid_loss"] == pytest.approx(single["loss"], rel=1e-5)
+    report = (runs[0] / "report.md").read_text()
+    assert f"| all | {100 * single['accuracy']:.2f}% | {len(valid)} |" in report

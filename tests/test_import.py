@@ -1,6 +1,7 @@
 """download.py: safe unpacking, the offline path, and importing the BOK-VQA, NIA-style and canonical CSV formats."""
 import os
 import stat
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -52,13 +53,24 @@ def test_safe_archive_unpacks_and_download_is_then_idempotent(tmp_path):
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
-def test_offline_download_prints_manual_instructions_fast(tmp_path):
+def test_offline_download_prints_manual_instructions_fast(tmp_path, monkeypatch, capsys):
+    """Offline, even on a machine with internet: every connection attempt fails, so no download can start."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setitem(sys.modules, "gdown", None)  # importing gdown would fail: it must not be reached
+    monkeypatch.setattr(sys, "argv", ["download.py", "--data_dir", str(tmp_path / "data")])
     start = time.time()
-    result = run_script("download.py", "--data_dir", tmp_path / "data")
+    with pytest.raises(SystemExit) as stopped:
+        download.main()
     assert time.time() - start < 30
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert download.GDRIVE_FILE_ID in result.stderr
-    assert "직접 다운로드" in result.stderr and "Download `image.zip`" in result.stderr and "--zip" in result.stderr
+    message = str(stopped.value)
+    assert download.GDRIVE_FILE_ID in message
+    assert "직접 다운로드" in message and "Download `image.zip`" in message and "--zip" in message
+    assert not (tmp_path / "data" / "image.zip").exists()
 
 
 def test_unknown_header_lists_the_formats(tmp_path):

@@ -91,3 +91,42 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     assert "has no config.json" in result.stderr
     result = run_script("inference_each.py", "--model_path", tmp_path / "missing")
     assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp_path):
+    """inference.py, inference_each.py and the demo (model.answer) all compute in the precision the run chose."""
+    import shutil
+
+    import torch
+
+    from model import answer, load_run, predict
+    from vqa_dataset import ImageCache, VQADataset, make_loader
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["precision"] = "bf16"  # as a run trained with --precision bf16 has it
+    (run_dir / "config.json").write_text(json.dumps(config))
+    result = run_script("inference.py", "--model_path", run_dir, "--data_dir", sample_dir, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    confidence = pd.read_csv(run_dir / "predictions_all.csv")["confidence"].to_numpy()
+
+    model, tokenizer, config, answers, _ = load_run(str(run_dir))
+    test = select_rows(read_data(sample_dir), "test")
+    images = ImageCache(str(sample_dir), test["image"], config["img_size"], progress=False)
+    dataset = VQADataset(test, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    loader = make_loader(dataset, 256, 0, torch.device("cpu"))
+    bf16, fp32 = (predict(model, loader, torch.device("cpu"), p)["prob"][:, 0].numpy() for p in ("bf16", "fp32"))
+    assert abs(bf16 - fp32).max() > 1e-4  # the two precisions can be told apart here
+    assert abs(confidence - bf16).max() < 1e-6
+
+    row = test.iloc[3]
+    image = str(sample_dir / "image" / row["image"])
+    top = answer(model, tokenizer, config, answers, image, row["question"], "cpu")
+    top_fp32 = answer(model, tokenizer, {**config, "precision": "fp32"}, answers, image, row["question"], "cpu")
+    assert max(abs(p - q) for (_, p), (_, q) in zip(top, top_fp32)) > 1e-4
+    result = run_script("inference_each.py", "--model_path", run_dir, "--index", "3", "--data_dir", sample_dir,
+                        "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for rank, (text, prob) in enumerate(top, 1):
+        assert f"  {rank}. {text:<20} {100 * prob:6.2f}%" in result.stdout

@@ -71,3 +71,19 @@ def test_ablations_remove_one_input():
     full = tiny_model().eval()
     assert not torch.allclose(full(ids, mask, image), full(ids, mask, torch.randn_like(image)))
     assert not torch.allclose(full(ids, mask, image), full(other_ids, mask, image))
+
+
+@pytest.mark.parametrize("use_transformer_layer", [False, True])
+def test_building_the_model_leaves_every_buffer_unchanged(use_transformer_layer):
+    """BatchNorm's running statistics (pretrained ones, in real use) are the same before and after building."""
+    torch.manual_seed(0)
+    text = AutoModel.from_config(small_text_config(vocab_size=50, max_token=16, hidden=32, layers=1, heads=2))
+    image = build_image_encoder("resnet10t", pretrained=False, channels=[8, 16, 32, 64], stem_width=8)
+    with torch.no_grad():  # statistics as a pretrained encoder has them, not the initial zeros and ones
+        for name, buffer in image.named_buffers():
+            buffer.add_(torch.rand_like(buffer.float()).to(buffer.dtype) + 1)
+    before = {name: buffer.clone() for name, buffer in image.named_buffers()}
+    VQAModel(text, image, ANSWERS, IMG, dim_h=24, n_heads=2, use_transformer_layer=use_transformer_layer)
+    for name, buffer in image.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    assert image.training  # the mode it was built in

@@ -29,7 +29,7 @@ def test_train_from_local_model_directories(sample_dir, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["image_arch"] == "resnet10t" and config["image_model_kwargs"]["channels"] == [8, 16, 32, 64]
     # the local weights were loaded, not a random initialisation
-    from inference import load_run
+    from model import load_run
 
     model = load_run(str(run_dir))[0]
     assert model.image_encoder.conv1[0].weight.shape == cnn.conv1[0].weight.shape
@@ -57,7 +57,7 @@ def test_offline_without_a_local_copy_fails_fast_and_says_how_to_fix(sample_dir,
                                                           "--pretrained"]):
         start = time.time()
         result = run_script("main.py", "--data_dir", sample_dir, "--results_dir", tmp_path, "--device", "cpu",
-                            "--num_workers", "0", *flags, env={"HF_HOME": str(tmp_path / "hf")})
+                            "--num_workers", "0", *flags, env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
         assert time.time() - start < 60
         assert result.returncode != 0
         assert "Traceback" not in result.stderr

@@ -3,22 +3,20 @@ checkpoint round-trips to identical predictions."""
 import json
 import shutil
 
-import pandas as pd
 import pytest
 import torch
 
 import util
 from conftest import TINY_TRAIN
-from inference import load_run
-from train import make_loader, predict
-from vqa_dataset import ImageCache, VQADataset, read_data, select_rows
+from model import load_run, predict
+from vqa_dataset import ImageCache, VQADataset, make_loader, read_data, select_rows
 
 
 def valid_accuracy(model, tokenizer, config, answers, data_dir):
     df = select_rows(read_data(data_dir), "valid", config["train_data"])
     images = ImageCache(data_dir, df["image"], config["img_size"], progress=False)
     dataset = VQADataset(df, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
-    return predict(model, make_loader(dataset, 64, False, 0, torch.device("cpu")), torch.device("cpu"))
+    return predict(model, make_loader(dataset, 64, 0, torch.device("cpu")), torch.device("cpu"))
 
 
 def test_run_directory_is_complete(trained_run):
