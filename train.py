@@ -97,7 +97,7 @@ def train(args):
                 raise Interrupted(signum, run_dir)
     if rt.is_main:
         write_report(run_dir, config, data, state, args)
-    if rt.world_size > 1:
+    if util.distributed():
         dist.destroy_process_group()
     return run_dir
 
@@ -110,6 +110,9 @@ def setup(args):
     if device.type == "cpu" and world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # don't oversubscribe the cores
     util.set_seed(args.seed)
+    if device.type == "cuda" and not util.distributed() and torch.cuda.device_count() > 1:
+        print(f"note: {torch.cuda.device_count()} GPUs found but this run uses one; to use them all: "
+              f"torchrun --nproc_per_node {torch.cuda.device_count()} main.py ...")
     return Runtime(device, rank, world_size, util.pick_precision(device, args.precision))
 
 
@@ -248,12 +251,9 @@ def wrap(model, rt, compile_model, text_frozen):
     decides that when it is built, the model is wrapped again whenever the text encoder is frozen or unfrozen."""
     model.text_encoder.requires_grad_(not text_frozen)
     wrapped = model
-    if rt.world_size > 1:
+    if util.distributed():
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
                                                       else None)
-    elif rt.device.type == "cuda" and torch.cuda.device_count() > 1 and not text_frozen:
-        rt.log(f"note: {torch.cuda.device_count()} GPUs found but this run uses one; to use them all: "
-               f"torchrun --nproc_per_node {torch.cuda.device_count()} main.py ...")
     if compile_model:  # training steps only; validation and saving use the plain module, which shares the weights
         wrapped = torch.compile(wrapped)
     return wrapped
@@ -326,7 +326,7 @@ def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, ar
 def validate(model, loader, loss_fn, rt):
     """Validation sharded over the ranks (ShardSampler): loss and accuracy of the whole set on every rank, and on
     rank 0 each row's index and top answer, for the accuracy per type."""
-    if rt.world_size > 1:  # BatchNorm statistics as rank 0 saves them (DDP syncs them only at the next forward)
+    if util.distributed():  # BatchNorm statistics as rank 0 saves them (DDP syncs them only at the next forward)
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
     result = predict(model, loader, rt.device, rt.precision, loss_fn, desc="valid", progress=rt.is_main)
@@ -426,7 +426,7 @@ class StopSignals:
         signal.signal(signum, signal.SIG_DFL)
 
     def requested(self):
-        if self.rt.world_size == 1:
+        if not util.distributed():
             return self.signum
         signum = torch.tensor([self.signum], device=self.rt.device)
         dist.all_reduce(signum, op=dist.ReduceOp.MAX)

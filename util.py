@@ -38,9 +38,13 @@ class UsageError(Exception):
     """An option that cannot work on this machine; the message names it and what to use instead."""
 
 
+def under_torchrun():
+    return "LOCAL_RANK" in os.environ and "RANK" in os.environ
+
+
 def local_rank():
     """This process's GPU index on its node under torchrun; None outside torchrun."""
-    return int(os.environ["LOCAL_RANK"]) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+    return int(os.environ["LOCAL_RANK"]) if under_torchrun() else None
 
 
 def pick_device(name="auto"):
@@ -68,10 +72,11 @@ def pick_precision(device, requested="auto"):
 
 
 def init_distributed(device):
-    """Initialises torch.distributed under torchrun (nccl on GPUs, gloo on CPUs); returns (rank, world_size)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size == 1:
+    """Initialises torch.distributed under torchrun (nccl on GPUs, gloo on CPUs), also for a single process, so that
+    `torchrun --nproc_per_node 1` runs the same distributed code as more; returns (rank, world_size)."""
+    if not under_torchrun():
         return 0, 1
+    world_size = int(os.environ["WORLD_SIZE"])
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
