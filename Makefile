@@ -1,13 +1,33 @@
 # Quick start: `make demo` (install, build the sample, train, evaluate, answer one) and `make test`.
-PYTHON ?= python3
+#
+# Inside a virtual environment (venv or conda) everything installs into it. Outside one, the Makefile makes .venv and
+# installs and runs everything there: the system Python of current Debian and Ubuntu refuses `pip install` (PEP 668,
+# "externally-managed-environment"). PYTHON=... chooses the interpreter yourself.
+SYSTEM_PYTHON ?= python3
+IN_ENV := $(shell $(SYSTEM_PYTHON) -c 'import os, sys; print(int(sys.prefix != sys.base_prefix or "CONDA_PREFIX" in os.environ))' 2>/dev/null)
+ifeq ($(IN_ENV),1)
+PYTHON ?= $(SYSTEM_PYTHON)
+else
+PYTHON ?= .venv/bin/python
+endif
 PIP ?= $(PYTHON) -m pip
+VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/ready)
 
-.PHONY: install sample demo ablation figs chromium test clean
+.PHONY: install sample demo ablation figs chromium test clean gpu-check
 
-install:
+.venv/ready:
+	@echo "not inside a virtual environment: making one in .venv (PYTHON=... to use another interpreter)"
+	@rm -rf .venv
+	@$(SYSTEM_PYTHON) -m venv .venv && .venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv; \
+	  echo "error: '$(SYSTEM_PYTHON) -m venv' cannot make a virtual environment here. On Debian or Ubuntu install the"; \
+	  echo "package python3-venv (sudo apt-get install python3-venv), or activate a venv or conda environment first."; \
+	  exit 1; }
+	@touch $@
+
+install: $(VENV)
 	$(PIP) install -q -r requirements.txt
 
-sample:
+sample: install
 	$(PYTHON) download.py --sample
 
 demo: install sample
@@ -42,6 +62,11 @@ chromium:
 test: install chromium
 	$(PIP) install -q -r requirements-demo.txt
 	$(PYTHON) -m pytest -q tests
+
+# The CUDA check of the README's GPU table (tools/gpu_check.sh): OUT=folder for its logs and summary.md.
+OUT ?= gpu_check
+gpu-check:
+	bash tools/gpu_check.sh $(OUT)
 
 clean:
 	rm -rf data/sample data/sample_en data/cache results/*_* results/ablate_*

@@ -94,6 +94,8 @@ def parse_args():
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path's model")
     p.add_argument("--use_transformer_layer", action="store_true",
                    help="the model with main.py's --use_transformer_layer (both pipelines)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print torch.profiler's table of the operators taking the most time in fast-path steps")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="the device's dense bf16 peak in TFLOP/s (default: from a table of known GPUs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the sample order")
@@ -181,20 +183,38 @@ def fast_step(model, optimizer, loss_fn, device, precision, clip_grad, lr):
 
 
 def timed(desc, step, batches, warmup_steps, steps, device):
-    """(samples/s, s/step) over `steps` steps after `warmup_steps` untimed ones, the batches' loading included."""
+    """(samples/s, s/step, share of the time spent waiting for the next batch) over `steps` steps after
+    `warmup_steps` untimed ones, the batches' loading included. Each step reads its loss back, so a batch that is
+    not ready when the GPU is done shows as waiting."""
     bar = tqdm(total=warmup_steps + steps, desc=desc, dynamic_ncols=True)
     for _ in range(warmup_steps):  # startup, worker fill, cudnn / compile warmup
         step(next(batches))
         bar.update()
     sync(device)
-    start, seen = time.perf_counter(), 0
+    start, seen, waiting = time.perf_counter(), 0, 0.0
     for _ in range(steps):
-        seen += step(next(batches))
+        asked = time.perf_counter()
+        batch = next(batches)
+        waiting += time.perf_counter() - asked
+        seen += step(batch)
         bar.update()
     sync(device)  # kernels still queued belong to the timed steps
     elapsed = time.perf_counter() - start
     bar.close()
-    return seen / elapsed, elapsed / steps
+    return seen / elapsed, elapsed / steps, waiting / elapsed
+
+
+def profile_table(step, batch, device, steps=5, rows=15):
+    """torch.profiler's table of the operators that take the most time in a few training steps on one batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(batch)
+        sync(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
 
 
 def peak_memory(device):
@@ -287,7 +307,7 @@ def run():
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     original_set = OriginalStyleDataset(df, data_dir, tokenizer, answer_to_id, img_size, args.max_token)
     loader = DataLoader(original_set, batch_size=batch_size, sampler=sampler(original_set), num_workers=nw)
-    original, _ = timed("(a) original-style", original_step(model, optimizer, loss_fn, device, cfg.clip_grad, cfg.lr),
+    original, _, original_wait = timed("(a) original-style", original_step(model, optimizer, loss_fn, device, cfg.clip_grad, cfg.lr),
                         iter(loader), warmup_steps, steps, device)
     original_mem = peak_memory(device)
     del model, optimizer, loader
@@ -309,7 +329,7 @@ def run():
     fast_set = VQADataset(df, images, tokenizer, answer_to_id, args.max_token)
     loader = make_loader(fast_set, batch_size, nw, device, sampler=sampler(fast_set), seed=args.seed)
     step = fast_step(model, optimizer, loss_fn, device, precision, cfg.clip_grad, cfg.lr)
-    fast, _ = timed(f"(b) fast path{' (compiled)' if args.compile else ''}", step, iter(loader),
+    fast, _, fast_wait = timed(f"(b) fast path{' (compiled)' if args.compile else ''}", step, iter(loader),
                     warmup_steps, steps, device)
     fast_mem = peak_memory(device)
     del loader
@@ -324,7 +344,7 @@ def run():
         loss_fn(logits, batch["label"]).backward()
     optimizer.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()
-    model_only, step_s = timed("model only", step, itertools.repeat(batch), warmup_steps, steps, device)
+    model_only, step_s, _ = timed("model only", step, itertools.repeat(batch), warmup_steps, steps, device)
     peak = peak_flops(device, args.peak_tflops)
     mfu = f"{100 * flops / step_s / peak:.1f}% of the {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else \
         "fraction of bf16 peak n/a" + (" (unknown GPU: pass --peak_tflops)" if device.type == "cuda" else " (CPU)")
@@ -332,10 +352,13 @@ def run():
     def mem(gib):
         return f"peak GPU memory {gib:.1f} GiB" if gib is not None else "peak GPU memory n/a (CPU)"
 
-    print(f"(a) original-style: {original:9.1f} samples/s | {mem(original_mem)} | JPEG decode + resize per item in "
-          f"workers, padded to {args.max_token}, fp32")
-    print(f"(b) fast path:      {fast:9.1f} samples/s | {mem(fast_mem)} | image cache, per-batch padding, {precision}"
-          f", channels_last{', fused AdamW' if device.type == 'cuda' else ''}{', compiled' if args.compile else ''}")
+    if args.profile:
+        print(f"top operators of 5 fast-path steps on one batch (torch.profiler):\n{profile_table(step, batch, device)}")
+    print(f"(a) original-style: {original:9.1f} samples/s | {mem(original_mem)} | waiting for data "
+          f"{100 * original_wait:.0f}% | JPEG decode + resize per item in workers, padded to {args.max_token}, fp32")
+    print(f"(b) fast path:      {fast:9.1f} samples/s | {mem(fast_mem)} | waiting for data {100 * fast_wait:.0f}% | "
+          f"image cache, per-batch padding, {precision}, channels_last"
+          f"{', fused AdamW' if device.type == 'cuda' else ''}{', compiled' if args.compile else ''}")
     print(f"model only (b):     {model_only:9.1f} samples/s | {flops / batch_size / 1e9:.2f} GFLOP per sample "
           f"(forward + backward, padded to {batch['input_ids'].shape[1]} tokens) | {mfu}")
     print(f"speedup: {fast / original:.1f}x")

@@ -30,6 +30,19 @@ def load_samples(config, data_dir, n):
     return samples
 
 
+def refuse_with_reason(gr, preprocess):
+    """gradio's image preprocessing, where an upload it cannot open as an image is refused with the reason instead
+    of a bare "Error". (An instance attribute: a subclass of a gradio component makes gradio write a .pyi file.)"""
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except Exception as e:  # PIL's errors for files that are not images, decompression bombs
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(f"{name} is not an image this demo can read ({type(e).__name__}: {e}). "
+                           f"Upload a JPEG or PNG.") from None
+    return checked
+
+
 def build_app(gr, predict, samples, top_k):
     """The page: sample picker, image, question and button on the left; gold answer and top answers on the right."""
     with gr.Blocks(title="VQA_NIA demo") as app:
@@ -42,6 +55,7 @@ def build_app(gr, predict, samples, top_k):
                 # filepath without a mode conversion: the uploaded file reaches the model as is, not re-encoded
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="image",
                                  elem_id="image", height=320)
+                image.preprocess = refuse_with_reason(gr, image.preprocess)
                 question = gr.Textbox(label="question", placeholder="이미지 속 원은 무슨 색이야?", elem_id="question")
                 button = gr.Button("Answer", variant="primary", elem_id="submit")
             with gr.Column():
@@ -67,10 +81,10 @@ def main():
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 127.0.0.1 keeps the demo on this machine, 0.0.0.0 opens it to the network")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--port", type=util.at_least(1), default=7860, help="port to listen on")
     p.add_argument("--data_dir", default=None, help="data directory for the test samples (default: the run's)")
-    p.add_argument("--n_samples", type=int, default=100, help="test samples offered in the picker")
-    p.add_argument("--top_k", type=int, default=5, help="number of answers to show")
+    p.add_argument("--n_samples", type=util.at_least(0), default=100, help="test samples offered in the picker")
+    p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     args = p.parse_args()
 
@@ -92,13 +106,14 @@ def main():
     def predict(image_path, question):
         if not image_path:
             raise gr.Error("Upload an image or pick a test sample first.")
-        if not question or not question.strip():
-            raise gr.Error("Type a question.")
-        return dict(answer(model, tokenizer, config, answers, image_path, question.strip(), device, args.top_k))
+        try:
+            return dict(answer(model, tokenizer, config, answers, image_path, question or "", device, args.top_k))
+        except DataError as e:  # an empty question, an image that cannot be read: say why
+            raise gr.Error(str(e)) from None
 
     app = build_app(gr, predict, samples, args.top_k)
     # gradio serves only files it is told about: the sample images live in the data directory
-    app.launch(server_name=args.host, server_port=args.port,
+    app.launch(server_name=args.host, server_port=args.port, show_error=True,
                allowed_paths=sorted({os.path.dirname(path) for _, path, _, _ in samples}))
 
 

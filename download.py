@@ -9,18 +9,21 @@
 import argparse
 import ast
 import os
+import re
 import shutil
 import socket
 import stat
 import sys
+import tempfile
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 import util
-from vqa_dataset import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, DataError, derive_columns, read_csv, validate
+from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, DataError, derive_columns, format_triples, make_split, normalize_text, read_csv, validate)
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
 ARCHIVE_BYTES = 12.97e9  # as the original README gives it; no checksum was published
@@ -35,12 +38,14 @@ then run `python download.py --zip PATH/image.zip` to unpack it into data/image/
 directory under data/ yourself).
 """
 
-# The CSV formats the importer knows, by the columns that identify them.
+# The CSV formats the importer knows: the columns that identify each, and the ones it also reads when present.
 FORMATS = {
-    "canonical": REQUIRED_COLUMNS,
-    "BOK-VQA": ["img_name", "question", "h", "r", "t", "answer", "fold"],
-    "NIA": ["img_path", "question", "answer", "main_obj", "Triple", "Abstract"],
+    "canonical": (REQUIRED_COLUMNS, OPTIONAL_COLUMNS),
+    "BOK-VQA": (["img_name", "question", "h", "r", "t", "answer"], ["fold"]),  # test files have no fold
+    "NIA": (["img_path", "question", "answer"], ["main_obj", "Triple", "Abstract", "subject", "relation", "object"]),
 }
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+LINKS_MADE = ".imported_links"  # in <out>/image: the links the importer made, the only files it ever replaces
 
 
 # ---------------------------------------------------------------- the original archive
@@ -54,9 +59,13 @@ def drive_reachable(timeout=3.0):
 
 
 def check_free_space(directory, needed_bytes):
-    free = shutil.disk_usage(directory).free
+    """Free space on the file system that directory is (or will be) on."""
+    existing = os.path.abspath(directory)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
     if free < needed_bytes:
-        raise DataError(f"{os.path.abspath(directory)} has {free / 1e9:.1f} GB free but {needed_bytes / 1e9:.1f} GB "
+        raise DataError(f"{existing} (for {directory}) has {free / 1e9:.1f} GB free but {needed_bytes / 1e9:.1f} GB "
                         f"are needed (the archive and its unpacked images). Free some space or use --data_dir.")
 
 
@@ -75,7 +84,8 @@ def unsafe_entries(archive):
 
 
 def unpack(zip_path, data_dir):
-    """Unpacks an image archive into data_dir/image/, refusing it whole if any entry is unsafe."""
+    """Unpacks an image archive into data_dir/image/. Refused whole if any entry is unsafe, if it is empty or holds no
+    images; unpacked into a staging folder first, so that a damaged entry (CRC) leaves nothing half-written."""
     image_dir = os.path.join(data_dir, "image")
     try:
         archive = zipfile.ZipFile(zip_path)
@@ -87,20 +97,46 @@ def unpack(zip_path, data_dir):
             raise DataError(f"{zip_path}: refused, nothing was unpacked; {len(bad)} entries could write outside "
                             f"{data_dir}/: " + ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
         members = [m for m in archive.infolist() if not m.is_dir()]
+        if not members:
+            raise DataError(f"{zip_path} holds no files; download it again.")
+        if not any(m.filename.lower().endswith(IMAGE_SUFFIXES) for m in members):
+            raise DataError(f"{zip_path} holds {len(members)} files but no images ({', '.join(IMAGE_SUFFIXES)}): "
+                            f"is it the image archive?")
         # the original archive holds image/...; an archive of bare files goes into image/ all the same
         inside_image = all(m.filename.replace("\\", "/").startswith("image/") for m in members)
         target = data_dir if inside_image else image_dir
-        check_free_space(data_dir if os.path.isdir(data_dir) else ".", sum(m.file_size for m in members))
-        from tqdm import tqdm
-
-        root = os.path.realpath(target)
-        for member in tqdm(members, desc=f"unpacking {os.path.basename(zip_path)}", dynamic_ncols=True):
-            path = os.path.realpath(os.path.join(target, member.filename))
-            if os.path.commonpath([root, path]) != root:  # belt and braces after unsafe_entries
-                raise DataError(f"{zip_path}: entry {member.filename} would be written outside {target}")
-            archive.extract(member, target)
+        check_free_space(target, sum(m.file_size for m in members))
+        replaced = sum(os.path.exists(os.path.join(target, m.filename)) for m in members)
+        if replaced:
+            print(f"warning: {replaced} of the archive's {len(members)} files are in {target}/ already and are "
+                  f"replaced by the archive's")
+        os.makedirs(data_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".unpacking_", dir=data_dir)
+        try:
+            extract(archive, members, staging, zip_path)
+            for member in members:
+                path = os.path.join(target, member.filename)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.replace(os.path.join(staging, member.filename), path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     util.atomic_write(os.path.join(image_dir, UNPACKED_MARKER), f"{os.path.basename(zip_path)} {len(members)}\n".encode())
     print(f"unpacked {len(members)} files into {image_dir}/")
+
+
+def extract(archive, members, folder, zip_path):
+    from tqdm import tqdm
+
+    root = os.path.realpath(folder)
+    for member in tqdm(members, desc=f"unpacking {os.path.basename(zip_path)}", dynamic_ncols=True):
+        path = os.path.realpath(os.path.join(folder, member.filename))
+        if os.path.commonpath([root, path]) != root:  # belt and braces after unsafe_entries
+            raise DataError(f"{zip_path}: entry {member.filename} would be written outside {folder}")
+        try:
+            archive.extract(member, folder)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # CRC mismatch, damaged data
+            raise DataError(f"{zip_path}: entry {member.filename} is damaged ({e}); nothing was unpacked. "
+                            f"Download the archive again.") from None
 
 
 def download_images(data_dir):
@@ -132,12 +168,13 @@ def download_images(data_dir):
 
 def detect_format(columns, path):
     present = set(columns)
-    for name, required in FORMATS.items():
+    for name, (required, _) in FORMATS.items():
         if set(required) <= present:
             return name
-    known = "\n".join(f"  {name}: {', '.join(required)}" for name, required in FORMATS.items())
+    known = "\n".join(f"  {name}: {', '.join(required)} (also read: {', '.join(optional)})"
+                      for name, (required, optional) in FORMATS.items())
     raise DataError(f"{path}: unknown CSV format; its header is {list(columns)}. Known formats and their "
-                    f"columns:\n{known}\n(the canonical format may also have {', '.join(OPTIONAL_COLUMNS)}).")
+                    f"columns:\n{known}")
 
 
 def language(questions):
@@ -146,57 +183,71 @@ def language(questions):
 
 
 def nia_triple(text):
-    """A NIA export's Triple cell, a Python-list string, as 'head|relation|tail' (several joined by ';')."""
-    if text.strip() in ("", "[]", "nan"):
+    """A NIA export's Triple cell as the canonical triple cell (head|relation|tail, several joined by ';'): a
+    Python-list string of one triple or of several, or several lists joined by '=' (a two-hop chain,
+    "['나비', '강', '곤충']=['나비', '계', '동물']"). Read as literals, never run."""
+    text = text.strip()
+    if text in ("", "[]", "nan"):
         return ""
-    value = ast.literal_eval(text)  # literals only: never runs code
-    if not isinstance(value, (list, tuple)):
-        raise ValueError("not a list")
-    triples = [value] if value and all(isinstance(v, str) for v in value) else list(value)
-    if not all(isinstance(t, (list, tuple)) and len(t) == 3 for t in triples):
+    value = ast.literal_eval("[" + re.sub(r"\]\s*=\s*\[", "], [", text) + "]")  # literals only: never runs code
+    triples = []
+    for item in value:
+        items = [item] if item and all(isinstance(v, str) for v in item) else list(item)
+        triples += items
+    if not all(isinstance(t, (list, tuple)) and len(t) == 3 and all(str(p).strip() for p in t) for t in triples):
         raise ValueError("not a list of [head, relation, tail]")
-    return ";".join("|".join(str(part).strip() for part in t) for t in triples)
+    return format_triples([tuple(str(p).strip() for p in t) for t in triples])
 
 
 def convert(path, split=None):
     """One CSV as canonical rows, plus the source file and row of each; conversion faults raise DataError."""
     raw = read_csv(path)
     kind = detect_format(raw.columns, path)
+    if raw.empty:
+        raise DataError(f"{path} ({kind}) has a header but no rows.")
     out = pd.DataFrame({"row": np.arange(2, len(raw) + 2)})
     problems = []
     if kind == "BOK-VQA":
         out["image"] = raw["img_name"].str.strip().values
         out["question"], out["answer"] = raw["question"].values, raw["answer"].values
         out["question_type"] = "B"
-        out["triple"] = (raw["h"].str.strip() + "|" + raw["r"].str.strip() + "|" + raw["t"].str.strip()).values
+        out["triple"] = [format_triples([hrt]) for hrt in zip(raw["h"], raw["r"], raw["t"])]
         out["abstract"] = ""
-        fold = pd.to_numeric(raw["fold"], errors="coerce")
-        problems += [(r, "column fold is not a number") for r in out["row"][fold.isna().values]]
-        out["split"] = np.where(fold.values == 1, "valid", "train")
+        if "fold" in raw.columns:
+            fold = pd.to_numeric(raw["fold"], errors="coerce")
+            problems += [(r, "column fold is not a number") for r in out["row"][fold.isna().values]]
+            out["split"] = np.where(fold.values == 1, "valid", "train")
+        else:  # a test file, or a train file to be split by image
+            out["split"] = ""
     elif kind == "NIA":
         out["image"] = [os.path.basename(p.replace("\\", "/")) for p in raw["img_path"]]
         out["question"], out["answer"] = raw["question"].values, raw["answer"].values
         triples = []
-        for row, cell in zip(out["row"], raw["Triple"]):
+        for row, cell, parts in zip(out["row"], raw.get("Triple", pd.Series("", index=raw.index)),
+                                    zip(*(raw.get(c, pd.Series("", index=raw.index)) for c in ("subject", "relation", "object")))):
             try:
-                triples.append(nia_triple(cell))
-            except (ValueError, SyntaxError) as e:
-                triples.append("")
+                triple = nia_triple(cell)
+            except (ValueError, SyntaxError, TypeError) as e:
+                triple = ""
                 problems.append((row, f"column Triple is not a Python list of [head, relation, tail] ({e})"))
-        out["triple"], out["abstract"] = triples, raw["Abstract"].str.strip().values
+            if not triple and all(p.strip() for p in parts):  # a Triple-less export of subject, relation, object
+                triple = format_triples([tuple(p.strip() for p in parts)])
+            triples.append(triple)
+        out["triple"] = triples
+        out["abstract"] = raw["Abstract"].str.strip().values if "Abstract" in raw.columns else ""
         out["question_type"] = np.where((out["triple"] != "") | (out["abstract"] != ""), "B", "A")
         out["split"] = ""
         # paths of another machine are rebased by file name: two different files with one name are ambiguous
         full = raw["img_path"].str.strip().values
         names = pd.DataFrame({"name": out["image"], "full": full}).drop_duplicates()
-        clash = names[names["name"].duplicated(keep=False)]["name"]
+        clash = set(names[names["name"].duplicated(keep=False)]["name"])
         problems += [(r, f"column img_path: another row has a different file named {n}")
-                     for r, n in zip(out["row"], out["image"]) if n in set(clash)]
+                     for r, n in zip(out["row"], out["image"]) if n in clash]
     else:
         for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
             out[column] = raw[column].values if column in raw.columns else ""
     for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
-        out[column] = out[column].fillna("").astype(str).str.strip() if column in out else ""
+        out[column] = normalize_text(out[column].fillna("").astype(str)) if column in out else ""
     derive_columns(out)
     if split is not None:
         out["split"] = split
@@ -211,18 +262,47 @@ def convert(path, split=None):
 
 
 def link_images(names, image_dir, out_image_dir):
-    """Makes each image available under out_image_dir as a link into image_dir (nothing to do if they are one)."""
+    """Makes each image available under out_image_dir as a link into image_dir (nothing to do if they are one).
+    Only links this importer made (listed in .imported_links) are ever replaced: a user's file there is an error."""
     os.makedirs(out_image_dir, exist_ok=True)
     if os.path.samefile(image_dir, out_image_dir):
         return
+    made_path = os.path.join(out_image_dir, LINKS_MADE)
+    made = set(open(made_path, encoding="utf-8").read().splitlines()) if os.path.isfile(made_path) else set()
+    todo, foreign = [], []
     for name in names:
         target, link = os.path.abspath(os.path.join(image_dir, name)), os.path.join(out_image_dir, name)
-        if os.path.lexists(link):
-            if os.path.islink(link) and os.readlink(link) == target:
-                continue
-            os.remove(link)
+        if os.path.islink(link) and os.readlink(link) == target:
+            continue
+        if os.path.lexists(link) and not (os.path.islink(link) and name in made):
+            foreign.append(link)
+        todo.append((name, target, link))
+    if foreign:
+        raise DataError(f"{len(foreign)} image path(s) in {out_image_dir} hold files this importer did not make, and "
+                        f"it never replaces a user's file: {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}"
+                        f". Move them away, or import into another --out.")
+    for name, target, link in todo:
+        if os.path.islink(link):
+            os.remove(link)  # a link of an earlier import, to where the images were then
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(target, link)
+        made.add(name)
+    util.atomic_write(made_path, "\n".join(sorted(made)).encode("utf-8"))
+
+
+def fill_missing_split(data):
+    """Rows of files without a fold (next to files with one, or a test file) get a seeded split by image; when a
+    test file is given, what the split would hold out for testing joins valid instead."""
+    missing = (data["split"] == "").values
+    if missing.all() or not missing.any():
+        return data  # all or none: read_data makes the seeded split, or every row has its own
+    split = make_split(data[missing].reset_index(drop=True))
+    if (data["split"] == "test").any():
+        split = np.where(split == "test", "valid", split)
+    data.loc[missing, "split"] = split
+    print(f"{int(missing.sum())} rows from files without a fold were split by image: "
+          f"{pd.Series(split).value_counts().to_dict()}")
+    return data
 
 
 def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False):
@@ -235,7 +315,7 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False):
         good, bad = validate(part, out_dir, skip_bad, image_dir=image_dir, source=part["source"].iloc[0])
         kept.append(good)
         skipped.append(bad)
-    data = pd.concat(kept, ignore_index=True)
+    data = fill_missing_split(pd.concat(kept, ignore_index=True))
     skipped = pd.concat(skipped, ignore_index=True)
     os.makedirs(out_dir, exist_ok=True)
     link_images(data["image"].unique(), image_dir, os.path.join(out_dir, "image"))
@@ -264,7 +344,7 @@ def main():
     p.add_argument("--zip", default=None, help="unpack an image archive downloaded by hand")
     p.add_argument("--sample", action="store_true", help="generate the synthetic sample data set")
     p.add_argument("--lang", default="ko", choices=["ko", "en"], help="sample: language of the questions")
-    p.add_argument("--n_images", type=int, default=3200, help="sample: number of images (4 questions each)")
+    p.add_argument("--n_images", type=util.at_least(1), default=3200, help="sample: number of images (4 questions each)")
     p.add_argument("--seed", type=int, default=0, help="sample: random seed")
     p.add_argument("--from_csv", nargs="+", default=None,
                    help="import these CSVs (BOK-VQA, NIA-style or canonical; several for bilingual data)")

@@ -23,8 +23,8 @@ def main():
     p.add_argument("--data_dir", default=None, help="data directory (default: the one the run was trained on)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split to evaluate")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
-    p.add_argument("--batch_size", type=int, default=256, help="batch size")
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--batch_size", type=util.at_least(1), default=256, help="batch size")
+    p.add_argument("--num_workers", type=util.at_least(0), default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, ...; the precision is the run's (--precision of main.py) on this device")
     p.add_argument("--skip_bad", action="store_true",

@@ -10,7 +10,7 @@ import random
 import sys
 
 import util
-from model import OfflineError, answer, load_run
+from model import OfflineError, answer, load_run, question_tokens
 from vqa_dataset import DataError, read_test_split
 
 
@@ -19,10 +19,10 @@ def main():
     p.add_argument("--model_path", default=None, help="run directory or its .safetensors weights (default: newest run)")
     p.add_argument("--image", default=None, help="image file (with --question)")
     p.add_argument("--question", default=None, help="question text (with --image)")
-    p.add_argument("--index", type=int, default=None, help="row of the test split to answer (default: random)")
+    p.add_argument("--index", type=util.at_least(0), default=None, help="row of the test split to answer (default: random)")
     p.add_argument("--data_dir", default=None, help="data directory for --index (default: the run's)")
     p.add_argument("--seed", type=int, default=None, help="seed for picking the random test sample")
-    p.add_argument("--top_k", type=int, default=5, help="number of answers to show")
+    p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--save_png", default=None, metavar="OUT.png",
@@ -48,6 +48,10 @@ def main():
             image_path, question, gold = os.path.join(data_dir, "image", row["image"]), row["question"], row["answer"]
             print(f"test sample {index}: type {row['question_type']}, {row['category']}")
         top = answer(model, tokenizer, config, answers, image_path, question, device, args.top_k)
+        n_tokens = question_tokens(tokenizer, question)
+        if n_tokens > config["max_token"]:
+            print(f"note: the question has {n_tokens} tokens; the model reads its first {config['max_token']} "
+                  f"(--max_token of the run)")
     except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"image:    {image_path}")

@@ -5,7 +5,11 @@
     torchrun --nproc_per_node 4 main.py ...   # several GPUs (or CPU processes) with DistributedDataParallel
 """
 import argparse
+import os
 import sys
+
+import util
+from util import at_least, in_range, positive
 
 # A preset fills in options; any flag given explicitly on the command line wins.
 PRESETS = {
@@ -33,10 +37,11 @@ def build_parser(suppress_defaults=False):
     # the original's options
     add("--train_data", default="all", choices=["A", "B", "all"],
         help="A: questions answerable from the image, B: questions needing outside knowledge, all: both")
-    add("--n_epoch", type=int, default=50, help="number of epochs")
-    add("--lr", type=float, default=3e-5, help="peak learning rate (AdamW, linear warmup then cosine decay)")
-    add("--batch_size", type=int, default=512, help="global batch size (split across torchrun processes)")
-    add("--max_token", type=int, default=50, help="token max length of a question")
+    add("--n_epoch", type=at_least(1), default=50, help="number of epochs")
+    add("--lr", type=positive(), default=3e-5, help="peak learning rate (AdamW, linear warmup then cosine decay)")
+    add("--batch_size", type=at_least(1), default=512, help="global batch size (split across torchrun processes)")
+    add("--max_token", type=at_least(3), default=50,
+        help="token max length of a question (at least 3: <s>, one token, </s>)")
     add("--use_transformer_layer", action="store_true", default=False,
         help="add a Transformer encoder over image and question features after the fusion")
     # data and run
@@ -51,11 +56,11 @@ def build_parser(suppress_defaults=False):
         help="continue this run in its directory with its saved options, from its last checkpoint "
              "(only --device, --num_workers, --precision, --image_cache and --compile may be given with it)")
     add("--results_dir", default="results", help="run directories go to <results_dir>/<train_data>_<MMDD_HHMM>/")
-    add("--seed", type=int, default=42, help="random seed")
+    add("--seed", type=at_least(0), default=42, help="random seed")
     add("--device", default="auto",
         help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...; under torchrun every CUDA choice means "
              "each process's own GPU (cuda:LOCAL_RANK)")
-    add("--num_workers", type=int, default=8, help="DataLoader worker processes per training process")
+    add("--num_workers", type=at_least(0), default=8, help="DataLoader worker processes per training process")
     add("--image_cache", action=argparse.BooleanOptionalAction, default=True,
         help="decode and resize every image once into a memory-mapped cache under <data_dir>/cache/ "
              "(--no-image_cache: decode the JPEG each time it is read, as the original)")
@@ -70,23 +75,24 @@ def build_parser(suppress_defaults=False):
     add("--image_model", default="resnet50", help="timm model name or local directory (timm save_for_hf format)")
     add("--pretrained", action=argparse.BooleanOptionalAction, default=True,
         help="start from pretrained weights (--no-pretrained: random initialisation)")
-    add("--img_size", type=int, default=224, help="image input size in pixels")
-    add("--dim_h", type=int, default=1024, help="hidden size of the classifier head")
-    add("--dropout", type=float, default=0.2, help="dropout on image features and the classifier head")
+    add("--img_size", type=at_least(32), default=224,
+        help="image input size in pixels (at least 32: a ResNet reduces it 32-fold)")
+    add("--dim_h", type=at_least(1), default=1024, help="hidden size of the classifier head")
+    add("--dropout", type=in_range(0, 1), default=0.2, help="dropout on image features and the classifier head")
     add("--text_pool", default="cls", choices=["cls", "mean"],
         help="question feature: cls (the <s> token through the pooler, as the original) or mean over tokens")
-    add("--n_transformer_layers", type=int, default=1, help="layers of the fusion Transformer encoder")
-    add("--n_heads", type=int, default=8, help="attention heads of the fusion Transformer encoder")
+    add("--n_transformer_layers", type=at_least(1), default=1, help="layers of the fusion Transformer encoder")
+    add("--n_heads", type=at_least(1), default=8, help="attention heads of the fusion Transformer encoder")
     add("--ablate", default="none", choices=["none", "image", "question"],
         help="blank one input (image: question-only model; question: image-only model)")
     # optimisation
     add("--loss", default="focal", choices=["focal", "ce"], help="focal loss (the original's) or cross entropy")
-    add("--gamma", type=float, default=2.0, help="focal loss gamma")
-    add("--label_smoothing", type=float, default=0.0, help="label smoothing")
-    add("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    add("--warmup", type=float, default=0.05, help="fraction of steps for linear warmup")
-    add("--clip_grad", type=float, default=1.0, help="gradient norm clipping")
-    add("--freeze_text_epochs", type=int, default=0,
+    add("--gamma", type=at_least(0.0, float), default=2.0, help="focal loss gamma")
+    add("--label_smoothing", type=in_range(0, 1), default=0.0, help="label smoothing")
+    add("--weight_decay", type=at_least(0.0, float), default=0.01, help="AdamW weight decay")
+    add("--warmup", type=in_range(0, 1, high_included=True), default=0.05, help="fraction of steps for linear warmup")
+    add("--clip_grad", type=positive(), default=1.0, help="gradient norm clipping")
+    add("--freeze_text_epochs", type=at_least(0), default=0,
         help="keep the text encoder fixed for the first N epochs while the rest learns (linear probing, then "
              "fine-tuning); a text encoder trained from scratch otherwise collapses questions that differ in one word")
     return p
@@ -109,21 +115,26 @@ def parse_args(argv=None):
 
 def resume_args(args, argv):
     """The options a run was started with, from its config.json; only how to run it may change."""
-    import os
-
-    import util
-
     path = os.path.join(args.resume, util.CONFIG_FILE)
     if not os.path.isfile(path):
         sys.exit(f"error: --resume {args.resume}: no {util.CONFIG_FILE} there; it is not a run directory of main.py, "
                  f"or the run stopped before it began training (start it again).")
-    config = util.read_json(path)
+    try:
+        # every option but precision, which runs of earlier versions lack
+        config = util.read_json(path, required=[k for k in util.RUN_OPTIONS if k != "precision"] + ["world_size"])
+        last = os.path.join(args.resume, util.LAST_CHECKPOINT)
+        done = len(util.read_metadata(last).get("history", [])) if os.path.isfile(last) else 0
+    except util.CheckpointError as e:
+        sys.exit(f"error: {e}")
     explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
     fixed = explicit - {"resume", "device", "num_workers", "precision", "image_cache", "compile"}
     if fixed:
         sys.exit(f"error: --resume continues {args.resume} with its saved options; drop "
                  f"{', '.join('--' + k for k in sorted(fixed))} (only --device, --num_workers, --precision, "
                  f"--image_cache and --compile may change).")
+    if done >= config["n_epoch"]:
+        sys.exit(f"error: {args.resume} has finished all its {config['n_epoch']} epochs: there is nothing to resume. "
+                 f"Evaluate it with `python inference.py --model_path {args.resume}`, or start a new run.")
     for key in util.RUN_OPTIONS:
         if key not in explicit and key in config:
             setattr(args, key, config[key])
@@ -139,6 +150,7 @@ def main(argv=None):
     import util
 
     try:
+        util.ensure_writable_dir(args.resume or args.results_dir, "--resume" if args.resume else "--results_dir")
         return train.train(args)
     except (OfflineError, DataError, util.CheckpointError, util.UsageError) as e:
         sys.exit(f"error: {e}")

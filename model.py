@@ -15,7 +15,7 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
 import util
-from vqa_dataset import load_image, to_model_input
+from vqa_dataset import DataError, clean_text, load_image, to_model_input
 
 SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
 # VQAModel's options, as config.json names them
@@ -177,6 +177,9 @@ class VQAModel(nn.Module):
         self.text_pool = text_pool
         self.use_transformer_layer = use_transformer_layer
         if use_transformer_layer:
+            if dim_q % n_heads:
+                raise util.UsageError(f"--n_heads {n_heads} does not divide the question encoder's hidden size "
+                                      f"{dim_q}; choose a divisor of {dim_q}.")
             grid = feature_grid(image_encoder, img_size)
             self.image_pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim_q))
             self.type_embed = nn.Embedding(5, dim_q)  # fused, image, question, image grid, question tokens
@@ -245,6 +248,11 @@ def build_model(config, text_config=None, from_sources=False):
                     **{k: config[k] for k in HEAD_OPTIONS})
 
 
+# what inference reads from a run's config.json
+RUN_CONFIG_KEYS = ["num_answers", "image_arch", "image_model_kwargs", "img_size", "max_token", "data_dir",
+                   "train_data"] + HEAD_OPTIONS
+
+
 def load_run(model_path=None, device="cpu", results_dir="results"):
     """(model, tokenizer, config, answers, run_dir) from a run directory or its weights; no training data needed."""
     run_dir, weights = util.find_run(model_path, results_dir)
@@ -252,8 +260,11 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
         if not os.path.exists(os.path.join(run_dir, name)):
             raise FileNotFoundError(f"{run_dir} has no {name}: weights are used from the run directory main.py "
                                     f"wrote them to, with its config.json, answers.json, tokenizer/ and text_encoder/.")
-    config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
+    config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE), required=RUN_CONFIG_KEYS)
     answers = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
+    if not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+        raise util.CheckpointError(f"{os.path.join(run_dir, util.ANSWERS_FILE)} is not a list of answers; restore it "
+                                   f"from a copy of the run.")
     if len(answers) != config["num_answers"]:
         raise ValueError(f"{run_dir}: answers.json has {len(answers)} answers but config.json says "
                          f"{config['num_answers']}; the run directory is inconsistent.")
@@ -305,6 +316,9 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
     """[(answer, probability)] for an image file and a question string, preprocessed and computed as in training and
     inference.py (the run's precision on this device), so every script gives the same answer."""
     device = torch.device(device)
+    question = clean_text(question)
+    if not question:
+        raise DataError("the question is empty (or only white space and invisible characters); type a question.")
     ids = tokenizer(question, truncation=True, max_length=config["max_token"], return_tensors="pt")
     batch = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
              "image": torch.from_numpy(load_image(image_path, config["img_size"]))[None]}
@@ -312,3 +326,8 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
     logits = forward(model, batch, device, util.pick_precision(device, config.get("precision", "auto")))
     prob, index = torch.softmax(logits, -1)[0].topk(min(top_k, len(answers)))
     return [(answers[i], p) for i, p in zip(index.tolist(), prob.tolist())]
+
+
+def question_tokens(tokenizer, question):
+    """How many tokens a question has before truncation to max_token."""
+    return len(tokenizer(clean_text(question))["input_ids"])

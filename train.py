@@ -68,8 +68,8 @@ def train(args):
     model = model.to(rt.device, memory_format=torch.channels_last)  # faster convs
     rt.log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, text {args.text_model}, "
            f"image {args.image_model} at {args.img_size}px, transformer layer "
-           f"{'on' if args.use_transformer_layer else 'off'}, device {rt.device} x{rt.world_size}, "
-           f"precision {rt.precision}")
+           f"{'on' if args.use_transformer_layer else 'off'}, device {rt.device} x{rt.world_size}"
+           f"{f' (torch.distributed, {dist.get_backend()})' if util.distributed() else ''}, precision {rt.precision}")
     train_loader, valid_loader = make_loaders(args, rt, data, tokenizer)
     optimizer = build_optimizer(model, args, rt.device)
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
@@ -107,6 +107,9 @@ def train(args):
 def setup(args):
     device = util.pick_device(args.device)
     rank, world_size = util.init_distributed(device)
+    if args.batch_size < world_size:
+        raise util.UsageError(f"--batch_size {args.batch_size} is smaller than the {world_size} processes; each needs "
+                              f"at least one sample per step.")
     if device.type == "cpu" and world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # don't oversubscribe the cores
     util.set_seed(args.seed)
@@ -193,8 +196,8 @@ def resume_run(run_dir, rt, data):
     if config["world_size"] != rt.world_size:  # the batches, steps and learning rate schedule depend on it
         raise DataError(f"{run_dir} was trained by {config['world_size']} process(es); resume it with as many "
                         f"(now {rt.world_size}).")
-    tokenizer = load_tokenizer(os.path.join(run_dir, util.TOKENIZER_DIR))
     last = os.path.join(run_dir, util.LAST_CHECKPOINT)
+    tokenizer = load_tokenizer(os.path.join(run_dir, util.TOKENIZER_DIR))
     if os.path.isfile(last):
         from transformers import AutoConfig
 

@@ -1,4 +1,5 @@
 """Shared helpers: seeding, devices and torch.distributed, run directories, checkpoints (safetensors + JSON)."""
+import argparse
 import contextlib
 import glob
 import json
@@ -139,6 +140,9 @@ def make_run_dir(results_dir, train_data):
         except FileExistsError:
             n += 1
             path = f"{base}_{n}"
+        except OSError as e:
+            raise CheckpointError(f"cannot make the run directory {path}: {e.strerror}. Give a --results_dir you can "
+                                  f"write to.") from None
 
 
 class CheckpointError(Exception):
@@ -184,9 +188,65 @@ def write_csv(path, df):
     atomic_write(path, df.to_csv(index=False).encode("utf-8"))
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_json(path, required=()):
+    """A run's JSON file; a missing or broken file, or one without a required key, is a CheckpointError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror or e}).") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it from a copy of the run.") from None
+    missing = [k for k in required if not isinstance(value, dict) or k not in value]
+    if missing:
+        raise CheckpointError(f"{path} lacks the key(s) {', '.join(missing)}; it was not written by main.py, or was "
+                              f"edited: restore it from a copy of the run.")
+    return value
+
+
+def ensure_writable_dir(path, option):
+    """Makes path if missing and checks that files can be created in it, before any work starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with atomic_file(os.path.join(path, ".write_test")) as tmp:
+            open(tmp, "wb").close()
+        os.remove(os.path.join(path, ".write_test"))
+    except (OSError, CheckpointError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "files cannot be created in it"
+        raise CheckpointError(f"{option} {path} cannot be used: {reason}. Give a folder you can write to.") from None
+
+
+def at_least(minimum, kind=int):
+    """argparse type: a number of kind that is at least minimum."""
+    def parse(text):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {text})")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def in_range(low, high, high_included=False):
+    """argparse type: a float in [low, high) (or [low, high])."""
+    def parse(text):
+        value = float(text)
+        if not (low <= value < high or high_included and value == high):
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{']' if high_included else ')'} (got {text})")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+def positive(kind=float):
+    """argparse type: a number above zero."""
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0 (got {text})")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 # What the weights depend on: saved inside every weights file, so that a file and a config.json / answers.json that
@@ -254,8 +314,11 @@ def read_metadata(path):
     """The training state saved in a checkpoint's metadata, without reading its tensors."""
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("state", "{}"))
+    try:
+        with safe_open(path, framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("state", "{}"))
+    except Exception as e:  # safetensors raises its own error type for a file that is not safetensors
+        raise CheckpointError(f"{path} is not a readable checkpoint ({e}); it may be truncated.") from None
 
 
 def read_pickled_weights(path):

@@ -8,12 +8,14 @@ import hashlib
 import io
 import json
 import os
+import re
+import unicodedata
 import warnings
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 import util
@@ -46,6 +48,9 @@ def read_csv(path):
                             f"{raw[utf8_error.start]:#04x} on line {line}). Re-save the file as UTF-8.") from None
     if "\x00" in text:
         raise DataError(f"{path}: the text holds NUL characters (UTF-16?); re-save the file as UTF-8.")
+    if not text.strip():
+        raise DataError(f"{path} is empty ({len(raw)} bytes): it needs a header line and rows; see the README's "
+                        f"data format, or build the sample with `python download.py --sample`.")
     try:
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.ParserError as e:
@@ -69,13 +74,64 @@ def read_data(data_dir):
     for column in OPTIONAL_COLUMNS:
         if column not in df.columns:
             df[column] = ""
+    before = df[["question", "answer"]].copy()
     for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
-        df[column] = df[column].str.strip()
+        df[column] = normalize_text(df[column])
+    df.attrs["normalized_rows"] = int((df[["question", "answer"]] != before).any(axis=1).sum())
     df.insert(0, "row", np.arange(2, len(df) + 2))  # as a spreadsheet shows it: the header is row 1
     derive_columns(df)
     if (df["split"] == "").all():
         df["split"] = _load_or_make_split(data_dir, df)
     return df
+
+
+INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
+
+def clean_text(text):
+    """Unicode NFC (the same Hangul typed on a Mac, NFD, and elsewhere, NFC, is one answer), invisible characters
+    (zero-width spaces, BOMs, direction marks) removed and white space collapsed. Case is kept: English answers of
+    this data family are lower case already, and upper case can be meaningful (DNA, UN)."""
+    return " ".join(INVISIBLE.sub("", unicodedata.normalize("NFC", text)).split())
+
+
+def normalize_text(column):
+    return column.map(clean_text)
+
+
+# A triple cell holds head|relation|tail, several joined by ';' (a two-hop chain, say); a '|', ';' or '\' inside a
+# part is escaped with a backslash (BOK-VQA has a tail "Written transliteration:180px|center").
+TRIPLE_PARTS, TRIPLE_SEPARATOR, ESCAPE = "|", ";", "\\"
+
+
+def parse_triples(text):
+    """[(head, relation, tail), ...] of a triple cell ('' gives []); raises ValueError for a malformed one."""
+    triples, parts, part, chars = [], [], [], iter(text)
+    for char in chars:
+        if char == ESCAPE:
+            part.append(next(chars, ESCAPE))
+        elif char in (TRIPLE_PARTS, TRIPLE_SEPARATOR):
+            parts.append("".join(part).strip())
+            part = []
+            if char == TRIPLE_SEPARATOR:
+                triples.append(parts)
+                parts = []
+        else:
+            part.append(char)
+    parts.append("".join(part).strip())
+    triples.append(parts)
+    triples = [t for t in triples if t != [""]]  # an empty cell, a trailing ';'
+    for t in triples:
+        if len(t) != 3 or not all(t):
+            raise ValueError(f"{TRIPLE_PARTS.join(t)!r} is not head|relation|tail")
+    return [tuple(t) for t in triples]
+
+
+def format_triples(triples):
+    """The triple cell of [(head, relation, tail), ...]: parse_triples' inverse."""
+    def escape(part):
+        return "".join(ESCAPE + c if c in (TRIPLE_PARTS, TRIPLE_SEPARATOR, ESCAPE) else c for c in part.strip())
+    return TRIPLE_SEPARATOR.join(TRIPLE_PARTS.join(map(escape, t)) for t in triples)
 
 
 def derive_columns(df):
@@ -86,7 +142,7 @@ def derive_columns(df):
     return df
 
 
-def _rows(rows, limit=10):
+def row_numbers(rows, limit=10):
     """'row 7' or 'rows 3, 9, ... and 12 more'."""
     rows = list(rows)
     text = ", ".join(map(str, rows[:limit])) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
@@ -107,21 +163,26 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
         mask = mask & (problems == "")
         problems[mask] = text[mask] if isinstance(text, pd.Series) else text
 
-    flag(df["question"] == "", "column question is empty")
+    flag(df["question"] == "", "column question is empty (or only white space and invisible characters)")
     flag(df["answer"] == "", "column answer is empty")
+    flag(df["image"] == "", "column image is empty")
+    flag(~df["image"].map(inside_image_dir), "column image is an absolute path or leaves the image folder ('..'); "
+         "image paths are relative to the image folder")
     flag(~df["question_type"].isin(["A", "B"]), "column question_type is not A or B")
     no_split = (df["split"] == "").all()  # read_data makes the seeded split for such data
     flag(~df["split"].isin(SPLITS) & ~no_split, f"column split is not one of {', '.join(SPLITS)}")
+    flag(~df["triple"].map(well_formed_triples), "column triple is not head|relation|tail (several joined by ';')")
     keys = ["image", "question", "answer"]
     first_row = df.groupby(keys, sort=False)["row"].transform("first")
     flag(df.duplicated(keys), "duplicate of row " + first_row.astype(str))
-    faults = df["image"].map(check_images(data_dir, df["image"].unique(), progress=progress, image_dir=image_dir))
+    names = df.loc[problems == "", "image"].unique()  # never open a path that leaves the image folder
+    faults = df["image"].map(check_images(data_dir, names, progress=progress, image_dir=image_dir)).fillna("")
     flag(faults != "", "column image: " + df["image"].map(lambda name: os.path.join(image_dir, name)) + " " + faults)
 
     bad = problems != ""
     skipped = df[bad].assign(problem=problems[bad])
     if bad.any() and not skip_bad:
-        lines = [f"  {_rows(group['row'])}: {kind}" for kind, group in skipped.groupby("problem", sort=False)]
+        lines = [f"  {row_numbers(group['row'])}: {kind}" for kind, group in skipped.groupby("problem", sort=False)]
         shown = lines[:30] + ([f"  ... and {len(lines) - 30} more kinds of problem"] if len(lines) > 30 else [])
         raise DataError(f"{path}: problems in {int(bad.sum())} of {len(df)} rows (row numbers as in a "
                         f"spreadsheet, the header is row 1):\n" + "\n".join(shown) +
@@ -130,9 +191,27 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
     return df[~bad], skipped
 
 
+def inside_image_dir(name):
+    """Whether an image path stays inside the image folder: relative, no '..' out of it, no NUL."""
+    return "\x00" not in name and not os.path.isabs(name) and not os.path.normpath(name).startswith("..") \
+        and not re.match(r"^[A-Za-z]:[\\/]|^[\\/]", name)
+
+
+def well_formed_triples(text):
+    try:
+        parse_triples(text)
+        return True
+    except ValueError:
+        return False
+
+
 def load_data(data_dir, skip_bad=False, progress=True):
     """read_data + validate: (good rows, skipped rows); says how many rows were skipped and which."""
-    df, skipped = validate(read_data(data_dir), data_dir, skip_bad, progress)
+    df = read_data(data_dir)
+    if df.attrs["normalized_rows"] and progress:
+        print(f"{data_dir}/data.csv: normalised the text of {df.attrs['normalized_rows']} rows (Unicode NFC, "
+              f"invisible characters, white space); answers that differed only so are now one answer")
+    df, skipped = validate(df, data_dir, skip_bad, progress)
     if len(skipped) and progress:
         print(f"--skip_bad: skipped {len(skipped)} of {len(df) + len(skipped)} rows of {data_dir}/data.csv:")
         for row, problem in skipped[["row", "problem"]].head(20).itertuples(index=False):
@@ -142,23 +221,55 @@ def load_data(data_dir, skip_bad=False, progress=True):
     return df, skipped
 
 
-def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None):
-    """{name: problem} for image files that are missing, unreadable, empty, truncated or corrupt ('' when fine).
+def cache_dir(data_dir):
+    """Where the files derived from a data set go (image caches, the image check, a generated split): data_dir/cache,
+    or, where data_dir cannot be written (a read-only or shared copy), a folder of its own in the user's cache
+    (~/.cache/vqa_nia/<hash of the path>), said once."""
+    own = os.path.join(data_dir, "cache")
+    if _writable(own):
+        return own
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    user = os.path.join(base, "vqa_nia", hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:12])
+    if not _writable(user):
+        raise DataError(f"neither {own} nor {user} can be written: make one of them writable (or set "
+                        f"XDG_CACHE_HOME to a writable folder).")
+    if user not in _SAID:
+        _SAID.add(user)
+        print(f"note: {data_dir} cannot be written, so its caches and generated split go to {user}")
+    return user
 
-    Reads only each file's header and its last bytes, in parallel threads; results are cached in
-    data_dir/cache/image_check.json by file size and modification time, so unchanged files are not read again."""
+
+_SAID = set()
+
+
+def _writable(directory):
+    """Whether files can be created in directory (made if missing): tried, since os.access says yes to root even
+    on a read-only copy."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with util.atomic_file(os.path.join(directory, ".probe")) as tmp:
+            open(tmp, "wb").close()
+        os.remove(os.path.join(directory, ".probe"))
+        return True
+    except (OSError, util.CheckpointError):
+        return False
+
+
+IMAGE_CHECK = "image_check_v2.json"  # v2: images are decoded, not only their header and tail read
+
+
+def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None):
+    """{name: problem} for image files that are missing, unreadable, empty, truncated, corrupt or of a kind with no
+    RGB picture ('' when fine). Decoded in parallel threads (JPEGs at reduced size); results are cached in
+    cache_dir(data_dir)/image_check_v2.json by file size and modification time, so unchanged files are not read
+    again."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    cache_path = os.path.join(data_dir, "cache", "image_check.json")
-    try:
-        with open(cache_path, encoding="utf-8") as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
-        cache = {}
     image_dir = image_dir or os.path.join(data_dir, "image")
     result, todo = {}, []
+    cache = None
     for name in names:
         try:
             stat = os.stat(os.path.join(image_dir, name))
@@ -168,6 +279,13 @@ def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None)
         except OSError as e:
             result[name] = f"cannot be read ({e.strerror})"
             continue
+        if cache is None:
+            cache_path = os.path.join(cache_dir(data_dir), IMAGE_CHECK)
+            try:
+                with open(cache_path, encoding="utf-8") as f:
+                    cache = json.load(f)
+            except (OSError, ValueError):
+                cache = {}
         stamp = [stat.st_size, stat.st_mtime_ns]
         if name in cache and cache[name][:2] == stamp:
             result[name] = cache[name][2]
@@ -180,16 +298,12 @@ def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None)
         for (name, stamp), problem in zip(todo, found):
             result[name] = problem
             cache[name] = stamp + [problem]
-        try:
-            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-            util.atomic_write(cache_path, json.dumps(cache).encode("utf-8"))
-        except (OSError, util.CheckpointError):
-            pass  # a read-only data directory: check again next time
+        util.atomic_write(cache_path, json.dumps(cache).encode("utf-8"))
     return result
 
 
 def check_image(path):
-    """'' for a readable image, else what is wrong with it; reads the header and the last 64 KiB only."""
+    """'' for an image that decodes to an RGB picture, else what is wrong with it."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -203,14 +317,20 @@ def check_image(path):
     try:
         with Image.open(path) as im:
             kind, width, height = im.format, im.width, im.height
-    except Exception as e:  # PIL raises several types for files that are not images
+            if width == 0 or height == 0:
+                return "has no pixels"
+            if kind == "JPEG" and b"\xff\xd9" not in tail:
+                return "is truncated (no JPEG end marker)"
+            if kind == "PNG" and b"IEND" not in tail[-64:]:
+                return "is truncated (no PNG end chunk)"
+            im.draft("RGB", (64, 64))  # a JPEG decodes every block at 1/8 size: corruption shows, in a fraction of the time
+            to_rgb(im)
+    except ImageError as e:
+        return str(e)
+    except Image.DecompressionBombError as e:
+        return f"is refused as a decompression bomb ({e}); shrink it if it is a real picture"
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, zlib.error) for broken files
         return f"is not a readable image ({type(e).__name__}: {e})"
-    if width == 0 or height == 0:
-        return "has no pixels"
-    if kind == "JPEG" and b"\xff\xd9" not in tail:
-        return "is truncated (no JPEG end marker)"
-    if kind == "PNG" and b"IEND" not in tail[-64:]:
-        return "is truncated (no PNG end chunk)"
     return ""
 
 
@@ -240,8 +360,11 @@ def make_split(df, seed=0, n_folds=SPLIT_FOLDS):
 
 
 def _load_or_make_split(data_dir, df):
-    """Reuses data_dir/split.csv when it matches the data row for row, so every script sees one test set."""
+    """Reuses data_dir/split.csv (or, for a read-only data folder, the one in its cache_dir) when it matches the data
+    row for row, so every script sees one test set."""
     path = os.path.join(data_dir, SPLIT_FILE)
+    if not os.path.isfile(path) and not _writable(data_dir):
+        path = os.path.join(cache_dir(data_dir), SPLIT_FILE)
     if os.path.isfile(path):
         saved = pd.read_csv(path, dtype=str, keep_default_na=False)
         if len(saved) == len(df) and (saved["image"].values == df["image"].values).all() \
@@ -274,10 +397,42 @@ def build_answer_vocab(train_df):
     return sorted(counts.index, key=lambda a: (-counts[a], a))
 
 
+class ImageError(ValueError):
+    """An image that opens but has no 8-bit RGB picture (say, 32-bit float pixels)."""
+
+
+def to_rgb(im):
+    """The picture as a viewer shows it, as 8-bit RGB: turned by its EXIF orientation (phone photos), transparency
+    over white, 16-bit grey scaled to 8 bits, CMYK and palettes converted; ImageError for other kinds."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey (PNG), and 32-bit integers read as such
+        im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257, 0, 255).astype(np.uint8))
+    if im.mode == "P" and "transparency" in im.info or im.mode in ("LA", "La", "PA", "RGBa"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+    if im.mode not in ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"):
+        raise ImageError(f"has pixels of mode {im.mode}, which have no 8-bit RGB picture; save it as an 8-bit "
+                         f"RGB JPEG or PNG")
+    return im.convert("RGB")
+
+
+def read_image(path):
+    """An image file as an RGB PIL image (to_rgb); any failure is a DataError naming the file."""
+    try:
+        with Image.open(path) as im:
+            return to_rgb(im)
+    except ImageError as e:
+        raise DataError(f"{path} {e}.") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path} is refused as a decompression bomb: {e} Shrink it if it is a real picture.") from None
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, zlib.error) for broken files
+        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e}).") from None
+
+
 def load_image(path, img_size):
     """One image as uint8 HWC, resized as the original's eval transform (bilinear, antialiased)."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB").resize((img_size, img_size), Image.BILINEAR), dtype=np.uint8)
+    return np.array(read_image(path).resize((img_size, img_size), Image.BILINEAR), dtype=np.uint8)
 
 
 def to_model_input(images, device):
@@ -286,6 +441,39 @@ def to_model_input(images, device):
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return (images - mean) / std
+
+
+CACHE_FORMAT = "rgb-v2"  # v2: EXIF orientation, transparency and 16-bit grey applied (to_rgb)
+
+
+def report_other_caches(folder, current):
+    """Says how much room the other image caches of a data folder take (other image lists, sizes or older formats),
+    and removes unfinished ones of processes that are gone."""
+    others, size = [], 0
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith("images_") and path != current:
+            if name.endswith(".tmp") and not _writer_alive(name):
+                os.remove(path)
+                continue
+            others.append(name)
+            size += os.path.getsize(path)
+    if others:
+        print(f"note: {folder} also holds {len(others)} other image cache(s), {size / 2**30:.2f} GiB, of other image "
+              f"lists, sizes or an older format; delete the ones no run needs any more (rm {folder}/images_*.npy "
+              f"removes them all: they are rebuilt when needed)")
+
+
+def _writer_alive(tmp_name):
+    """Temporary files of versions before util.atomic_file carry their writer's pid: images_...npy.<pid>.tmp."""
+    pid = tmp_name.rsplit(".", 2)[-2]
+    if not (pid.isdigit() and len(pid) <= 7):
+        return True  # a writer of this version: it removes its own file on failure
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except OSError:
+        return False
 
 
 class ImageFiles:
@@ -310,7 +498,7 @@ class ImageCache(ImageFiles):
 
     def __init__(self, data_dir, names, img_size, num_workers=8, progress=True):
         super().__init__(data_dir, names, img_size)
-        key = hashlib.sha1(str(img_size).encode())
+        key = hashlib.sha1(f"{img_size} {CACHE_FORMAT}".encode())
         for name, path in zip(self.names, self.paths):
             try:
                 stat = os.stat(path)
@@ -318,12 +506,13 @@ class ImageCache(ImageFiles):
                 raise DataError(f"{path}: cannot read image ({e.strerror}); it is listed in {data_dir}/data.csv "
                                 f"column image. Put the file there or remove its rows.") from None
             key.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        cache_dir = os.path.join(data_dir, "cache")
-        self.path = os.path.join(cache_dir, f"images_{img_size}px_{key.hexdigest()[:16]}.npy")
+        folder = cache_dir(data_dir)
+        self.path = os.path.join(folder, f"images_{img_size}px_{key.hexdigest()[:16]}.npy")
         self.shape = (len(self.names), img_size, img_size, 3)
         if not os.path.isfile(self.path):
-            os.makedirs(cache_dir, exist_ok=True)
             self._build(num_workers, progress)
+            if progress:
+                report_other_caches(folder, self.path)
         self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
 
     def _build(self, num_workers, progress):
@@ -337,9 +526,9 @@ class ImageCache(ImageFiles):
             def decode(i):
                 try:
                     array[i] = ImageFiles.get(self, i)  # decoded from the file
-                except OSError as e:
-                    raise DataError(f"{self.paths[i]}: cannot decode image ({e}). Replace the file or remove its "
-                                    f"rows.") from None
+                except DataError as e:  # validation decoded it: it changed since, or is read by another process
+                    raise DataError(f"{e} It passed the check before training; replace the file, or run again to "
+                                    f"check it anew (with --skip_bad to leave its rows out).") from None
 
             # PIL releases the GIL while decoding, so threads use every core
             with ThreadPoolExecutor(max(1, num_workers)) as pool:

@@ -154,3 +154,12 @@ def test_pick_sample_and_ask(page, run):
     page.locator("#submit").click()
     top, _ = shown_answers(page)
     assert top == expected(run, os.path.join(data_dir, "image", row["image"]), row["question"])[0][0]
+
+
+def test_a_refused_upload_says_why(page, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a picture")
+    page.locator("#image input[type=file]").set_input_files(str(broken))
+    page.locator("#question textarea").fill("도형은 몇 개?")
+    page.locator("#submit").click()
+    page.get_by_text("broken.jpg is not an image this demo can read").first.wait_for()

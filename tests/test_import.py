@@ -15,6 +15,7 @@ from conftest import ROOT, TINY_TRAIN, run_script
 from vqa_dataset import DataError, read_data
 
 REAL = ROOT.parent / "shared" / "real-csv"
+NIA_COLUMNS = ["img_path", "question", "answer", "main_obj", "Triple", "Abstract"]
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/real-csv is not present")
 
 
@@ -77,8 +78,8 @@ def test_unknown_header_lists_the_formats(tmp_path):
     (tmp_path / "x.csv").write_text("picture,query,reply\na.jpg,q,a\n")
     with pytest.raises(DataError) as error:
         download.import_csv([str(tmp_path / "x.csv")], [], str(tmp_path), str(tmp_path / "out"))
-    for name, columns in download.FORMATS.items():
-        assert name in str(error.value) and ", ".join(columns) in str(error.value)
+    for name, (required, optional) in download.FORMATS.items():
+        assert name in str(error.value) and ", ".join(required) in str(error.value)
 
 
 def test_bok_vqa_import_ko_en_and_test(tmp_path):
@@ -104,7 +105,7 @@ def test_nia_import_rebases_paths_and_parses_triples(tmp_path):
     rows = [["/home/other/images/a.jpg", "이미지 속 악기는?", "호른", "호른", "", ""],
             ["/home/other/images/b.jpg", "이 동물은 어디에 살아?", "바다", "고래", "[['고래', '서식지', '바다']]", ""],
             ["D:\\data\\c.jpg", "이 음식의 유래는?", "이탈리아", "피자", "['피자', '유래', '이탈리아']", "피자는 이탈리아 음식이다."]]
-    pd.DataFrame(rows, columns=download.FORMATS["NIA"]).to_csv(tmp_path / "nia.csv", index=False)
+    pd.DataFrame(rows, columns=NIA_COLUMNS).to_csv(tmp_path / "nia.csv", index=False)
     placeholder_images(tmp_path / "img", ["a.jpg", "b.jpg", "c.jpg"])
     download.import_csv([str(tmp_path / "nia.csv")], [], str(tmp_path / "img"), str(tmp_path / "out"))
     df = read_data(tmp_path / "out")
@@ -115,7 +116,7 @@ def test_nia_import_rebases_paths_and_parses_triples(tmp_path):
     assert df.loc[2, "abstract"] == "피자는 이탈리아 음식이다."
 
     pd.DataFrame([["/x/a.jpg", "q", "a", "m", "__import__('os').system('touch pwned')", ""]],
-                 columns=download.FORMATS["NIA"]).to_csv(tmp_path / "bad.csv", index=False)
+                 columns=NIA_COLUMNS).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match="row 2: column Triple is not a Python list"):
         download.import_csv([str(tmp_path / "bad.csv")], [], str(tmp_path / "img"), str(tmp_path / "out2"))
     assert not Path("pwned").exists()
@@ -134,7 +135,7 @@ def test_cp949_export_keeps_korean(tmp_path):
 def test_import_reports_faults_with_source_rows_and_skip_bad(tmp_path):
     rows = [["/x/a.jpg", "q1", "a", "m", "", ""], ["/x/missing.jpg", "q2", "b", "m", "", ""],
             ["/x/a.jpg", "q3", "", "m", "", ""]]
-    pd.DataFrame(rows, columns=download.FORMATS["NIA"]).to_csv(tmp_path / "nia.csv", index=False)
+    pd.DataFrame(rows, columns=NIA_COLUMNS).to_csv(tmp_path / "nia.csv", index=False)
     placeholder_images(tmp_path / "img", ["a.jpg"])
     args = ["download.py", "--from_csv", tmp_path / "nia.csv", "--image_dir", tmp_path / "img", "--out", tmp_path / "out"]
     result = run_script(*args)

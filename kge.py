@@ -1,0 +1,294 @@
+"""Knowledge-graph embeddings of the knowledge triples, trained with PyKEEN and exported without pickle.
+
+    python kge.py --triples all_triple.csv --out kge/    # a CSV with columns h, r, t (BOK-VQA's knowledge base)
+    python kge.py --data_dir data/sample --out kge/      # its triples.csv, else the `triple` column of its data.csv
+
+The defaults are BOK-VQA's GEL-VQA settings: ConvKB, dimension 256, 3 filters, Adam lr 1e-4, batch size 512,
+margin ranking loss (margin 0.5) with Bernoulli negative sampling. A seeded slice of the triples is held out and
+scored by filtered link prediction (MRR, Hits@1, Hits@10). The output directory holds embeddings.safetensors (tensors
+`entity` and `relation`, rows in id order), entity_to_id.json, relation_to_id.json and settings.json; load_kge()
+reads them back with safetensors and json only (PyKEEN is not needed to use them).
+"""
+import argparse
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+import util
+import vqa_dataset
+from vqa_dataset import DataError
+
+MODELS = ["convkb", "transe", "rotate"]
+EMBEDDINGS_FILE = "embeddings.safetensors"
+ENTITY_IDS_FILE = "entity_to_id.json"
+RELATION_IDS_FILE = "relation_to_id.json"
+SETTINGS_FILE = "settings.json"
+CONVKB_FILTERS = 3  # GEL-VQA's ConvKB
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train knowledge-graph embeddings (PyKEEN) and export them as "
+                                            "safetensors + JSON.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--triples", help="a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv)")
+    source.add_argument("--data_dir", help="a data directory: its triples.csv (columns h, r, t) if present, else the "
+                                           "distinct triples of data.csv's `triple` column (head|relation|tail;...)")
+    p.add_argument("--out", required=True, help="output directory (created; files in it are replaced)")
+    p.add_argument("--model", default="convkb", choices=MODELS, help="embedding model (default: convkb)")
+    p.add_argument("--dim", type=util.positive(int), default=256,
+                   help="embedding dimension; RotatE's is complex, stored as 2*dim real numbers (default: 256)")
+    p.add_argument("--epochs", type=util.positive(int), default=100, help="training epochs (default: 100)")
+    p.add_argument("--lr", type=util.positive(float), default=1e-4, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--batch_size", type=util.positive(int), default=512, help="training batch size (default: 512)")
+    p.add_argument("--margin", type=util.positive(float), default=0.5, help="margin of the ranking loss (default: 0.5)")
+    p.add_argument("--num_negs", type=util.positive(int), default=1,
+                   help="Bernoulli negative samples per positive triple (default: 1)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and sampling (default: 42)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
+    p.add_argument("--eval_fraction", type=fraction, default=0.1,
+                   help="fraction of the triples held out for link prediction (default: 0.1)")
+    return p
+
+
+def read_table(path):
+    if not os.path.isfile(path):
+        raise DataError(f"{path} not found.")
+    return vqa_dataset.read_csv(path)  # UTF-8 or CP949; an empty file is a DataError
+
+
+def read_triples_csv(path):
+    """(triples, skipped) of a CSV with columns h, r, t. Wholly empty rows are skipped and counted; a row with only
+    some cells empty is an error, as it is a triple with a part missing."""
+    df = read_table(path)
+    missing = [c for c in "hrt" if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. A triples CSV needs columns "
+                        f"h, r, t (head, relation, tail).")
+    cells = df[["h", "r", "t"]].apply(lambda column: column.str.strip())
+    rows = pd.Series(range(2, len(df) + 2), index=df.index)  # as a spreadsheet shows them: the header is row 1
+    empty = cells == ""
+    blank = empty.all(axis=1)
+    problems = [f"  {vqa_dataset.row_numbers(rows[empty[c] & ~blank])}, column {c}: empty"
+                for c in "hrt" if (empty[c] & ~blank).any()]
+    if problems:
+        raise DataError(f"{path}: empty cells (row numbers as in a spreadsheet, the header is row 1):\n"
+                        + "\n".join(problems) + "\nFill them in or delete those rows.")
+    return list(cells[~blank].itertuples(index=False, name=None)), int(blank.sum())
+
+
+def read_data_csv(path):
+    """(triples, skipped) of data.csv's `triple` column; rows without a triple (A-type questions) are skipped."""
+    df = read_table(path)
+    if "triple" not in df.columns:
+        raise DataError(f"{path}: no `triple` column (found {list(df.columns)}), so there are no triples to embed. "
+                        f"Give a triples CSV with --triples, or put a triples.csv (columns h, r, t) beside it.")
+    triples, bad, skipped = [], [], 0
+    for row, text in enumerate(df["triple"], start=2):
+        try:
+            found = vqa_dataset.parse_triples(text)
+        except ValueError as e:
+            bad.append(f"  row {row}, column triple: {e}")
+            continue
+        skipped += not found
+        triples += found
+    if bad:
+        shown = bad[:10] + ([f"  ... and {len(bad) - 10} more"] if len(bad) > 10 else [])
+        raise DataError(f"{path}: {len(bad)} malformed triple cell(s) (row numbers as in a spreadsheet, the header "
+                        f"is row 1; a cell holds head|relation|tail, several joined by ';'):\n" + "\n".join(shown))
+    return triples, skipped
+
+
+def load_triples(args):
+    """(distinct triples in first-seen order, source file); says what was skipped and merged."""
+    if args.triples:
+        path = args.triples
+        triples, skipped = read_triples_csv(path)
+        what = "empty rows"
+    else:
+        path = os.path.join(args.data_dir, "triples.csv")
+        if os.path.isfile(path):
+            triples, skipped = read_triples_csv(path)
+            what = "empty rows"
+        else:
+            path = os.path.join(args.data_dir, "data.csv")
+            if not os.path.isfile(path):
+                raise DataError(f"{args.data_dir} holds neither triples.csv nor data.csv.")
+            triples, skipped = read_data_csv(path)
+            what = "rows without a triple"
+    if skipped:
+        print(f"{path}: skipped {skipped} {what}")
+    distinct = list(dict.fromkeys(triples))
+    if not distinct:
+        raise DataError(f"{path}: no triples found.")
+    if len(distinct) < len(triples):
+        print(f"{path}: {len(triples) - len(distinct)} repeated triples merged")
+    return distinct, path
+
+
+def split_triples(factory, eval_fraction, seed):
+    """(train, held-out) factories sharing the id maps of all triples. Every entity and relation of the held-out
+    slice also occurs in train: one never trained could not be ranked meaningfully."""
+    try:  # PyKEEN's default keeps the requested sizes, but fails where too many triples are needed for coverage
+        train, held_out = factory.split([1 - eval_fraction, eval_fraction], random_state=seed, method="coverage")
+    except ValueError:  # then hold out what a random split leaves after moving uncovered triples back to train
+        train, held_out = factory.split([1 - eval_fraction, eval_fraction], random_state=seed, method="cleanup")
+    if held_out.num_triples == 0:
+        raise DataError(f"no triple can be held out: in every one, an entity or relation occurs in no other triple "
+                        f"({factory.num_triples} triples). Use more triples or a larger --eval_fraction.")
+    return train, held_out
+
+
+def model_kwargs(args):
+    kwargs = {"embedding_dim": args.dim}
+    if args.model == "convkb":
+        kwargs["num_filters"] = CONVKB_FILTERS
+    return kwargs
+
+
+def real_rows(representation):
+    """All rows of a PyKEEN representation as a contiguous float32 CPU matrix; complex vectors (RotatE) become
+    their real view, real and imaginary parts interleaved (torch.view_as_real)."""
+    with torch.no_grad():
+        x = representation(indices=None).detach().cpu()
+    if x.is_complex():
+        x = torch.view_as_real(x).reshape(x.shape[0], -1)
+    return x.float().contiguous()
+
+
+def train(triples, args, device):
+    """Trains on a seeded split and scores the held-out slice; returns (entity, relation, entity_to_id,
+    relation_to_id, report)."""
+    import numpy as np
+    from pykeen.pipeline import pipeline
+    from pykeen.triples import TriplesFactory
+
+    logging.getLogger("pykeen").setLevel(logging.WARNING)
+    logging.getLogger("torch_max_mem").setLevel(logging.ERROR)  # it warns on every CPU evaluation
+    # PyKEEN's data loaders always pin memory, which on a machine without a GPU only prints a warning.
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true")
+    # Relations ending in "_inverse" would otherwise be dropped silently as PyKEEN's own inverse triples.
+    factory = TriplesFactory.from_labeled_triples(np.array(triples, dtype=str),
+                                                  filter_out_candidate_inverse_relations=False)
+    train_part, held_out = split_triples(factory, args.eval_fraction, args.seed)
+    print(f"{factory.num_triples} triples, {factory.num_entities} entities, {factory.num_relations} relations; "
+          f"training on {train_part.num_triples}, holding out {held_out.num_triples}")
+    # PyKEEN sizes evaluation batches to memory on GPUs only; on CPUs it takes 32, which for ConvKB (a convolution
+    # per candidate entity) over a large entity set can need tens of GB.
+    eval_batch = None if device.type == "cuda" else max(1, min(256, 2 ** 24 // (factory.num_entities * args.dim)))
+    result = pipeline(
+        training=train_part, testing=held_out, model=args.model, model_kwargs=model_kwargs(args),
+        optimizer="adam", optimizer_kwargs={"lr": args.lr},
+        loss="marginranking", loss_kwargs={"margin": args.margin},
+        training_loop="slcwa", negative_sampler="bernoulli",
+        negative_sampler_kwargs={"num_negs_per_pos": args.num_negs},
+        training_kwargs={"num_epochs": args.epochs, "batch_size": args.batch_size, "use_tqdm": True},
+        evaluator="rankbased", evaluator_kwargs={"filtered": True},
+        evaluation_kwargs={"batch_size": eval_batch, "use_tqdm": True},
+        random_seed=args.seed, device=device)
+    metrics = {"mrr": float(result.metric_results.get_metric("both.realistic.inverse_harmonic_mean_rank")),
+               "hits_at_1": float(result.metric_results.get_metric("both.realistic.hits_at_1")),
+               "hits_at_10": float(result.metric_results.get_metric("both.realistic.hits_at_10")),
+               "held_out_triples": held_out.num_triples, "train_triples": train_part.num_triples,
+               "evaluation": "filtered rank-based link prediction, head and tail, realistic ranks"}
+    model = result.model
+    report = {"train_seconds": round(result.train_seconds, 2), "eval_seconds": round(result.evaluate_seconds, 2),
+              "metrics": metrics}
+    return (real_rows(model.entity_representations[0]), real_rows(model.relation_representations[0]),
+            dict(factory.entity_to_id), dict(factory.relation_to_id), report)
+
+
+def settings(args, device, source, entity, relation, report, num_triples):
+    import pykeen
+
+    return {"model": args.model, "dim": args.dim, "entity_width": entity.shape[1], "relation_width": relation.shape[1],
+            "complex": args.model == "rotate",
+            "storage": ("complex vectors as their real view: row = [re_0, im_0, re_1, im_1, ...], width 2*dim"
+                        if args.model == "rotate" else "real vectors, width dim"),
+            "num_filters": CONVKB_FILTERS if args.model == "convkb" else None,
+            "epochs": args.epochs, "optimizer": "adam", "lr": args.lr, "batch_size": args.batch_size,
+            "loss": "marginranking", "margin": args.margin, "negative_sampler": "bernoulli", "num_negs": args.num_negs,
+            "seed": args.seed, "device": str(device), "source": source, "eval_fraction": args.eval_fraction,
+            "num_triples": num_triples, "num_entities": entity.shape[0], "num_relations": relation.shape[0],
+            **report, "pykeen_version": pykeen.get_version(), "torch_version": torch.__version__}
+
+
+def save_kge(out, entity, relation, entity_to_id, relation_to_id, run_settings):
+    from safetensors.torch import save
+
+    os.makedirs(out, exist_ok=True)
+    util.atomic_write(os.path.join(out, EMBEDDINGS_FILE), save({"entity": entity, "relation": relation}))
+    util.write_json(os.path.join(out, ENTITY_IDS_FILE), entity_to_id)
+    util.write_json(os.path.join(out, RELATION_IDS_FILE), relation_to_id)
+    util.write_json(os.path.join(out, SETTINGS_FILE), run_settings)
+
+
+@dataclass
+class KGE:
+    entity: torch.Tensor  # [n_entities, entity_width], row i is the entity with id i
+    relation: torch.Tensor  # [n_relations, relation_width]
+    entity_to_id: dict
+    relation_to_id: dict
+    settings: dict
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        raise util.CheckpointError(f"{path} not found: is {os.path.dirname(path)} an output directory of kge.py?")
+    return util.read_json(path)
+
+
+def load_kge(directory):
+    """The embeddings, id maps and settings that kge.py wrote to directory (safetensors + JSON, no pickle)."""
+    path = os.path.join(directory, EMBEDDINGS_FILE)
+    if not os.path.isfile(path):
+        raise util.CheckpointError(f"{path} not found: is {directory} an output directory of kge.py?")
+    tensors, _ = util.read_safetensors(path)
+    kge = KGE(entity=tensors.get("entity"), relation=tensors.get("relation"),
+              entity_to_id=_read_json(os.path.join(directory, ENTITY_IDS_FILE)),
+              relation_to_id=_read_json(os.path.join(directory, RELATION_IDS_FILE)),
+              settings=_read_json(os.path.join(directory, SETTINGS_FILE)))
+    for key, ids_file in (("entity", ENTITY_IDS_FILE), ("relation", RELATION_IDS_FILE)):
+        rows, ids = getattr(kge, key), getattr(kge, f"{key}_to_id")
+        if rows is None:
+            raise util.CheckpointError(f"{path} holds no tensor `{key}` (found {sorted(tensors)}).")
+        if sorted(ids.values()) != list(range(rows.shape[0])):
+            raise util.CheckpointError(f"{os.path.join(directory, ids_file)} does not number the {rows.shape[0]} "
+                                       f"rows of `{key}` in {path} as 0..{rows.shape[0] - 1}; the files do not "
+                                       f"belong together.")
+    return kge
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        device = util.pick_device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise util.UsageError(f"--device {args.device}: no CUDA GPU is available; use --device cpu.")
+        triples, source = load_triples(args)
+        entity, relation, entity_to_id, relation_to_id, report = train(triples, args, device)
+        save_kge(args.out, entity, relation, entity_to_id, relation_to_id,
+                 settings(args, device, source, entity, relation, report, len(triples)))
+    except (DataError, util.CheckpointError, util.UsageError) as e:
+        sys.exit(f"error: {e}")
+    m = report["metrics"]
+    print(f"held-out link prediction ({m['held_out_triples']} triples, filtered): MRR {m['mrr']:.4f}, "
+          f"Hits@1 {m['hits_at_1']:.4f}, Hits@10 {m['hits_at_10']:.4f}; trained in {report['train_seconds']:.1f}s")
+    print(f"wrote {args.out}/: {EMBEDDINGS_FILE} (entity {list(entity.shape)}, relation {list(relation.shape)}), "
+          f"{ENTITY_IDS_FILE}, {RELATION_IDS_FILE}, {SETTINGS_FILE}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
