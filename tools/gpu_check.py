@@ -13,7 +13,7 @@ Steps; each writes its log to OUT_DIR/<step>.log, a failed step is reported and 
              --use_transformer_layer, one epoch each
   inference  inference.py, inference_each.py and the demo's answer function (model.answer) on CUDA and on the CPU
              for one run: the same top answers, up to bf16 ties
-and OUT_DIR/summary.md, every figure as markdown tables (also printed at the end). Needs PyTorch, timm, transformers,
+and OUT_DIR/summary.md, every figure as markdown tables (also printed at the end), with curves.png of the CUDA run. Needs PyTorch, timm, transformers,
 tokenizers, safetensors, pandas, scikit-learn, tqdm and matplotlib; not gdown, pykeen, gradio or koreanize-matplotlib.
 Work files (generated data, runs) go to --work_dir, not OUT_DIR, so that OUT_DIR holds at most eight small files.
 """
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,12 +31,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 FULL = {"bench": ["--n_images", "1000", "--warmup_steps", "16", "--steps", "160", "--profile"],
-        "sample_images": "3200", "epochs": "3", "device": "cuda", "timeout": {"bench": 150, "compile": 270,
-                                                                             "resume": 240, "torchrun": 150}}
+        "sample_images": "3200", "epochs": "3", "device": "cuda", "train": [],
+        "timeout": {"bench": 150, "compile": 270, "resume": 240, "torchrun": 150}}
 DRY = {"bench": ["--device", "cpu", "--quick", "--n_images", "8", "--width", "160", "--height", "120",
-                 "--batch_size", "4", "--warmup_steps", "1", "--steps", "2", "--num_workers", "1", "--profile"],
-       "sample_images": "60", "epochs": "3", "device": "cpu", "timeout": {"bench": 300, "compile": 600,
-                                                                         "resume": 300, "torchrun": 300}}
+                 "--batch_size", "4", "--warmup_steps", "3", "--steps", "2", "--num_workers", "1", "--profile"],
+       "sample_images": "60", "epochs": "3", "device": "cpu", "train": ["--batch_size", "8"],
+       "timeout": {"bench": 300, "compile": 600, "resume": 300, "torchrun": 300}}
 TARGETS = {"samples_per_s": 3000, "speedup": 8.0}
 TIE = 0.02  # top-1 and top-2 probabilities closer than this (on the CPU) may swap under bf16
 
@@ -106,7 +107,7 @@ def step_bench(check):
 
 def train_args(check, data_dir, results_dir, *extra):
     return ["main.py", "--preset", "sample", "--data_dir", data_dir, "--results_dir", results_dir,
-            "--device", check.sizes["device"], "--n_epoch", check.sizes["epochs"], *extra]
+            "--device", check.sizes["device"], "--n_epoch", check.sizes["epochs"], *check.sizes["train"], *extra]
 
 
 def only_run(results_dir):
@@ -136,7 +137,7 @@ def stop_mid_epoch(check, args, epoch=2, timeout=240):
     pattern, deadline = re.compile(rf"epoch {epoch}/\d+[^\r\n]*\| (\d+)/(\d+)"), time.time() + timeout
     while process.poll() is None and time.time() < deadline:
         with open(err_path, encoding="utf-8", errors="replace") as f:
-            if any(0 < int(done) < int(total) // 2 for done, total in pattern.findall(f.read())):
+            if any(0 < int(done) <= int(total) // 2 for done, total in pattern.findall(f.read())):
                 process.send_signal(signal.SIGTERM)
                 break
         time.sleep(0.005)
@@ -167,6 +168,7 @@ def step_resume(check, data_dir):
     check.record("resume", "--resume to the end", f"exit {code}", code == 0)
     if None in runs or code != 0:
         return runs[0]
+    shutil.copy(os.path.join(runs[0], "curves.png"), os.path.join(check.out_dir, "curves.png"))
     noise = history_difference(history(runs[0]), history(runs[1]))
     resumed = history_difference(history(runs[0]), history(run_dir))
     check.record("resume", "resumed vs uninterrupted history (max abs difference of losses and accuracies)",
@@ -280,9 +282,10 @@ def summary(check, figures, device_text, seconds):
                   "| mode | (a) original-style | (b) fast path | waiting for data (a / b) | (b) peak memory | "
                   "model only | of bf16 peak | speedup |", "|---|---|---|---|---|---|---|---|"]
         for mode, f in figures.items():
-            lines.append(f"| {mode} | {f['original']} samples/s | {f['fast']} samples/s | {f['original_wait']}% / "
-                         f"{f['fast_wait']}% | {f['fast_memory']} GiB | {f['model_only']} samples/s | {f['mfu']}% | "
-                         f"{f['speedup']}x |")
+            shown = {k: "n/a" if v is None else v for k, v in f.items()}
+            lines.append(f"| {mode} | {shown['original']} samples/s | {shown['fast']} samples/s | "
+                         f"{shown['original_wait']}% / {shown['fast_wait']}% | {shown['fast_memory']} GiB | "
+                         f"{shown['model_only']} samples/s | {shown['mfu']}% | {shown['speedup']}x |")
         eager, compiled = figures.get("eager", {}), figures.get("compiled", {})
         best = max([f["fast"] for f in figures.values() if f["fast"]] or [0])
         lines += ["", "Targets (one H100/H200, measured, not asserted):",
