@@ -13,7 +13,7 @@ endif
 PIP ?= $(PYTHON) -m pip
 VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/ready)
 
-.PHONY: install sample demo ablation figs chromium test clean gpu-check
+.PHONY: install sample demo ablation knowledge figs chromium test clean gpu-check
 
 .venv/ready:
 	@echo "not inside a virtual environment: making one in .venv (PYTHON=... to use another interpreter)"
@@ -42,6 +42,16 @@ ablation: install sample
 	$(PYTHON) main.py --preset sample --ablate question --results_dir results/ablate_question
 	$(PYTHON) inference.py --results_dir results/ablate_question
 
+# The README's knowledge table: KG embeddings of the sample's knowledge base (GEL-VQA's ConvKB settings), then the
+# baseline and each knowledge mode on the sample preset, evaluated and compared (results/comparison.md).
+KGE_SAMPLE ?= results/kge_sample
+knowledge: install sample
+	$(PYTHON) kge.py --data_dir data/sample --out $(KGE_SAMPLE)
+	for k in none text ideal gel; do \
+	  $(PYTHON) main.py --preset sample --knowledge $$k --kge_dir $(KGE_SAMPLE) --results_dir results/knowledge_$$k \
+	  && $(PYTHON) inference.py --results_dir results/knowledge_$$k || exit 1; done
+	$(PYTHON) report.py --compare results/knowledge_*/* --out results
+
 # Architecture diagrams figs/base_model.png and figs/TE_model.png, drawn from model.py.
 figs: install
 	$(PYTHON) figs/draw_model.py
@@ -69,4 +79,4 @@ gpu-check:
 	bash tools/gpu_check.sh $(OUT)
 
 clean:
-	rm -rf data/sample data/sample_en data/cache results/*_* results/ablate_*
+	rm -rf data/sample data/sample_en data/cache results/*_* results/ablate_* results/knowledge_* results/kge_sample

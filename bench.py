@@ -170,7 +170,7 @@ def original_step(model, optimizer, loss_fn, device, clip_grad, lr):
     """(a)'s training step: its batches as the original's loader gives them, fp32, then train.py's optimize."""
     def step(batch):
         input_ids, attention_mask, image, label = (t.to(device) for t in batch)
-        loss = loss_fn(model(input_ids, attention_mask, image), label)
+        loss = loss_fn(model(input_ids, attention_mask, image)["answer"], label)
         optimize(model, optimizer, loss, clip_grad, lr)
         loss.item()  # train.py reads the loss every step, which waits for the step to finish
         return len(label)
@@ -340,7 +340,7 @@ def run():
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:  # forward and backward, eager (the same math as compiled)
-        logits = forward(raw_model, batch, device, precision)
+        logits = forward(raw_model, batch, device, precision)["answer"]
         loss_fn(logits, batch["label"]).backward()
     optimizer.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()

@@ -13,11 +13,12 @@ import sys
 
 import util
 from model import OfflineError, answer, load_run
-from vqa_dataset import DataError, read_test_split
+from vqa_dataset import DataError, read_test_split, well_formed_triples
 
 
 def load_samples(config, data_dir, n):
-    """[(label, image path, question, gold)] for the first n test rows; [] when the run's data is not on this machine."""
+    """[(label, image path, question, gold, knowledge)] for the first n test rows (knowledge: the row's triple, else
+    its abstract); [] when the run's data is not on this machine."""
     try:
         data_dir, test = read_test_split(config, data_dir)
     except (DataError, OSError):
@@ -26,7 +27,8 @@ def load_samples(config, data_dir, n):
     for i, row in enumerate(test.head(n).itertuples()):
         path = os.path.join(data_dir, "image", row.image)
         if os.path.isfile(path):
-            samples.append((f"{i}: {row.question}  [{row.image}]", path, row.question, row.answer))
+            samples.append((f"{i}: {row.question}  [{row.image}]", path, row.question, row.answer,
+                            row.triple or row.abstract))
     return samples
 
 
@@ -43,8 +45,9 @@ def refuse_with_reason(gr, preprocess):
     return checked
 
 
-def build_app(gr, predict, samples, top_k):
-    """The page: sample picker, image, question and button on the left; gold answer and top answers on the right."""
+def build_app(gr, predict, samples, top_k, knowledge="none"):
+    """The page: sample picker, image, question (and, for runs with --knowledge text or ideal, the knowledge) and
+    button on the left; gold answer, top answers (and GEL-VQA's predicted triple) on the right."""
     with gr.Blocks(title="VQA_NIA demo") as app:
         gr.Markdown("## VQA_NIA: knowledge-based visual question answering\n"
                     "Upload an image or pick a test sample, type a question (Korean or English) and press Answer.")
@@ -57,21 +60,25 @@ def build_app(gr, predict, samples, top_k):
                                  elem_id="image", height=320)
                 image.preprocess = refuse_with_reason(gr, image.preprocess)
                 question = gr.Textbox(label="question", placeholder="이미지 속 원은 무슨 색이야?", elem_id="question")
+                known = gr.Textbox(label="knowledge: a triple head|relation|tail" + (" or a text" if knowledge == "text"
+                                   else ""), elem_id="knowledge", visible=knowledge in ("text", "ideal"))
                 button = gr.Button("Answer", variant="primary", elem_id="submit")
             with gr.Column():
                 gold = gr.Textbox(label="gold answer (test samples only)", interactive=False, elem_id="gold")
                 label = gr.Label(num_top_classes=top_k, label=f"top-{top_k} answers", elem_id="answers")
+                triple = gr.Textbox(label="predicted knowledge (GEL-VQA)", interactive=False, elem_id="triple",
+                                    visible=knowledge == "gel")
 
         def pick(i):
             if i is None:
-                return gr.update(), gr.update(), gr.update()
-            _, path, text, answer_text = samples[i]
-            return path, text, answer_text
+                return gr.update(), gr.update(), gr.update(), gr.update()
+            _, path, text, answer_text, knowledge_text = samples[i]
+            return path, text, answer_text, knowledge_text
 
-        sample.change(pick, sample, [image, question, gold])
-        image.upload(lambda: "", None, gold)  # an uploaded image has no gold answer
-        button.click(predict, [image, question], label)
-        question.submit(predict, [image, question], label)
+        sample.change(pick, sample, [image, question, gold, known])
+        image.upload(lambda: ("", ""), None, [gold, known])  # an uploaded image has no gold answer or knowledge
+        button.click(predict, [image, question, known], [label, triple])
+        question.submit(predict, [image, question, known], [label, triple])
     return app
 
 
@@ -103,18 +110,21 @@ def main():
     samples = load_samples(config, args.data_dir, args.n_samples)
     print(f"model: {run_dir} ({len(answers)} answers), {len(samples)} test samples to pick from")
 
-    def predict(image_path, question):
+    def predict(image_path, question, knowledge):
         if not image_path:
             raise gr.Error("Upload an image or pick a test sample first.")
+        triple = knowledge if well_formed_triples(knowledge or "") else ""
         try:
-            return dict(answer(model, tokenizer, config, answers, image_path, question or "", device, args.top_k))
+            top = answer(model, tokenizer, config, answers, image_path, question or "", device, args.top_k, triple,
+                         "" if triple else knowledge or "")
         except DataError as e:  # an empty question, an image that cannot be read: say why
             raise gr.Error(str(e)) from None
+        return dict(top), " | ".join(top.triple) if top.triple else ""
 
-    app = build_app(gr, predict, samples, args.top_k)
+    app = build_app(gr, predict, samples, args.top_k, config.get("knowledge", "none"))
     # gradio serves only files it is told about: the sample images live in the data directory
     app.launch(server_name=args.host, server_port=args.port, show_error=True,
-               allowed_paths=sorted({os.path.dirname(path) for _, path, _, _ in samples}))
+               allowed_paths=sorted({os.path.dirname(sample[1]) for sample in samples}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Focal loss (Lin et al., 2017), per sample, with optional class weights and label smoothing."""
+"""The losses: focal loss (Lin et al., 2017), per sample, with optional class weights and label smoothing, and
+GEL-VQA's triple loss."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,3 +38,14 @@ def build_loss(name, gamma=2.0, label_smoothing=0.0, weight=None):
         return nn.CrossEntropyLoss(weight=None if weight is None else torch.as_tensor(weight, dtype=torch.float),
                                    label_smoothing=label_smoothing, ignore_index=-1)
     raise ValueError(f"unknown loss {name!r}: use focal or ce")
+
+
+def triple_loss(out, triples):
+    """GEL-VQA's knowledge loss: cross entropy of the predicted head, relation and tail against the first gold triple,
+    equal weights; rows without a triple and parts unseen in training (ids below 0) add nothing."""
+    target = triples[:, 0].clamp(min=-1)  # ABSENT -> -1
+    loss = 0.0
+    for i, part in enumerate("hrt"):
+        known = (target[:, i] >= 0).sum().clamp(min=1)
+        loss = loss + F.cross_entropy(out[part], target[:, i], ignore_index=-1, reduction="sum") / known
+    return loss

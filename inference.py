@@ -2,7 +2,8 @@
 
     python inference.py --model_path results/all_1228_1734 --infer_data all|abstract|triple|vqa
 
-Writes <run>/predictions_<infer_data>.csv and <run>/eval_<infer_data>.json.
+Writes <run>/predictions_<infer_data>.csv and <run>/eval_<infer_data>.json; for a GEL-VQA run (--knowledge gel) also the
+accuracy of the predicted triple's head, relation, tail and whole (hrt) on the rows with a gold triple.
 """
 import argparse
 import os
@@ -12,7 +13,17 @@ import plots
 import report
 import util
 from model import OfflineError, load_run, predict
-from vqa_dataset import DataError, ImageCache, VQADataset, make_loader, read_data, select_rows, validate
+from vqa_dataset import (DataError, ImageCache, VQADataset, format_triples, make_loader, read_data, select_rows,
+                         validate)
+
+
+def add_predictions(df, result, answers, vocab):
+    """Adds each row's prediction, its probability, whether it is right and, for GEL-VQA, the predicted triple."""
+    df["prediction"] = [answers[i] for i in result["pred"][:, 0].tolist()]
+    df["confidence"] = result["prob"][:, 0].tolist()
+    df["correct"] = df["prediction"] == df["answer"]
+    if "triple" in result:
+        df["predicted_triple"] = [format_triples([vocab.names(ids)]) for ids in result["triple"].tolist()]
 
 
 def main():
@@ -49,17 +60,19 @@ def main():
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in "
               f"{run_dir}/skipped_rows_{args.infer_data}.csv")
     answer_to_id = {a: i for i, a in enumerate(answers)}
-    dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"])
+    dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"], config.get("knowledge", "none"),
+                         model.vocab)
     loader = make_loader(dataset, args.batch_size, args.num_workers, device)
     result = predict(model, loader, device, precision, top_k=1, desc=args.split)
 
-    df["prediction"] = [answers[i] for i in result["pred"][:, 0].tolist()]
-    df["confidence"] = result["prob"][:, 0].tolist()
-    df["correct"] = df["prediction"] == df["answer"]
+    add_predictions(df, result, answers, model.vocab)
     unknown = int((~df["answer"].isin(answer_to_id)).sum())
     summary = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": report.accuracy_table(df),
                "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
-               "split": args.split, "infer_data": args.infer_data}
+               "split": args.split, "infer_data": args.infer_data, "knowledge": config.get("knowledge", "none")}
+    if "predicted_triple" in df:
+        summary["triple_accuracy"] = report.triple_accuracy(df)
+        summary["unseen_triples"] = dataset.unseen()
     df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{args.infer_data}.csv"), index=False)
     util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), summary)
     image = report.add_test_section(run_dir, summary, df)
@@ -72,6 +85,11 @@ def main():
     print(f"{'type':<10}{'accuracy':>10}{'n':>8}")
     for name, row in summary["by_type"].items():
         print(f"{name:<10}{100 * row['accuracy']:>9.2f}%{row['n']:>8}")
+    if "triple_accuracy" in summary:
+        print(f"predicted triple (GEL-VQA) on the rows with a gold triple ({summary['unseen_triples']} of them hold a "
+              f"part unseen in training):\n{'type':<10}{'head':>8}{'rel.':>8}{'tail':>8}{'triple':>8}{'n':>8}")
+        for name, row in summary["triple_accuracy"].items():
+            print(f"{name:<10}" + "".join(f"{100 * row[k]:>7.1f}%" for k in ("h", "r", "t", "hrt")) + f"{row['n']:>8}")
     print(f"wrote {run_dir}/predictions_{args.infer_data}.csv, eval_{args.infer_data}.json, {image} and report.md")
 
 

@@ -25,6 +25,11 @@ def main():
     p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--triple", default="",
+                   help="with --image and --question, for runs with --knowledge text or ideal: the question's knowledge "
+                        "triple, head|relation|tail (a test sample's own is used with --index)")
+    p.add_argument("--abstract", default="",
+                   help="with --image and --question, for runs with --knowledge text: the question's knowledge text")
     p.add_argument("--save_png", default=None, metavar="OUT.png",
                    help="also draw the image, question, gold answer and top answers to this PNG")
     args = p.parse_args()
@@ -34,7 +39,7 @@ def main():
     try:
         device = util.pick_device(args.device)
         model, tokenizer, config, answers, _ = load_run(args.model_path, device, args.results_dir)
-        gold = None
+        gold, triple, abstract = None, args.triple, args.abstract
         if args.image is not None:
             image_path, question = args.image, args.question
         else:
@@ -46,8 +51,9 @@ def main():
                 sys.exit(f"error: --index {index} is outside the test split (0..{len(test) - 1})")
             row = test.iloc[index]
             image_path, question, gold = os.path.join(data_dir, "image", row["image"]), row["question"], row["answer"]
+            triple, abstract = row["triple"], row["abstract"]
             print(f"test sample {index}: type {row['question_type']}, {row['category']}")
-        top = answer(model, tokenizer, config, answers, image_path, question, device, args.top_k)
+        top = answer(model, tokenizer, config, answers, image_path, question, device, args.top_k, triple, abstract)
         n_tokens = question_tokens(tokenizer, question)
         if n_tokens > config["max_token"]:
             print(f"note: the question has {n_tokens} tokens; the model reads its first {config['max_token']} "
@@ -58,6 +64,10 @@ def main():
     print(f"question: {question}")
     if gold is not None:
         print(f"gold:     {gold}{'' if gold in answers else ' (never seen in training)'}")
+    if config.get("knowledge", "none") in ("text", "ideal"):
+        print(f"knowledge: {triple or abstract or '(none)'}")
+    if top.triple:
+        print(f"predicted knowledge: {' | '.join(top.triple)}" + (f"  (gold: {triple})" if triple else ""))
     for rank, (text, prob) in enumerate(top, 1):
         print(f"  {rank}. {text:<20} {100 * prob:6.2f}%")
     if args.save_png:

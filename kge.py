@@ -270,6 +270,21 @@ def load_kge(directory):
     return kge
 
 
+def tables(kge, entities, relations):
+    """(entity rows, relation rows, names the embeddings lack) for a vocabulary, in its order; a name the KG
+    embeddings lack gets zeros."""
+    def rows(matrix, to_id, names):
+        table = torch.zeros(len(names), matrix.shape[1])
+        known = [(i, to_id[name]) for i, name in enumerate(names) if name in to_id]
+        if known:
+            table[[i for i, _ in known]] = matrix[[j for _, j in known]].float()
+        return table, [name for name in names if name not in to_id]
+
+    entity, missing_entities = rows(kge.entity, kge.entity_to_id, entities)
+    relation, missing_relations = rows(kge.relation, kge.relation_to_id, relations)
+    return entity, relation, missing_entities + missing_relations
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:

@@ -85,6 +85,12 @@ def build_parser(suppress_defaults=False):
     add("--n_heads", type=at_least(1), default=8, help="attention heads of the fusion Transformer encoder")
     add("--ablate", default="none", choices=["none", "image", "question"],
         help="blank one input (image: question-only model; question: image-only model)")
+    # knowledge (BOK-VQA)
+    add("--knowledge", default="none", choices=["none", "text", "ideal", "gel"],
+        help="none: the original baseline; text: the question paired with its knowledge text (the triple as words, "
+             "or the abstract); ideal: the gold triple's KG embeddings (an upper bound); gel: GEL-VQA, which predicts "
+             "the triple and uses its KG embeddings")
+    add("--kge_dir", default=None, help="KG embeddings from kge.py, for --knowledge ideal and gel")
     # optimisation
     add("--loss", default="focal", choices=["focal", "ce"], help="focal loss (the original's) or cross entropy")
     add("--gamma", type=at_least(0.0, float), default=2.0, help="focal loss gamma")
@@ -120,8 +126,8 @@ def resume_args(args, argv):
         sys.exit(f"error: --resume {args.resume}: no {util.CONFIG_FILE} there; it is not a run directory of main.py, "
                  f"or the run stopped before it began training (start it again).")
     try:
-        # every option but precision, which runs of earlier versions lack
-        config = util.read_json(path, required=[k for k in util.RUN_OPTIONS if k != "precision"] + ["world_size"])
+        config = util.read_json(path, required=[k for k in util.RUN_OPTIONS if k not in util.LATER_OPTIONS]
+                                + ["world_size"])
         last = os.path.join(args.resume, util.LAST_CHECKPOINT)
         done = len(util.read_metadata(last).get("history", [])) if os.path.isfile(last) else 0
     except util.CheckpointError as e:
@@ -136,8 +142,8 @@ def resume_args(args, argv):
         sys.exit(f"error: {args.resume} has finished all its {config['n_epoch']} epochs: there is nothing to resume. "
                  f"Evaluate it with `python inference.py --model_path {args.resume}`, or start a new run.")
     for key in util.RUN_OPTIONS:
-        if key not in explicit and key in config:
-            setattr(args, key, config[key])
+        if key not in explicit:
+            setattr(args, key, config.get(key, util.LATER_OPTIONS.get(key)))
     return args
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 
+import pandas as pd
 import timm
 import torch
 import torch.nn as nn
@@ -15,7 +16,8 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
 import util
-from vqa_dataset import DataError, clean_text, load_image, to_model_input
+from vqa_dataset import (ABSENT, DataError, KnowledgeVocab, clean_text, encode_questions, load_image, parse_triples,
+                         to_model_input)
 
 SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
 # VQAModel's options, as config.json names them
@@ -80,7 +82,8 @@ def train_tokenizer(questions, vocab_size=2000):
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(questions, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                                            show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
 
@@ -150,15 +153,29 @@ def feature_grid(image_encoder, img_size):
     return tuple(grid)
 
 
+def branch(dim_in, dim_h, num_classes, dropout):
+    """GEL-VQA's classifier branch: Linear, LayerNorm, ReLU, Dropout, Linear."""
+    return nn.Sequential(nn.Linear(dim_in, dim_h), nn.LayerNorm(dim_h), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(dim_h, num_classes))
+
+
 class VQAModel(nn.Module):
     """logits = classifier(drop(relu(LN(linear(i_f * q_f))))), as the original baseline.
 
     With use_transformer_layer, a Transformer encoder runs over [fused, image, question, image grid tokens,
     question tokens] and its first output replaces the fused feature.
+
+    Knowledge (BOK-VQA): with "ideal", the fused feature is multiplied element-wise by the gold triples' frozen KG
+    embeddings [head; relation; tail] (their mean over a row's triples, projected to the fused size where it
+    differs); a row without a triple uses a learned no-knowledge vector. With "gel" (GEL-VQA), branches predict the
+    head from the fused feature and the relation and tail from the question, and the argmax triple's embeddings are
+    used the same way: one forward computes both. "text" changes the input only (the question paired with its
+    knowledge text).
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
-                 use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls"):
+                 use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
+                 knowledge="none", num_entities=0, num_relations=0, kge_widths=(0, 0)):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -186,8 +203,54 @@ class VQAModel(nn.Module):
             layer = nn.TransformerEncoderLayer(dim_q, n_heads, dim_feedforward=4 * dim_q, dropout=0.1,
                                                batch_first=True, norm_first=True)
             self.fusion_encoder = nn.TransformerEncoder(layer, n_transformer_layers, enable_nested_tensor=False)
+        self.knowledge = knowledge
+        if knowledge in ("ideal", "gel"):
+            # frozen pretrained KG embeddings of the vocabulary, saved with the weights; the last row of each stands
+            # for a part unseen in training (zeros)
+            self.register_buffer("entity_kge", torch.zeros(num_entities + 1, kge_widths[0]))
+            self.register_buffer("relation_kge", torch.zeros(num_relations + 1, kge_widths[1]))
+            width = 2 * kge_widths[0] + kge_widths[1]
+            self.knowledge_proj = nn.Linear(width, dim_q) if width != dim_q else nn.Identity()
+        if knowledge == "ideal":
+            self.no_knowledge = nn.Parameter(torch.ones(dim_q))  # ones: the fused feature passes unchanged at first
+        if knowledge == "gel":
+            self.h_head = branch(dim_q, dim_h, num_entities, dropout)
+            self.r_head = branch(dim_q, dim_h, num_relations, dropout)
+            self.t_head = branch(dim_q, dim_h, num_entities, dropout)
 
-    def forward(self, input_ids, attention_mask, image):
+    def forward(self, input_ids, attention_mask, image, triples=None):
+        """{"answer": logits}, and with knowledge "gel" the logits "h", "r", "t" of the predicted triple. triples:
+        [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last one), for "ideal"."""
+        q_f, fused = self.fuse(input_ids, attention_mask, image)
+        out = {}
+        if self.knowledge == "gel":
+            out = {"h": self.h_head(fused), "r": self.r_head(q_f), "t": self.t_head(q_f)}
+            triples = torch.stack([out[k].argmax(-1) for k in "hrt"], -1)[:, None]  # no gradient through argmax
+        if self.knowledge in ("ideal", "gel"):
+            fused = fused * self.knowledge_vector(triples)
+        hidden = self.drop(torch.relu(self.h_layer_norm(self.linear(fused))))
+        out["answer"] = self.classifier(hidden)
+        return out
+
+    def knowledge_vector(self, triples):
+        """[B, dim]: the mean over each row's triples of [head; relation; tail] KG embeddings, projected; for "ideal",
+        the no-knowledge vector where a row has no triple."""
+        present = triples[..., 0] != ABSENT  # [B, slots]
+
+        def lookup(table, ids):  # unseen (-1) and absent parts: the zero row at the end
+            return table[torch.where(ids < 0, len(table) - 1, ids)]
+
+        embedded = torch.cat([lookup(self.entity_kge, triples[..., 0]), lookup(self.relation_kge, triples[..., 1]),
+                              lookup(self.entity_kge, triples[..., 2])], -1)
+        weights = present[..., None].to(embedded.dtype)
+        mean = (embedded * weights).sum(1) / weights.sum(1).clamp(min=1)
+        vector = self.knowledge_proj(mean)
+        if self.knowledge == "ideal":
+            vector = torch.where(present.any(1, keepdim=True), vector, self.no_knowledge.to(vector.dtype))
+        return vector
+
+    def fuse(self, input_ids, attention_mask, image):
+        """(question feature q_f, fused feature): i_f * q_f, or the fusion encoder's first output."""
         if self.ablate == "image":
             image = torch.zeros_like(image)
         if self.ablate == "question":  # every question replaced by the empty one, <s></s>
@@ -216,8 +279,7 @@ class VQAModel(nn.Module):
             pad = torch.cat([torch.zeros(len(tokens), 3 + grid_tokens.shape[1], dtype=torch.bool, device=image.device),
                              attention_mask == 0], dim=1)
             fused = self.fusion_encoder(tokens, src_key_padding_mask=pad)[:, 0]
-        hidden = self.drop(torch.relu(self.h_layer_norm(self.linear(fused))))
-        return self.classifier(hidden)
+        return q_f, fused
 
 
 def run_config(options, num_answers, world_size=1):
@@ -245,7 +307,9 @@ def build_model(config, text_config=None, from_sources=False):
     image_encoder = build_image_encoder(image_source, pretrained=from_sources and config["pretrained"],
                                         **config["image_model_kwargs"])
     return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"],
-                    **{k: config[k] for k in HEAD_OPTIONS})
+                    **{k: config[k] for k in HEAD_OPTIONS}, knowledge=config.get("knowledge", "none"),
+                    num_entities=config.get("num_entities", 0), num_relations=config.get("num_relations", 0),
+                    kge_widths=tuple(config.get("kge_widths", (0, 0))))
 
 
 # what inference reads from a run's config.json
@@ -271,7 +335,19 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
     model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
     util.load_weights(model, weights, config, answers)
+    model.vocab = load_vocab(run_dir, config)
     return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
+
+
+KNOWLEDGE_FILE = "knowledge.json"  # a knowledge run's entities and relations, and the KG embeddings it used
+
+
+def load_vocab(run_dir, config):
+    """The KnowledgeVocab of an "ideal" or "gel" run (None for others)."""
+    if config.get("knowledge", "none") not in ("ideal", "gel"):
+        return None
+    saved = util.read_json(os.path.join(run_dir, KNOWLEDGE_FILE), required=["entities", "relations"])
+    return KnowledgeVocab(saved["entities"], saved["relations"])
 
 
 def autocast(device, precision):
@@ -280,22 +356,23 @@ def autocast(device, precision):
 
 
 def forward(model, batch, device, precision):
-    """Logits (float32) of a collated batch, in the given precision (util.pick_precision)."""
+    """The model's outputs (float32) for a collated batch, in the given precision (util.pick_precision)."""
     with autocast(device, precision):
-        logits = model(batch["input_ids"].to(device, non_blocking=True),
-                       batch["attention_mask"].to(device, non_blocking=True), to_model_input(batch["image"], device))
-    return logits.float()
+        out = model(batch["input_ids"].to(device, non_blocking=True),
+                    batch["attention_mask"].to(device, non_blocking=True), to_model_input(batch["image"], device),
+                    batch["triples"].to(device, non_blocking=True))
+    return {k: v.float() for k, v in out.items()}
 
 
 @torch.no_grad()
 def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc="eval", progress=True):
-    """dict(loss, accuracy, n, loss_sum, n_loss, correct, pred [N, top_k], prob [N, top_k], index [N]); label -1
-    (an answer unknown to the model) counts as wrong and adds no loss."""
+    """dict(loss, accuracy, n, loss_sum, n_loss, correct, pred [N, top_k], prob [N, top_k], index [N], and for
+    "gel" triple [N, 3], the predicted ids); label -1 (an answer unknown to the model) is wrong and adds no loss."""
     model.eval()
-    preds, probs, indices, loss_sum, n_loss, correct = [], [], [], 0.0, 0, 0
+    preds, probs, indices, triples, loss_sum, n_loss, correct = [], [], [], [], 0.0, 0, 0
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
-        logits = forward(model, batch, device, precision)
-        label = batch["label"].to(device)
+        out = forward(model, batch, device, precision)
+        logits, label = out["answer"], batch["label"].to(device)
         known = int((label >= 0).sum())
         if loss_fn is not None and known:
             loss_sum += loss_fn(logits, label).item() * known
@@ -303,29 +380,48 @@ def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc
         prob, pred = torch.softmax(logits, -1).topk(min(top_k, logits.shape[-1]), dim=-1)
         correct += int((pred[:, 0] == label).sum())
         preds.append(pred.cpu()), probs.append(prob.cpu()), indices.append(batch["index"])
+        if "h" in out:
+            triples.append(torch.stack([out[k].argmax(-1) for k in "hrt"], -1).cpu())
     n = sum(len(i) for i in indices)
-    return {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "n": n, "loss_sum": loss_sum,
-            "n_loss": n_loss, "correct": correct,
-            "pred": torch.cat(preds) if preds else torch.zeros(0, top_k, dtype=torch.long),
-            "prob": torch.cat(probs) if probs else torch.zeros(0, top_k),
-            "index": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)}
+    result = {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "n": n, "loss_sum": loss_sum,
+              "n_loss": n_loss, "correct": correct,
+              "pred": torch.cat(preds) if preds else torch.zeros(0, top_k, dtype=torch.long),
+              "prob": torch.cat(probs) if probs else torch.zeros(0, top_k),
+              "index": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)}
+    if triples:
+        result["triple"] = torch.cat(triples)
+    return result
+
+
+class Answers(list):
+    """[(answer, probability)], best first; .triple is the predicted (head, relation, tail) of a "gel" run."""
+    triple = None
 
 
 @torch.no_grad()
-def answer(model, tokenizer, config, answers, image_path, question, device, top_k=5):
-    """[(answer, probability)] for an image file and a question string, preprocessed and computed as in training and
-    inference.py (the run's precision on this device), so every script gives the same answer."""
+def answer(model, tokenizer, config, answers, image_path, question, device, top_k=5, triple="", abstract=""):
+    """Answers for an image file and a question string, preprocessed and computed as in training and inference.py
+    (the run's precision on this device), so every script gives the same answer. triple and abstract: the
+    question's knowledge, for runs with --knowledge text (either) or ideal (the triple)."""
     device = torch.device(device)
-    question = clean_text(question)
-    if not question:
+    row = pd.DataFrame({"question": [clean_text(question)], "triple": [clean_text(triple)],
+                        "abstract": [clean_text(abstract)]})
+    if not row["question"][0]:
         raise DataError("the question is empty (or only white space and invisible characters); type a question.")
-    ids = tokenizer(question, truncation=True, max_length=config["max_token"], return_tensors="pt")
-    batch = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
-             "image": torch.from_numpy(load_image(image_path, config["img_size"]))[None]}
+    knowledge = config.get("knowledge", "none")
+    ids = torch.tensor(encode_questions(tokenizer, row, config["max_token"], knowledge))
+    slots = max(1, len(parse_triples(row["triple"][0]))) if knowledge in ("ideal", "gel") else 0
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "image": torch.from_numpy(load_image(image_path, config["img_size"]))[None],
+             "triples": torch.tensor([model.vocab.ids(row["triple"][0], slots)] if slots else [[]],
+                                     dtype=torch.long).reshape(1, slots, 3)}
     model.eval()
-    logits = forward(model, batch, device, util.pick_precision(device, config.get("precision", "auto")))
-    prob, index = torch.softmax(logits, -1)[0].topk(min(top_k, len(answers)))
-    return [(answers[i], p) for i, p in zip(index.tolist(), prob.tolist())]
+    out = forward(model, batch, device, util.pick_precision(device, config.get("precision", "auto")))
+    prob, index = torch.softmax(out["answer"], -1)[0].topk(min(top_k, len(answers)))
+    top = Answers((answers[i], p) for i, p in zip(index.tolist(), prob.tolist()))
+    if "h" in out:
+        top.triple = model.vocab.names([int(out[k].argmax(-1)) for k in "hrt"])
+    return top
 
 
 def question_tokens(tokenizer, question):

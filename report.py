@@ -1,11 +1,16 @@
 """The run report, <run>/report.md: options, data statistics and training curve from main.py; test accuracy per type,
-its bar chart and the most frequent confusions from inference.py (one section per --infer_data, replaced on rerun)."""
+its bar chart and the most frequent confusions from inference.py (one section per --infer_data, replaced on rerun).
+
+    python report.py --compare results/*      # runs side by side, as markdown and CSV (comparison.md, comparison.csv)
+"""
+import json
 import os
 import re
 
 import pandas as pd
 
 import util
+from vqa_dataset import parse_triples
 
 REPORT_FILE = "report.md"
 TYPES = ["A", "B", "vqa", "triple", "abstract"]
@@ -21,6 +26,23 @@ def accuracy_table(df):
             if len(rows):
                 table[value] = {"accuracy": float(rows["correct"].mean()), "n": int(len(rows))}
     return table
+
+
+def triple_accuracy(df):
+    """{"all": {"h", "r", "t", "hrt", "n"}, "A": ..., "B": ..., "triple": ...}: how often the predicted triple's head,
+    relation, tail and all three equal the first gold triple's, on the rows with a gold triple (a part unseen in
+    training is never equal); df has triple, predicted_triple, question_type and category."""
+    rows = df[df["triple"] != ""]
+    gold = [parse_triples(cell)[0] for cell in rows["triple"]]
+    predicted = [parse_triples(cell)[0] for cell in rows["predicted_triple"]]
+    hits = pd.DataFrame([[g[i] == p[i] for i in range(3)] for g, p in zip(gold, predicted)], columns=list("hrt"),
+                        index=rows.index, dtype=bool).assign(hrt=lambda d: d.all(axis=1))
+    groups = [("all", rows.index)] + [(value, rows.index[rows[column] == value])
+                                       for column, values in [("question_type", ["A", "B"]),
+                                                              ("category", ["vqa", "triple", "abstract"])]
+                                       for value in values if (rows[column] == value).any()]
+    return {name: {**{k: float(hits.loc[index, k].mean()) for k in ("h", "r", "t", "hrt")}, "n": len(index)}
+            for name, index in groups if len(index)}
 
 
 def data_statistics(df):
@@ -76,6 +98,7 @@ def add_test_section(run_dir, report, df):
         + (f"; {report['unknown_answers']} answers never seen in training count as wrong" if report["unknown_answers"] else "")
         + ".\n\n" + markdown_table(type_rows(report["accuracy"], report["n"], report["by_type"]), ["type", "accuracy", "n"]),
         f"![accuracy per type]({image})",
+        *([triple_section(report["triple_accuracy"])] if "triple_accuracy" in report else []),
         "Most frequent confusions:\n\n" + (markdown_table([[g, p, c] for (g, p), c in confusions.items()],
                                                          ["gold", "predicted", "count"]) if len(confusions) else "none"),
     ]) + "\n<!-- /test -->\n"
@@ -85,9 +108,81 @@ def add_test_section(run_dir, report, df):
     return image
 
 
+def triple_section(accuracy):
+    rows = [[name, *[f"{100 * row[k]:.1f}%" for k in ("h", "r", "t", "hrt")], row["n"]] for name, row in accuracy.items()]
+    return ("Predicted triple (GEL-VQA) against the first gold triple, on the rows that have one:\n\n"
+            + markdown_table(rows, ["type", "head", "relation", "tail", "triple", "n"]))
+
+
 def _read(path):
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+# run summaries, not options: left out of the comparison's columns of differing options
+NOT_OPTIONS = {"data_stats", "weights", "best_epoch", "best_valid_acc", "num_answers", "image_arch", "num_entities",
+               "num_relations", "kge_widths", "knowledge_missing_in_kge"}
+TEST_COLUMNS = ["all", "A", "B", "vqa", "triple", "abstract"]
+
+
+def compare(run_dirs):
+    """One row per run: the options that differ between the runs, best valid accuracy, test accuracy overall and per
+    type (its eval_all.json from inference.py), and the predicted triple's accuracy where there is one."""
+    runs = []
+    for run_dir in run_dirs:
+        if not os.path.isfile(os.path.join(run_dir, util.CONFIG_FILE)):
+            continue  # not a run directory (kge output, a results folder's other files)
+        config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
+        path = os.path.join(run_dir, "eval_all.json")
+        runs.append((run_dir, config, util.read_json(path) if os.path.isfile(path) else {}))
+    if not runs:
+        raise FileNotFoundError(f"none of {list(run_dirs)[:5]} is a run directory of main.py (no config.json).")
+    keys = sorted({k for _, config, _ in runs for k in config} - NOT_OPTIONS)
+    differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for _, c, _ in runs}) > 1]
+    table = []
+    for run_dir, config, test in runs:
+        row = {"run": os.path.normpath(run_dir), **{k: config.get(k) for k in differing},
+               "best_valid": config.get("best_valid_acc")}
+        by_type = {"all": {"accuracy": test["accuracy"]}, **test["by_type"]} if test else {}
+        row.update({f"test_{t}": by_type[t]["accuracy"] if t in by_type else None for t in TEST_COLUMNS})
+        row["test_triple_hrt"] = test.get("triple_accuracy", {}).get("all", {}).get("hrt")
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def comparison_markdown(table):
+    def cell(value):
+        if value is None or value != value:  # absent, NaN
+            return ""
+        if isinstance(value, float):
+            return f"{100 * value:.1f}"
+        return value if isinstance(value, str) else f"`{value}`"
+    header = [c.replace("test_", "test ").replace("best_valid", "best valid") for c in table.columns]
+    return markdown_table([[cell(v) for v in row] for row in table.itertuples(index=False)], header) + \
+        "\n\nAccuracies in %; test from each run's eval_all.json (python inference.py --model_path RUN)."
+
+
+def main():
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compare", nargs="+", required=True, metavar="RUN_DIR", help="run directories to tabulate")
+    p.add_argument("--out", default="results", help="where comparison.md and comparison.csv go")
+    args = p.parse_args()
+    try:
+        table = compare(args.compare)
+    except (FileNotFoundError, util.CheckpointError) as e:
+        raise SystemExit(f"error: {e}")
+    os.makedirs(args.out, exist_ok=True)
+    text = comparison_markdown(table)
+    util.atomic_write(os.path.join(args.out, "comparison.md"), (text + "\n").encode("utf-8"))
+    util.write_csv(os.path.join(args.out, "comparison.csv"), table)
+    print(text)
+    print(f"wrote {args.out}/comparison.md and {args.out}/comparison.csv")
+
+
+if __name__ == "__main__":
+    main()

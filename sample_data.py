@@ -5,7 +5,9 @@ Type B questions need a fact the image does not show, taken from the small knowl
 (a triple or an abstract text), applied to what the image shows. Every question names an object
 only by a property that varies between images, so a question-only model cannot do well.
 
-Written in the canonical format of this repo: <out>/data.csv and <out>/image/*.jpg.
+Written in the canonical format of this repo: <out>/data.csv and <out>/image/*.jpg, and the knowledge base as
+<out>/triples.csv (h, r, t), for kge.py. Triple questions carry their triple as BOK-VQA does: the head is what the
+image shows (a colour or shape), the relation what the question asks, the tail the fact.
 """
 import math
 import os
@@ -66,7 +68,11 @@ OBJECT_OF_SHAPE = {  # shape -> (ko, en, abstract ko, abstract en)
     "star": ("불가사리", "starfish", "별 모양은 다섯 개의 뾰족한 끝을 가지며, 불가사리가 대표적인 별 모양의 생물이다.",
              "A star shape has five points; a starfish is the typical star-shaped creature."),
 }
-RELATION_NAMES = {"fruit": ("대표 과일", "typical fruit"), "vertices": ("꼭짓점 수", "number of vertices")}
+RELATION_NAMES = {"fruit": ("대표 과일", "typical fruit"), "vertices": ("꼭짓점 수", "number of vertices"),
+                  "symbol": ("상징", "symbolizes"), "object": ("대표 물건", "typical object"),
+                  # the inverse facts: every entity of the knowledge base then occurs in two triples
+                  "colour_of_fruit": ("색", "colour"), "shape_with_vertices": ("꼭짓점 수가 같은 도형", "shape with that many vertices"),
+                  "colour_of_symbol": ("상징하는 색", "colour symbolizing it"), "shape_of_object": ("모양", "shape")}
 
 QUESTION_TEMPLATES = {
     "ko": {
@@ -165,8 +171,26 @@ def make_question(family, objects, rng, lang):
             "triple": triple, "abstract": abstract}
 
 
+def knowledge_base(lang):
+    """Every fact of the sample as (head, relation, tail): the triples its questions carry, the facts its abstract
+    texts state, and the inverse of each."""
+    k, li = (1, 0) if lang == "ko" else (2, 1)
+    names = {key: RELATION_NAMES[key][li] for key in RELATION_NAMES}
+    facts = []
+    for colour, fruit in FRUIT_OF_COLOUR.items():
+        facts += [(COLOURS[colour][k], names["fruit"], fruit[li]), (fruit[li], names["colour_of_fruit"], COLOURS[colour][k])]
+    for shape, vertices in VERTICES_OF_SHAPE.items():
+        facts += [(SHAPES[shape][li], names["vertices"], vertices), (vertices, names["shape_with_vertices"], SHAPES[shape][li])]
+    for colour, symbol in SYMBOL_OF_COLOUR.items():
+        facts += [(COLOURS[colour][k], names["symbol"], symbol[li]), (symbol[li], names["colour_of_symbol"], COLOURS[colour][k])]
+    for shape, thing in OBJECT_OF_SHAPE.items():
+        facts += [(SHAPES[shape][li], names["object"], thing[li]), (thing[li], names["shape_of_object"], SHAPES[shape][li])]
+    return facts
+
+
 def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, progress=True):
-    """Writes out_dir/data.csv and out_dir/image/; returns the number of rows."""
+    """Writes out_dir/data.csv, out_dir/image/ and out_dir/triples.csv (the knowledge base, for kge.py); returns the
+    number of rows."""
     from tqdm import tqdm
 
     rng = random.Random(seed)
@@ -184,4 +208,5 @@ def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, p
             rows.append({"image": name, **make_question(family, objects, rng, lang), "lang": lang})
     columns = ["image", "question", "answer", "question_type", "triple", "abstract", "lang"]
     util.write_csv(os.path.join(out_dir, "data.csv"), pd.DataFrame(rows, columns=columns))
+    util.write_csv(os.path.join(out_dir, "triples.csv"), pd.DataFrame(knowledge_base(lang), columns=["h", "r", "t"]))
     return len(rows)

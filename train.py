@@ -18,13 +18,15 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+import kge
 import plots
 import report
 import util
-from focal import build_loss
-from model import SCRATCH, build_model, forward, load_tokenizer, predict, run_config, small_text_config, train_tokenizer
-from vqa_dataset import (DataError, EpochSampler, ImageCache, ImageFiles, ShardSampler, VQADataset, build_answer_vocab,
-                         load_data, make_loader, select_rows)
+from focal import build_loss, triple_loss
+from model import (KNOWLEDGE_FILE, SCRATCH, build_model, forward, load_tokenizer, load_vocab, predict, run_config,
+                   small_text_config, train_tokenizer)
+from vqa_dataset import (DataError, EpochSampler, ImageCache, ImageFiles, KnowledgeVocab, ShardSampler, VQADataset,
+                         build_answer_vocab, knowledge_text, load_data, make_loader, select_rows)
 
 
 @dataclass
@@ -70,7 +72,7 @@ def train(args):
            f"image {args.image_model} at {args.img_size}px, transformer layer "
            f"{'on' if args.use_transformer_layer else 'off'}, device {rt.device} x{rt.world_size}"
            f"{f' (torch.distributed, {dist.get_backend()})' if util.distributed() else ''}, precision {rt.precision}")
-    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer)
+    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab)
     optimizer = build_optimizer(model, args, rt.device)
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
@@ -134,7 +136,7 @@ def load_training_data(args, rt):
     return Data(df, train_df, valid_df, skipped, answers)
 
 
-def make_loaders(args, rt, data, tokenizer):
+def make_loaders(args, rt, data, tokenizer, vocab=None):
     names = pd.concat([data.train["image"], data.valid["image"]])
     if args.image_cache:
         with util.main_process_first():  # rank 0 decodes the images once; the others then map its file
@@ -143,8 +145,11 @@ def make_loaders(args, rt, data, tokenizer):
     else:
         images = ImageFiles(args.data_dir, names, args.img_size)
     answer_to_id = {a: i for i, a in enumerate(data.answers)}
-    train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token)
-    valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token)
+    train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
+    valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
+    if valid_set.unseen():
+        rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail unseen in "
+               f"training (no KG embedding is learned for it; GEL-VQA counts it as wrong)")
     per_rank_batch = max(1, args.batch_size // rt.world_size)
     train_loader = make_loader(train_set, per_rank_batch, args.num_workers, rt.device,
                                EpochSampler(train_set, rt.world_size, rt.rank, args.seed), args.seed)
@@ -155,11 +160,44 @@ def make_loaders(args, rt, data, tokenizer):
 
 # ---------------------------------------------------------------- model, optimizer, start or resume
 
-def initial_model(config, tokenizer):
-    """The model training starts from: encoders from their sources, or a scratch text encoder sized to the tokenizer."""
+def initial_model(config, tokenizer, vocab=None):
+    """The model training starts from: encoders from their sources, or a scratch text encoder sized to the tokenizer;
+    for "ideal" and "gel", the KG embeddings of the vocabulary from config's kge_dir."""
     scratch = config["text_model"] == SCRATCH
     text_config = small_text_config(len(tokenizer), config["max_token"], **config["scratch_text"]) if scratch else None
-    return build_model(config, text_config, from_sources=True)
+    model = build_model(config, text_config, from_sources=True)
+    model.vocab = vocab
+    if vocab is not None:
+        entity, relation, _ = kge.tables(load_kge_dir(config["kge_dir"]), vocab.entities, vocab.relations)
+        with torch.no_grad():
+            model.entity_kge[:-1], model.relation_kge[:-1] = entity, relation
+    return model
+
+
+def load_kge_dir(kge_dir):
+    if not kge_dir:
+        raise util.UsageError("--knowledge ideal and gel need --kge_dir, a directory of KG embeddings: train one with "
+                              "`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv).")
+    return kge.load_kge(kge_dir)
+
+
+def knowledge_config(args, config, data, rt):
+    """For "ideal" and "gel": the vocabulary of the training triples, and in config its sizes and the widths of the
+    KG embeddings; says which of its entries the embeddings lack (they get zeros)."""
+    if args.knowledge not in ("ideal", "gel"):
+        return None
+    vocab = KnowledgeVocab.from_rows(data.train)
+    if not vocab.entities:
+        raise DataError(f"--knowledge {args.knowledge}: the training rows of {args.data_dir}/data.csv hold no triples.")
+    embeddings = load_kge_dir(args.kge_dir)
+    _, _, missing = kge.tables(embeddings, vocab.entities, vocab.relations)
+    config.update(num_entities=len(vocab.entities), num_relations=len(vocab.relations),
+                  kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]])
+    rt.log(f"knowledge: {len(vocab.entities)} entities and {len(vocab.relations)} relations in the training triples; "
+           f"KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths {config['kge_widths']})"
+           + (f"; {len(missing)} of them are not in the embeddings and get zeros: {missing[:5]}" if missing else ""))
+    config["knowledge_missing_in_kge"] = len(missing)
+    return vocab
 
 
 def start_or_resume(args, rt, data):
@@ -167,12 +205,18 @@ def start_or_resume(args, rt, data):
     to resume with the model as its last checkpoint holds it."""
     if args.resume:
         return resume_run(args.resume, rt, data)
-    tokenizer = train_tokenizer(list(data.train["question"])) if args.text_model == SCRATCH else \
-        load_tokenizer(args.text_model)
+    if args.text_model == SCRATCH:  # knowledge texts are read too with --knowledge text
+        texts = [knowledge_text(t, a) for t, a in zip(data.train["triple"], data.train["abstract"])]
+        tokenizer = train_tokenizer(list(data.train["question"]) + [t for t in texts if args.knowledge == "text" and t])
+    else:
+        tokenizer = load_tokenizer(args.text_model)
     config = run_config(args, len(data.answers), rt.world_size)
-    model = initial_model(config, tokenizer)
+    vocab = knowledge_config(args, config, data, rt)
+    model = initial_model(config, tokenizer, vocab)
     run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if rt.is_main else None)
     if rt.is_main:
+        if vocab is not None:
+            util.write_json(os.path.join(run_dir, KNOWLEDGE_FILE), {**vocab.to_json(), "kge_dir": args.kge_dir})
         tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
         model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
         util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), data.answers)
@@ -203,10 +247,11 @@ def resume_run(run_dir, rt, data):
 
         # from the run's own text config: no download, the weights come from `last`
         model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
+        model.vocab = load_vocab(run_dir, config)
         checkpoint = util.load_checkpoint(last, model, config, data.answers, rt.rank)
     else:
         rt.log(f"{run_dir} has no {util.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it again")
-        model, checkpoint = initial_model(config, tokenizer), None
+        model, checkpoint = initial_model(config, tokenizer, load_vocab(run_dir, config)), None
     if rt.is_main:  # weights of epochs trained again now would be stale; .tmp files are writes cut short
         keep = best_weights_name(checkpoint[0]["history"] if checkpoint else [])
         for path in glob.glob(os.path.join(run_dir, util.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp")):
@@ -274,10 +319,12 @@ def lr_factor(step, total_steps, warmup_steps):
 def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad, lr):
     """One training step at learning rate lr; returns the batch's (loss sum, correct, samples) as numbers."""
     label = batch["label"].to(device, non_blocking=True)
-    logits = forward(wrapped, batch, device, precision)
-    loss = loss_fn(logits, label)
+    out = forward(wrapped, batch, device, precision)
+    loss = loss_fn(out["answer"], label)
+    if "h" in out:  # GEL-VQA: + CE of the triple's head, relation and tail
+        loss = loss + triple_loss(out, batch["triples"].to(device, non_blocking=True))
     optimize(wrapped, optimizer, loss, clip_grad, lr)
-    return loss.item() * len(label), int((logits.argmax(-1) == label).sum()), len(label)
+    return loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label)
 
 
 def optimize(wrapped, optimizer, loss, clip_grad, lr):

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 import download
-from conftest import ROOT, TINY_TRAIN, run_script
+from conftest import REAL_CSV, TINY_TRAIN, run_script
 from vqa_dataset import DataError, read_data
 
-REAL = ROOT.parent / "shared" / "real-csv"
+REAL = REAL_CSV
 NIA_COLUMNS = ["img_path", "question", "answer", "main_obj", "Triple", "Abstract"]
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/real-csv is not present")
 

@@ -28,7 +28,7 @@ def tiny_batch():
 @pytest.mark.parametrize("text_pool", ["cls", "mean"])
 def test_forward_backward(use_transformer_layer, text_pool):
     model = tiny_model(use_transformer_layer=use_transformer_layer, text_pool=text_pool)
-    logits = model(*tiny_batch())
+    logits = model(*tiny_batch())["answer"]
     assert logits.shape == (BATCH, ANSWERS)
     logits.logsumexp(-1).mean().backward()
     # every parameter takes part (DistributedDataParallel needs that); residual branches start at zero (timm's
@@ -44,11 +44,11 @@ def test_transformer_layer_is_a_saved_module_that_changes_the_output():
     assert any(k.startswith("fusion_encoder.") for k in model.state_dict())
     assert sum(p.numel() for p in model.fusion_encoder.parameters()) > 0
     batch = tiny_batch()
-    before = model(*batch)
+    before = model(*batch)["answer"]
     with torch.no_grad():
         for p in model.fusion_encoder.parameters():
             p.add_(0.5)
-    assert not torch.allclose(before, model(*batch))
+    assert not torch.allclose(before, model(*batch)["answer"])
     base = tiny_model(use_transformer_layer=False)
     assert not any(k.startswith("fusion_encoder.") for k in base.state_dict())
 
@@ -56,21 +56,25 @@ def test_transformer_layer_is_a_saved_module_that_changes_the_output():
 def test_padding_does_not_change_the_answer():
     model = tiny_model(use_transformer_layer=True, text_pool="mean").eval()
     ids, mask, image = tiny_batch()
-    short = model(ids[:1, :4], mask[:1, :4], image[:1])
-    padded = model(ids[:1], mask[:1], image[:1])
+    short = model(ids[:1, :4], mask[:1, :4], image[:1])["answer"]
+    padded = model(ids[:1], mask[:1], image[:1])["answer"]
     assert torch.allclose(short, padded, atol=1e-5)
 
 
 def test_ablations_remove_one_input():
     ids, mask, image = tiny_batch()
+
+    def answers(model, *inputs):
+        return model(*inputs)["answer"]
+
     image_ablated = tiny_model(ablate="image").eval()
-    assert torch.allclose(image_ablated(ids, mask, image), image_ablated(ids, mask, torch.randn_like(image)))
+    assert torch.allclose(answers(image_ablated, ids, mask, image), answers(image_ablated, ids, mask, torch.randn_like(image)))
     question_ablated = tiny_model(ablate="question").eval()
     other_ids = ids.roll(1, dims=1)
-    assert torch.allclose(question_ablated(ids, mask, image), question_ablated(other_ids, mask, image))
+    assert torch.allclose(answers(question_ablated, ids, mask, image), answers(question_ablated, other_ids, mask, image))
     full = tiny_model().eval()
-    assert not torch.allclose(full(ids, mask, image), full(ids, mask, torch.randn_like(image)))
-    assert not torch.allclose(full(ids, mask, image), full(other_ids, mask, image))
+    assert not torch.allclose(answers(full, ids, mask, image), answers(full, ids, mask, torch.randn_like(image)))
+    assert not torch.allclose(answers(full, ids, mask, image), answers(full, other_ids, mask, image))
 
 
 @pytest.mark.parametrize("use_transformer_layer", [False, True])
