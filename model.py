@@ -204,6 +204,7 @@ class VQAModel(nn.Module):
                                                batch_first=True, norm_first=True)
             self.fusion_encoder = nn.TransformerEncoder(layer, n_transformer_layers, enable_nested_tensor=False)
         self.knowledge = knowledge
+        self.vocab = None  # the KnowledgeVocab of an "ideal" or "gel" run, set where a run's model is made
         if knowledge in ("ideal", "gel"):
             # frozen pretrained KG embeddings of the vocabulary, saved with the weights; the last row of each stands
             # for a part unseen in training (zeros)
