@@ -113,10 +113,11 @@ def main():
     def predict(image_path, question, knowledge):
         if not image_path:
             raise gr.Error("Upload an image or pick a test sample first.")
-        triple = knowledge if well_formed_triples(knowledge or "") else ""
+        knowledge = knowledge or ""  # gradio gives None for a hidden, untouched box
+        triple = knowledge if well_formed_triples(knowledge) else ""
         try:
             top = answer(model, tokenizer, config, answers, image_path, question or "", device, args.top_k, triple,
-                         "" if triple else knowledge or "")
+                         "" if triple else knowledge)
         except DataError as e:  # an empty question, an image that cannot be read: say why
             raise gr.Error(str(e)) from None
         return dict(top), " | ".join(top.triple) if top.triple else ""
