@@ -199,6 +199,64 @@ def nia_triple(text):
     return format_triples([tuple(str(p).strip() for p in t) for t in triples])
 
 
+def bok_rows(raw, out):
+    """Fills out's columns from a BOK-VQA file (img_name, question, h, r, t, answer[, fold]); returns row problems."""
+    out["image"] = raw["img_name"].str.strip().values
+    out["question"], out["answer"] = raw["question"].values, raw["answer"].values
+    out["question_type"] = "B"
+    out["triple"] = [format_triples([hrt]) for hrt in zip(raw["h"], raw["r"], raw["t"])]
+    out["abstract"] = ""
+    if "fold" not in raw.columns:  # a test file, or a train file to be split by image
+        out["split"] = ""
+        return []
+    fold = pd.to_numeric(raw["fold"], errors="coerce")
+    out["split"] = np.where(fold.values == 1, "valid", "train")
+    return [(r, "column fold is not a number") for r in out["row"][fold.isna().values]]
+
+
+def nia_triples(raw, rows):
+    """The canonical triple cell of each row of a NIA export, from Triple or else subject, relation, object."""
+    blank = pd.Series("", index=raw.index)
+    triples, problems = [], []
+    for row, cell, parts in zip(rows, raw.get("Triple", blank),
+                                zip(*(raw.get(c, blank) for c in ("subject", "relation", "object")))):
+        try:
+            triple = nia_triple(cell)
+        except (ValueError, SyntaxError, TypeError) as e:
+            triple = ""
+            problems.append((row, f"column Triple is not a Python list of [head, relation, tail] ({e})"))
+        if not triple and all(p.strip() for p in parts):  # a Triple-less export of subject, relation, object
+            triple = format_triples([tuple(p.strip() for p in parts)])
+        triples.append(triple)
+    return triples, problems
+
+
+def nia_rows(raw, out):
+    """Fills out's columns from a NIA export (img_path, question, answer, Triple and variants); returns row
+    problems. Paths of another machine are rebased by file name, so two different files with one name are
+    ambiguous."""
+    out["image"] = [os.path.basename(p.replace("\\", "/")) for p in raw["img_path"]]
+    out["question"], out["answer"] = raw["question"].values, raw["answer"].values
+    out["triple"], problems = nia_triples(raw, out["row"])
+    out["abstract"] = raw["Abstract"].str.strip().values if "Abstract" in raw.columns else ""
+    out["question_type"] = np.where((out["triple"] != "") | (out["abstract"] != ""), "B", "A")
+    out["split"] = ""
+    names = pd.DataFrame({"name": out["image"], "full": raw["img_path"].str.strip().values}).drop_duplicates()
+    clash = set(names[names["name"].duplicated(keep=False)]["name"])
+    return problems + [(r, f"column img_path: another row has a different file named {n}")
+                       for r, n in zip(out["row"], out["image"]) if n in clash]
+
+
+def canonical_rows(raw, out):
+    """Copies the columns of a file already in this repo's format; it has no conversion faults."""
+    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+        out[column] = raw[column].values if column in raw.columns else ""
+    return []
+
+
+ROW_READERS = {"BOK-VQA": bok_rows, "NIA": nia_rows, "canonical": canonical_rows}
+
+
 def convert(path, split=None):
     """One CSV as canonical rows, plus the source file and row of each; conversion faults raise DataError."""
     raw = read_csv(path)
@@ -206,46 +264,11 @@ def convert(path, split=None):
     if raw.empty:
         raise DataError(f"{path} ({kind}) has a header but no rows.")
     out = pd.DataFrame({"row": np.arange(2, len(raw) + 2)})
-    problems = []
-    if kind == "BOK-VQA":
-        out["image"] = raw["img_name"].str.strip().values
-        out["question"], out["answer"] = raw["question"].values, raw["answer"].values
-        out["question_type"] = "B"
-        out["triple"] = [format_triples([hrt]) for hrt in zip(raw["h"], raw["r"], raw["t"])]
-        out["abstract"] = ""
-        if "fold" in raw.columns:
-            fold = pd.to_numeric(raw["fold"], errors="coerce")
-            problems += [(r, "column fold is not a number") for r in out["row"][fold.isna().values]]
-            out["split"] = np.where(fold.values == 1, "valid", "train")
-        else:  # a test file, or a train file to be split by image
-            out["split"] = ""
-    elif kind == "NIA":
-        out["image"] = [os.path.basename(p.replace("\\", "/")) for p in raw["img_path"]]
-        out["question"], out["answer"] = raw["question"].values, raw["answer"].values
-        triples = []
-        for row, cell, parts in zip(out["row"], raw.get("Triple", pd.Series("", index=raw.index)),
-                                    zip(*(raw.get(c, pd.Series("", index=raw.index)) for c in ("subject", "relation", "object")))):
-            try:
-                triple = nia_triple(cell)
-            except (ValueError, SyntaxError, TypeError) as e:
-                triple = ""
-                problems.append((row, f"column Triple is not a Python list of [head, relation, tail] ({e})"))
-            if not triple and all(p.strip() for p in parts):  # a Triple-less export of subject, relation, object
-                triple = format_triples([tuple(p.strip() for p in parts)])
-            triples.append(triple)
-        out["triple"] = triples
-        out["abstract"] = raw["Abstract"].str.strip().values if "Abstract" in raw.columns else ""
-        out["question_type"] = np.where((out["triple"] != "") | (out["abstract"] != ""), "B", "A")
-        out["split"] = ""
-        # paths of another machine are rebased by file name: two different files with one name are ambiguous
-        full = raw["img_path"].str.strip().values
-        names = pd.DataFrame({"name": out["image"], "full": full}).drop_duplicates()
-        clash = set(names[names["name"].duplicated(keep=False)]["name"])
-        problems += [(r, f"column img_path: another row has a different file named {n}")
-                     for r, n in zip(out["row"], out["image"]) if n in clash]
-    else:
-        for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
-            out[column] = raw[column].values if column in raw.columns else ""
+    problems = ROW_READERS[kind](raw, out)
+    if problems:
+        lines = "\n".join(f"  row {r}: {text}" for r, text in problems[:30])
+        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
+        raise DataError(f"{path} ({kind}): {len(problems)} rows cannot be converted (header is row 1):\n{lines}{more}")
     for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
         out[column] = normalize_text(out[column].fillna("").astype(str)) if column in out else ""
     derive_columns(out)
@@ -253,10 +276,6 @@ def convert(path, split=None):
         out["split"] = split
     out["lang"] = language(out["question"]) if kind != "canonical" or (out["lang"] == "").all() else out["lang"]
     out["source"] = path
-    if problems:
-        lines = "\n".join(f"  row {r}: {text}" for r, text in problems[:30])
-        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
-        raise DataError(f"{path} ({kind}): {len(problems)} rows cannot be converted (header is row 1):\n{lines}{more}")
     print(f"{path}: {kind} format, {len(out)} rows, language {out['lang'].iloc[0] if len(out) else '-'}")
     return out
 
