@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import tempfile
 import time
 import uuid
 
@@ -206,15 +207,21 @@ def read_json(path, required=()):
     return value
 
 
+def try_writing_in(directory):
+    """Makes directory if missing and creates and deletes a file in it; raises OSError where that fails. Tried,
+    since os.access says yes to root even on a read-only copy; the file has a name of its own, since ranks try at
+    once."""
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test."):
+        pass
+
+
 def ensure_writable_dir(path, option):
     """Makes path if missing and checks that files can be created in it, before any work starts."""
     try:
-        os.makedirs(path, exist_ok=True)
-        with atomic_file(os.path.join(path, ".write_test")) as tmp:
-            open(tmp, "wb").close()
-        os.remove(os.path.join(path, ".write_test"))
-    except (OSError, CheckpointError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "files cannot be created in it"
+        try_writing_in(path)
+    except OSError as e:
+        reason = e.strerror or "files cannot be created in it"
         raise CheckpointError(f"{option} {path} cannot be used: {reason}. Give a folder you can write to.") from None
 
 

@@ -243,15 +243,11 @@ _SAID = set()
 
 
 def _writable(directory):
-    """Whether files can be created in directory (made if missing): tried, since os.access says yes to root even
-    on a read-only copy."""
+    """Whether files can be created in directory (made if missing)."""
     try:
-        os.makedirs(directory, exist_ok=True)
-        with util.atomic_file(os.path.join(directory, ".probe")) as tmp:
-            open(tmp, "wb").close()
-        os.remove(os.path.join(directory, ".probe"))
+        util.try_writing_in(directory)
         return True
-    except (OSError, util.CheckpointError):
+    except OSError:
         return False
 
 

@@ -1,6 +1,7 @@
 """Pieces of the training loop one at a time: the optimizer's state across a checkpoint, devices under torchrun,
 the frozen text encoder, precision, weight decay groups and the atomic writer."""
 import os
+import threading
 
 import pytest
 import torch
@@ -144,3 +145,26 @@ def test_atomic_writes_use_unique_temporary_files_and_leave_none_behind(tmp_path
             f.write("half")
         raise RuntimeError("interrupted")
     assert open(path).read() == "a" and os.listdir(tmp_path) == ["split.csv"]
+
+
+def test_ranks_probing_one_folder_at_once_all_succeed(tmp_path):
+    """Every torchrun rank checks --results_dir and the data folder at the same moment: a probe never removes a file
+    it did not make (one rank's removal used to take the other's probe, which then failed or chose another folder)."""
+    (tmp_path / ".write_test").write_text("another rank's probe, in flight")
+    util.try_writing_in(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [".write_test"]
+    failures = []
+
+    def probe_often():
+        for _ in range(200):
+            try:
+                util.try_writing_in(tmp_path / "shared")
+            except OSError as e:
+                failures.append(e)
+
+    threads = [threading.Thread(target=probe_often) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures and os.listdir(tmp_path / "shared") == []
