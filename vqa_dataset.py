@@ -176,7 +176,8 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
     first_row = df.groupby(keys, sort=False)["row"].transform("first")
     flag(df.duplicated(keys), "duplicate of row " + first_row.astype(str))
     names = df.loc[problems == "", "image"].unique()  # never open a path that leaves the image folder
-    faults = df["image"].map(check_images(data_dir, names, progress=progress, image_dir=image_dir)).fillna("")
+    checked = check_images(data_dir, names, progress=progress, image_dir=image_dir)
+    faults = df["image"].map(lambda name: checked.get(name, ""))  # rows with other problems were not opened
     flag(faults != "", "column image: " + df["image"].map(lambda name: os.path.join(image_dir, name)) + " " + faults)
 
     bad = problems != ""
