@@ -43,3 +43,32 @@ def trained_run(sample_dir, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     run_dir = main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(results)])
     return Path(run_dir)
+
+
+def only_run(results):
+    """The one run directory under results."""
+    runs = [p for p in results.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="session")
+def kge_dir(sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kge") / "kge"
+    result = run_script("kge.py", "--data_dir", sample_dir, "--out", out, "--dim", "16", "--epochs", "20", "--lr",
+                        "0.01", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def knowledge_runs(sample_dir, kge_dir, tmp_path_factory):
+    """A short run of each knowledge mode on the tiny sample."""
+    runs = {}
+    for knowledge in ("text", "ideal", "gel"):
+        results = tmp_path_factory.mktemp(knowledge)
+        result = run_script("main.py", *TINY_TRAIN, "--data_dir", sample_dir, "--results_dir", results,
+                            "--knowledge", knowledge, "--kge_dir", kge_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[knowledge] = only_run(results)
+    return runs

@@ -2,6 +2,7 @@
 sample, ask, and read the answer the page shows; it must be model.answer's top answer (as inference_each.py's).
 
 Skipped only outside CI when chromium or Playwright is missing; in CI (CI set) that is a failure."""
+import contextlib
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ from vqa_dataset import read_test_split
 
 BROWSERS = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
 TIMEOUT_MS = 30_000
+N_SAMPLES = 20  # test samples the demo offers
 
 
 def missing(why):
@@ -47,15 +49,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def demo_url(trained_run, tmp_path_factory):
-    """demo.py serving the tiny trained run on a free local port, stopped after the module."""
+@contextlib.contextmanager
+def serving(run_dir, log_dir):
+    """demo.py serving run_dir on a free local port: yields its URL, stops it afterwards."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("demo") / "demo.log"
+    log_path = log_dir / "demo.log"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "demo.py", "--model_path", str(trained_run), "--port", str(port),
-                                 "--device", "cpu", "--n_samples", "20"],
+        proc = subprocess.Popen([sys.executable, "demo.py", "--model_path", str(run_dir), "--port", str(port),
+                                 "--device", "cpu", "--n_samples", str(N_SAMPLES)],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -81,6 +83,12 @@ def demo_url(trained_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def demo_url(trained_run, tmp_path_factory):
+    with serving(trained_run, tmp_path_factory.mktemp("demo")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser():
     executable = find_chromium()
     try:
@@ -94,12 +102,17 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, demo_url):
+def open_page(browser, url):
     page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(demo_url)
+    page.goto(url)
     page.wait_for_selector("#question textarea")
+    return page
+
+
+@pytest.fixture
+def page(browser, demo_url):
+    page = open_page(browser, demo_url)
     yield page
     page.close()
 
@@ -140,20 +153,62 @@ def test_upload_and_ask(page, run):
     assert listed == [text for text, _ in want]
 
 
-def test_pick_sample_and_ask(page, run):
+def pick_sample(page, index, row):
+    """Picks test sample index in the page and waits until its image, question and gold answer are shown."""
     from playwright.sync_api import expect
 
-    *_, test, data_dir = run
-    index = 3
-    row = test.iloc[index]
     page.locator("#sample input").click()
     page.locator("#sample [role=option]").nth(index).click()
     expect(page.locator("#question textarea")).to_have_value(row["question"])
     expect(page.locator("#gold textarea")).to_have_value(row["answer"])
     page.locator("#image img").wait_for()
+
+
+def test_pick_sample_and_ask(page, run):
+    *_, test, data_dir = run
+    index = 3
+    row = test.iloc[index]
+    pick_sample(page, index, row)
     page.locator("#submit").click()
     top, _ = shown_answers(page)
     assert top == expected(run, os.path.join(data_dir, "image", row["image"]), row["question"])[0][0]
+
+
+@pytest.mark.parametrize("knowledge", ["ideal", "gel"])
+def test_a_knowledge_run_takes_and_shows_knowledge(browser, knowledge_runs, knowledge, tmp_path):
+    """ideal: a picked sample fills the knowledge box with its triple, and the answers are those for that triple
+    (another triple typed in gives that triple's answers); gel: the box is hidden and the predicted triple shown."""
+    from playwright.sync_api import expect
+
+    model, tokenizer, config, answers, _ = load_run(str(knowledge_runs[knowledge]), "cpu")
+    data_dir, test = read_test_split(config)
+    index = next(i for i, triple in enumerate(test["triple"].head(N_SAMPLES)) if triple)
+    row = test.iloc[index]
+    image_path = os.path.join(data_dir, "image", row["image"])
+
+    def want(triple):
+        return answer(model, tokenizer, config, answers, image_path, row["question"], "cpu", 5, triple)
+
+    with serving(knowledge_runs[knowledge], tmp_path) as url:
+        page = open_page(browser, url)
+        pick_sample(page, index, row)
+        box = page.locator("#knowledge textarea")
+        if knowledge == "ideal":
+            expect(box).to_have_value(row["triple"])
+        else:
+            expect(box).to_be_hidden()
+        page.locator("#submit").click()
+        top, listed = shown_answers(page)
+        assert listed == [text for text, _ in want(row["triple"] if knowledge == "ideal" else "")]
+        if knowledge == "gel":
+            expect(page.locator("#triple textarea")).to_have_value(" | ".join(want("").triple))
+            return
+        top_for_gold = want(row["triple"])[0][0]
+        other = next(t for t in test["triple"].unique() if t and want(t)[0][0] != top_for_gold)
+        box.fill(other)
+        page.locator("#submit").click()
+        expect(page.locator("#answers [data-testid=label-output-value]")).to_have_text(want(other)[0][0])
+        assert shown_answers(page)[1] == [text for text, _ in want(other)]
 
 
 def test_a_refused_upload_says_why(page, tmp_path):

@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModel
 
 import train
-from conftest import REAL_CSV, TINY_TRAIN, run_script
+from conftest import REAL_CSV, TINY_TRAIN, only_run, run_script
 from focal import build_loss, triple_loss
 from model import VQAModel, build_image_encoder, run_config, small_text_config, train_tokenizer
-from test_resume import Script, assert_same_as, only_run, outcome, resume
+from test_resume import Script, assert_same_as, outcome, resume
 from vqa_dataset import ABSENT, KnowledgeVocab, encode_questions, read_data, select_rows
 
 BATCH, IMG, ANSWERS, ENTITIES, RELATIONS = 4, 64, 7, 5, 3
@@ -117,15 +117,6 @@ def test_gel_runs_one_forward_per_step(tiny_setup_gel):
     assert sorted(calls) == [1, 2]
 
 
-@pytest.fixture(scope="module")
-def kge_dir(sample_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("kge") / "kge"
-    result = run_script("kge.py", "--data_dir", sample_dir, "--out", out, "--dim", "16", "--epochs", "20", "--lr",
-                        "0.01", "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
-
-
 @pytest.fixture
 def tiny_setup_gel(sample_dir, kge_dir):
     import main
@@ -139,19 +130,6 @@ def tiny_setup_gel(sample_dir, kge_dir):
     model = train.initial_model(config, tokenizer, vocab)
     loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
     return args, rt, data, tokenizer, model, loader
-
-
-@pytest.fixture(scope="module")
-def knowledge_runs(sample_dir, kge_dir, tmp_path_factory):
-    """A short run of each knowledge mode on the tiny sample."""
-    runs = {}
-    for knowledge in ("text", "ideal", "gel"):
-        results = tmp_path_factory.mktemp(knowledge)
-        result = run_script("main.py", *TINY_TRAIN, "--data_dir", sample_dir, "--results_dir", results,
-                            "--knowledge", knowledge, "--kge_dir", kge_dir)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[knowledge] = only_run(results)
-    return runs
 
 
 @pytest.mark.parametrize("knowledge", ["text", "ideal", "gel"])

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import util
-from conftest import ROOT, TINY_TRAIN, run_script
+from conftest import ROOT, TINY_TRAIN, only_run, run_script
 
 N_EPOCH = 4
 TRAIN = TINY_TRAIN + ["--n_epoch", str(N_EPOCH), "--freeze_text_epochs", "1"]
@@ -47,12 +47,6 @@ class Script:
         self.process.wait(timeout)
         self.out.seek(0), self.err.seek(0)
         return self.process.returncode, self.out.read(), self.err.read()
-
-
-def only_run(results):
-    runs = [p for p in results.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 def wait_for(results, script, pattern="*/" + util.LAST_CHECKPOINT, timeout=300):
