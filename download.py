@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 import util
-from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, DataError, derive_columns, format_triples, make_split, normalize_text, read_csv, validate)
+from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, DataError, derive_columns, format_triples, make_split,
+                         normalize_text, read_csv, validate)
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
 ARCHIVE_BYTES = 12.97e9  # as the original README gives it; no checksum was published

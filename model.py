@@ -159,6 +159,11 @@ def branch(dim_in, dim_h, num_classes, dropout):
                          nn.Linear(dim_h, num_classes))
 
 
+def predicted_triple(out):
+    """GEL-VQA's triple [B, 3]: the argmax of its head, relation and tail logits (no gradient flows through it)."""
+    return torch.stack([out[k].argmax(-1) for k in "hrt"], -1)
+
+
 class VQAModel(nn.Module):
     """logits = classifier(drop(relu(LN(linear(i_f * q_f))))), as the original baseline.
 
@@ -226,7 +231,7 @@ class VQAModel(nn.Module):
         out = {}
         if self.knowledge == "gel":
             out = {"h": self.h_head(fused), "r": self.r_head(q_f), "t": self.t_head(q_f)}
-            triples = torch.stack([out[k].argmax(-1) for k in "hrt"], -1)[:, None]  # no gradient through argmax
+            triples = predicted_triple(out)[:, None]
         if self.knowledge in ("ideal", "gel"):
             fused = fused * self.knowledge_vector(triples)
         hidden = self.drop(torch.relu(self.h_layer_norm(self.linear(fused))))
@@ -382,7 +387,7 @@ def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc
         correct += int((pred[:, 0] == label).sum())
         preds.append(pred.cpu()), probs.append(prob.cpu()), indices.append(batch["index"])
         if "h" in out:
-            triples.append(torch.stack([out[k].argmax(-1) for k in "hrt"], -1).cpu())
+            triples.append(predicted_triple(out).cpu())
     n = sum(len(i) for i in indices)
     result = {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "n": n, "loss_sum": loss_sum,
               "n_loss": n_loss, "correct": correct,
@@ -421,7 +426,7 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
     prob, index = torch.softmax(out["answer"], -1)[0].topk(min(top_k, len(answers)))
     top = Answers((answers[i], p) for i, p in zip(index.tolist(), prob.tolist()))
     if "h" in out:
-        top.triple = model.vocab.names([int(out[k].argmax(-1)) for k in "hrt"])
+        top.triple = model.vocab.names(predicted_triple(out)[0].tolist())
     return top
 
 

@@ -13,6 +13,7 @@ import util
 from vqa_dataset import parse_triples
 
 REPORT_FILE = "report.md"
+RUN_SUMMARY = {"data_stats", "weights", "best_epoch", "best_valid_acc"}  # what config.json says of a run, not options
 TYPES = ["A", "B", "vqa", "triple", "abstract"]
 
 
@@ -67,7 +68,7 @@ def type_rows(overall, n, by_type):
 def write_training_report(run_dir, config, data, answers, answer_counts, history, valid_by_type):
     """report.md's training part; keeps any test sections inference.py added before (a resumed run)."""
     best = max(history, key=lambda r: r["valid_acc"])
-    options = {k: v for k, v in config.items() if k not in ("data_stats", "weights", "best_epoch", "best_valid_acc")}
+    options = {k: v for k, v in config.items() if k not in RUN_SUMMARY}
     frequent = ", ".join(f"{a} ({answer_counts[a]})" for a in answers[:10])
     text = "\n\n".join([
         f"# Run {os.path.basename(os.path.normpath(run_dir))}",
@@ -122,9 +123,9 @@ def _read(path):
         return ""
 
 
-# run summaries, not options: left out of the comparison's columns of differing options
-NOT_OPTIONS = {"data_stats", "weights", "best_epoch", "best_valid_acc", "num_answers", "image_arch", "num_entities",
-               "num_relations", "kge_widths", "knowledge_missing_in_kge"}
+# sizes derived from the data and the models: left out of the comparison's columns of differing options too
+NOT_OPTIONS = RUN_SUMMARY | {"num_answers", "image_arch", "num_entities", "num_relations", "kge_widths",
+                             "knowledge_missing_in_kge"}
 TEST_COLUMNS = ["all", "A", "B", "vqa", "triple", "abstract"]
 
 

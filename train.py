@@ -205,9 +205,11 @@ def start_or_resume(args, rt, data):
     to resume with the model as its last checkpoint holds it."""
     if args.resume:
         return resume_run(args.resume, rt, data)
-    if args.text_model == SCRATCH:  # knowledge texts are read too with --knowledge text
-        texts = [knowledge_text(t, a) for t, a in zip(data.train["triple"], data.train["abstract"])]
-        tokenizer = train_tokenizer(list(data.train["question"]) + [t for t in texts if args.knowledge == "text" and t])
+    if args.text_model == SCRATCH:
+        texts = list(data.train["question"])
+        if args.knowledge == "text":  # the encoder reads the knowledge texts too
+            texts += [t for t in map(knowledge_text, data.train["triple"], data.train["abstract"]) if t]
+        tokenizer = train_tokenizer(texts)
     else:
         tokenizer = load_tokenizer(args.text_model)
     config = run_config(args, len(data.answers), rt.world_size)

@@ -547,7 +547,6 @@ class ImageCache(ImageFiles):
         return {**self.__dict__, "_array": None}
 
 
-KNOWLEDGE_MODES = ["none", "text", "ideal", "gel"]
 ABSENT = -2  # a triple slot of a row with fewer triples; -1 is a part unseen in training
 
 
