@@ -7,24 +7,22 @@ import signal
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModel
 
+import test_model
 import train
 from conftest import REAL_CSV, TINY_TRAIN, only_run, run_script
 from focal import build_loss, triple_loss
-from model import VQAModel, build_image_encoder, run_config, small_text_config, train_tokenizer
+from model import run_config, train_tokenizer
 from test_resume import Script, assert_same_as, outcome, resume
 from vqa_dataset import ABSENT, KnowledgeVocab, encode_questions, read_data, select_rows
 
-BATCH, IMG, ANSWERS, ENTITIES, RELATIONS = 4, 64, 7, 5, 3
+ENTITIES, RELATIONS = 5, 3
 
 
 def tiny_model(knowledge, widths=(8, 4)):
-    torch.manual_seed(0)
-    text = AutoModel.from_config(small_text_config(vocab_size=50, max_token=16, hidden=32, layers=1, heads=2))
-    image = build_image_encoder("resnet10t", pretrained=False, channels=[8, 16, 32, 64], stem_width=8)
-    model = VQAModel(text, image, ANSWERS, IMG, dim_h=24, n_heads=2, knowledge=knowledge, num_entities=ENTITIES,
-                     num_relations=RELATIONS, kge_widths=widths)
+    """test_model's tiny model with the given knowledge mode, its KG embeddings random rather than zero."""
+    model = test_model.tiny_model(knowledge=knowledge, num_entities=ENTITIES, num_relations=RELATIONS,
+                                  kge_widths=widths)
     if knowledge in ("ideal", "gel"):
         with torch.no_grad():
             model.entity_kge[:-1].normal_()
@@ -33,17 +31,16 @@ def tiny_model(knowledge, widths=(8, 4)):
 
 
 def tiny_batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 50, (BATCH, 7), generator=g)
+    """test_model's tiny batch and each row's gold triples."""
     triples = torch.tensor([[[0, 1, 2], [3, 0, 4]], [[1, 2, 3], [ABSENT] * 3], [[ABSENT] * 3] * 2, [[4, -1, 0], [ABSENT] * 3]])
-    return ids, torch.ones_like(ids), torch.randn(BATCH, 3, IMG, IMG, generator=g), triples
+    return *test_model.tiny_batch(), triples
 
 
 @pytest.mark.parametrize("knowledge", ["none", "text", "ideal", "gel"])
 def test_every_mode_runs_forward_and_backward(knowledge):
     model = tiny_model(knowledge)
     out = model(*tiny_batch())
-    assert out["answer"].shape == (BATCH, ANSWERS)
+    assert out["answer"].shape == (test_model.BATCH, test_model.ANSWERS)
     assert set(out) == ({"answer", "h", "r", "t"} if knowledge == "gel" else {"answer"})
     loss = out["answer"].logsumexp(-1).mean() + (triple_loss(out, tiny_batch()[3]) if knowledge == "gel" else 0)
     loss.backward()
@@ -175,7 +172,7 @@ def test_an_unseen_head_relation_or_tail_is_counted_not_a_crash():
     assert vocab.ids("빨간색|대표 과일|딸기;파란색|대표 과일|블루베리", 3) == [[0, 0, 1], [-1, 0, -1], [ABSENT] * 3]
     model = tiny_model("ideal")
     ids, mask, image, _ = tiny_batch()
-    unseen = torch.tensor([[[-1, -1, -1]]] * BATCH)
+    unseen = torch.tensor([[[-1, -1, -1]]] * test_model.BATCH)
     assert torch.isfinite(model(ids, mask, image, unseen)["answer"]).all()
 
 

@@ -18,7 +18,6 @@ tokenizers, safetensors, pandas, scikit-learn, tqdm and matplotlib; not gdown, p
 Work files (generated data, runs) go to --work_dir, not OUT_DIR, so that OUT_DIR holds at most eight small files.
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -116,8 +115,9 @@ def only_run(results_dir):
 
 
 def history(run_dir):
-    with open(os.path.join(run_dir, "history.json"), encoding="utf-8") as f:
-        return json.load(f)
+    from util import read_json
+
+    return read_json(os.path.join(run_dir, "history.json"))
 
 
 def history_difference(a, b):
@@ -220,6 +220,7 @@ def compare(name, cpu, gpu, cpu_gap, check):
 
 
 def step_inference(check, run_dir):
+    from util import read_json
     from vqa_dataset import read_test_split
 
     device = check.sizes["device"]
@@ -230,9 +231,7 @@ def step_inference(check, run_dir):
             outputs[dev] = (code, f.read(), number(r"accuracy \(all\): ([\d.]+)%", out))
         check.record("inference", f"inference.py --device {dev}", f"exit {code}, test accuracy {outputs[dev][2]}%",
                      code == 0)
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    _, test = read_test_split(config)
+    _, test = read_test_split(read_json(os.path.join(run_dir, "config.json")))
     cpu, cpu_gap = top_two(run_dir, "cpu", test)
     gpu, _ = top_two(run_dir, device, test)
     compare(f"inference.py's model.predict, {device} vs cpu, whole test split", cpu, gpu, cpu_gap, check)
