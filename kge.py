@@ -3,16 +3,19 @@
     python kge.py --triples all_triple.csv --out kge/    # a CSV with columns h, r, t (BOK-VQA's knowledge base)
     python kge.py --data_dir data/sample --out kge/      # its triples.csv, else the `triple` column of its data.csv
 
-The defaults are BOK-VQA's GEL-VQA settings: ConvKB, dimension 256, 3 filters, Adam lr 1e-4, batch size 512,
-margin ranking loss (margin 0.5) with Bernoulli negative sampling. A seeded slice of the triples is held out and
-scored by filtered link prediction (MRR, Hits@1, Hits@10). The output directory holds embeddings.safetensors (tensors
-`entity` and `relation`, rows in id order), entity_to_id.json, relation_to_id.json and settings.json; load_kge()
-reads them back with safetensors and json only (PyKEEN is not needed to use them).
+The defaults are BOK-VQA's GEL-VQA settings: ConvKB, dimension 256, 3 filters, zero-mean Xavier initialisation (as
+the paper's torchkge ConvKB; PyKEEN's own default, U[0, 1), makes every pair of codes alike, cosine about 0.75), Adam
+lr 1e-4, batch size 512, margin ranking loss (margin 0.5) with Bernoulli negative sampling, trained on all triples.
+--eval_fraction holds a seeded slice out instead and scores it by filtered link prediction (MRR, Hits@1, Hits@10).
+The output directory holds embeddings.safetensors (tensors `entity` and `relation`, rows in id order),
+entity_to_id.json, relation_to_id.json and settings.json; load_kge() reads them back with safetensors and json only
+(PyKEEN is not needed to use them).
 """
 import argparse
 import logging
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -33,8 +36,8 @@ CONVKB_FILTERS = 3  # GEL-VQA's ConvKB
 
 def fraction(text):
     value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -57,8 +60,9 @@ def build_parser():
                    help="Bernoulli negative samples per positive triple (default: 1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and sampling (default: 42)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
-    p.add_argument("--eval_fraction", type=fraction, default=0.1,
-                   help="fraction of the triples held out for link prediction (default: 0.1)")
+    p.add_argument("--eval_fraction", type=fraction, default=0.0,
+                   help="fraction of the triples held out and scored by link prediction; 0 (default) trains on all "
+                        "of them, as GEL-VQA's KGE")
     return p
 
 
@@ -152,8 +156,9 @@ def split_triples(factory, eval_fraction, seed):
 
 def model_kwargs(args):
     kwargs = {"embedding_dim": args.dim}
-    if args.model == "convkb":
-        kwargs["num_filters"] = CONVKB_FILTERS
+    if args.model == "convkb":  # zero-mean codes, as the paper's torchkge ConvKB (PyKEEN's default is U[0, 1))
+        kwargs.update(num_filters=CONVKB_FILTERS, entity_initializer="xavier_uniform",
+                      relation_initializer="xavier_uniform")
     return kwargs
 
 
@@ -168,11 +173,13 @@ def real_rows(representation):
 
 
 def train(triples, args, device):
-    """Trains on a seeded split and scores the held-out slice; returns (entity, relation, entity_to_id,
-    relation_to_id, report)."""
+    """Trains on all triples, or with --eval_fraction on a seeded split and scores the held-out slice; returns
+    (entity, relation, entity_to_id, relation_to_id, report)."""
     import numpy as np
-    from pykeen.pipeline import pipeline
+    from pykeen.models import model_resolver
+    from pykeen.training import SLCWATrainingLoop
     from pykeen.triples import TriplesFactory
+    from pykeen.utils import set_random_seed
 
     logging.getLogger("pykeen").setLevel(logging.WARNING)
     logging.getLogger("torch_max_mem").setLevel(logging.ERROR)  # it warns on every CPU evaluation
@@ -181,32 +188,38 @@ def train(triples, args, device):
     # Relations ending in "_inverse" would otherwise be dropped silently as PyKEEN's own inverse triples.
     factory = TriplesFactory.from_labeled_triples(np.array(triples, dtype=str),
                                                   filter_out_candidate_inverse_relations=False)
-    train_part, held_out = split_triples(factory, args.eval_fraction, args.seed)
+    train_part, held_out = split_triples(factory, args.eval_fraction, args.seed) if args.eval_fraction else (factory, None)
     print(f"{factory.num_triples} triples, {factory.num_entities} entities, {factory.num_relations} relations; "
-          f"training on {train_part.num_triples}, holding out {held_out.num_triples}")
-    # PyKEEN sizes evaluation batches to memory on GPUs only; on CPUs it takes 32, which for ConvKB (a convolution
-    # per candidate entity) over a large entity set can need tens of GB.
-    eval_batch = None if device.type == "cuda" else max(1, min(256, 2 ** 24 // (factory.num_entities * args.dim)))
-    result = pipeline(
-        training=train_part, testing=held_out, model=args.model, model_kwargs=model_kwargs(args),
-        optimizer="adam", optimizer_kwargs={"lr": args.lr},
-        loss="marginranking", loss_kwargs={"margin": args.margin},
-        training_loop="slcwa", negative_sampler="bernoulli",
-        negative_sampler_kwargs={"num_negs_per_pos": args.num_negs},
-        training_kwargs={"num_epochs": args.epochs, "batch_size": args.batch_size, "use_tqdm": True},
-        evaluator="rankbased", evaluator_kwargs={"filtered": True},
-        evaluation_kwargs={"batch_size": eval_batch, "use_tqdm": True},
-        random_seed=args.seed, device=device)
-    metrics = {"mrr": float(result.metric_results.get_metric("both.realistic.inverse_harmonic_mean_rank")),
-               "hits_at_1": float(result.metric_results.get_metric("both.realistic.hits_at_1")),
-               "hits_at_10": float(result.metric_results.get_metric("both.realistic.hits_at_10")),
-               "held_out_triples": held_out.num_triples, "train_triples": train_part.num_triples,
-               "evaluation": "filtered rank-based link prediction, head and tail, realistic ranks"}
-    model = result.model
-    report = {"train_seconds": round(result.train_seconds, 2), "eval_seconds": round(result.evaluate_seconds, 2),
-              "metrics": metrics}
+          f"training on {train_part.num_triples}" + (f", holding out {held_out.num_triples}" if held_out else ""))
+    set_random_seed(args.seed)
+    model = model_resolver.make(args.model, model_kwargs(args), triples_factory=train_part, loss="marginranking",
+                                loss_kwargs={"margin": args.margin}, random_seed=args.seed).to(device)
+    loop = SLCWATrainingLoop(model=model, triples_factory=train_part,
+                             optimizer=torch.optim.Adam(model.get_grad_params(), lr=args.lr),
+                             negative_sampler="bernoulli", negative_sampler_kwargs={"num_negs_per_pos": args.num_negs})
+    start = time.time()
+    loop.train(triples_factory=train_part, num_epochs=args.epochs, batch_size=args.batch_size, use_tqdm=True)
+    report = {"train_seconds": round(time.time() - start, 2), "train_triples": train_part.num_triples}
+    if held_out is not None:
+        report["metrics"] = link_prediction(model, train_part, held_out, device, args.dim)
     return (real_rows(model.entity_representations[0]), real_rows(model.relation_representations[0]),
             dict(factory.entity_to_id), dict(factory.relation_to_id), report)
+
+
+def link_prediction(model, train_part, held_out, device, dim):
+    """Filtered rank-based link prediction (heads and tails) on the held-out triples."""
+    from pykeen.evaluation import RankBasedEvaluator
+
+    # PyKEEN sizes evaluation batches to memory on GPUs only; on CPUs it takes 32, which for ConvKB (a convolution
+    # per candidate entity) over a large entity set can need tens of GB.
+    batch = None if device.type == "cuda" else max(1, min(256, 2 ** 24 // (train_part.num_entities * dim)))
+    result = RankBasedEvaluator(filtered=True).evaluate(model, held_out.mapped_triples, batch_size=batch,
+                                                         additional_filter_triples=[train_part.mapped_triples])
+    return {"mrr": float(result.get_metric("both.realistic.inverse_harmonic_mean_rank")),
+            "hits_at_1": float(result.get_metric("both.realistic.hits_at_1")),
+            "hits_at_10": float(result.get_metric("both.realistic.hits_at_10")),
+            "held_out_triples": held_out.num_triples,
+            "evaluation": "filtered rank-based link prediction, head and tail, realistic ranks"}
 
 
 def settings(args, device, source, entity, relation, report, num_triples):
@@ -217,6 +230,7 @@ def settings(args, device, source, entity, relation, report, num_triples):
             "storage": ("complex vectors as their real view: row = [re_0, im_0, re_1, im_1, ...], width 2*dim"
                         if args.model == "rotate" else "real vectors, width dim"),
             "num_filters": CONVKB_FILTERS if args.model == "convkb" else None,
+            "initializer": model_kwargs(args).get("entity_initializer", "PyKEEN's default"),
             "epochs": args.epochs, "optimizer": "adam", "lr": args.lr, "batch_size": args.batch_size,
             "loss": "marginranking", "margin": args.margin, "negative_sampler": "bernoulli", "num_negs": args.num_negs,
             "seed": args.seed, "device": str(device), "source": source, "eval_fraction": args.eval_fraction,
@@ -270,19 +284,15 @@ def load_kge(directory):
     return kge
 
 
-def tables(kge, entities, relations):
-    """(entity rows, relation rows, names the embeddings lack) for a vocabulary, in its order; a name the KG
-    embeddings lack gets zeros."""
-    def rows(matrix, to_id, names):
-        table = torch.zeros(len(names), matrix.shape[1])
-        known = [(i, to_id[name]) for i, name in enumerate(names) if name in to_id]
-        if known:
-            table[[i for i, _ in known]] = matrix[[j for _, j in known]].float()
-        return table, [name for name in names if name not in to_id]
-
-    entity, missing_entities = rows(kge.entity, kge.entity_to_id, entities)
-    relation, missing_relations = rows(kge.relation, kge.relation_to_id, relations)
-    return entity, relation, missing_entities + missing_relations
+def lookup(matrix, to_id, names):
+    """(rows [len(names), width] of matrix for names in their order, lacking [len(names)]: the names to_id lacks,
+    whose rows are zeros)."""
+    table = torch.zeros(len(names), matrix.shape[1])
+    lacking = torch.tensor([name not in to_id for name in names], dtype=torch.bool)
+    known = [i for i, gone in enumerate(lacking.tolist()) if not gone]
+    if known:
+        table[known] = matrix[[to_id[names[i]] for i in known]].float()
+    return table, lacking
 
 
 def main(argv=None):
@@ -297,9 +307,11 @@ def main(argv=None):
                  settings(args, device, source, entity, relation, report, len(triples)))
     except (DataError, util.CheckpointError, util.UsageError) as e:
         sys.exit(f"error: {e}")
-    m = report["metrics"]
-    print(f"held-out link prediction ({m['held_out_triples']} triples, filtered): MRR {m['mrr']:.4f}, "
-          f"Hits@1 {m['hits_at_1']:.4f}, Hits@10 {m['hits_at_10']:.4f}; trained in {report['train_seconds']:.1f}s")
+    print(f"trained on {report['train_triples']} triples in {report['train_seconds']:.1f}s")
+    if "metrics" in report:
+        m = report["metrics"]
+        print(f"held-out link prediction ({m['held_out_triples']} triples, filtered): MRR {m['mrr']:.4f}, "
+              f"Hits@1 {m['hits_at_1']:.4f}, Hits@10 {m['hits_at_10']:.4f}")
     print(f"wrote {args.out}/: {EMBEDDINGS_FILE} (entity {list(entity.shape)}, relation {list(relation.shape)}), "
           f"{ENTITY_IDS_FILE}, {RELATION_IDS_FILE}, {SETTINGS_FILE}")
     return args.out

@@ -72,13 +72,24 @@ def test_files_load_without_pickle_and_cover_the_file(convkb_run):
     assert loaded.settings["num_triples"] == len(triples) and loaded.settings["model"] == "convkb"
 
 
-def test_metrics_in_settings(convkb_run):
+def test_all_triples_are_trained_and_a_held_out_slice_only_when_asked(triples_csv, convkb_run, tmp_path):
     settings = kge.load_kge(convkb_run).settings
+    assert settings["train_triples"] == settings["num_triples"] and "metrics" not in settings  # GEL-VQA's: all
+    settings = kge.load_kge(train(triples_csv, tmp_path, "--eval_fraction", "0.1")).settings
     metrics = settings["metrics"]
     for name in ("mrr", "hits_at_1", "hits_at_10"):
         assert 0 <= metrics[name] <= 1
     assert 0 < metrics["held_out_triples"] < settings["num_triples"]
-    assert metrics["held_out_triples"] + metrics["train_triples"] == settings["num_triples"]
+    assert metrics["held_out_triples"] + settings["train_triples"] == settings["num_triples"]
+
+
+def test_convkb_codes_are_zero_mean_as_the_papers(convkb_run):
+    """Xavier initialisation (as GEL-VQA's torchkge ConvKB), not PyKEEN's U[0, 1), whose codes are all alike
+    (cosine about 0.75 between any two); two epochs at lr 1e-4 leave them near their initialisation."""
+    entity = kge.load_kge(convkb_run).entity
+    cosine = torch.nn.functional.normalize(entity, dim=-1) @ torch.nn.functional.normalize(entity, dim=-1).T
+    off_diagonal = cosine[~torch.eye(len(entity), dtype=torch.bool)]
+    assert (entity < 0).float().mean() > 0.3 and off_diagonal.mean().abs() < 0.1
 
 
 @pytest.mark.parametrize("model, width, complex_", [("rotate", 16, True), ("transe", 8, False)])
