@@ -179,7 +179,7 @@ def original_step(model, optimizer, loss_fn, device, clip_grad, lr):
 
 def fast_step(model, optimizer, loss_fn, device, precision, clip_grad, lr):
     """(b)'s training step: train.train_step."""
-    return lambda batch: train_step(model, optimizer, loss_fn, batch, device, precision, clip_grad, lr)[2]
+    return lambda batch: train_step(model, optimizer, loss_fn, batch, device, precision, clip_grad, lr)["seen"]
 
 
 def timed(desc, step, batches, warmup_steps, steps, device):

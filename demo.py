@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+import knowledge as kn
 import util
 from model import OfflineError, answer, load_run
 from vqa_dataset import DataError, read_test_split, well_formed_triples
@@ -47,7 +48,8 @@ def refuse_with_reason(gr, preprocess):
 
 def build_app(gr, predict, samples, top_k, knowledge="none"):
     """The page: sample picker, image, question (and, for runs with --knowledge text or ideal, the knowledge) and
-    button on the left; gold answer, top answers (and GEL-VQA's predicted triple) on the right."""
+    button on the left; gold answer, top answers (and, for runs that predict one, the predicted triple) on the
+    right."""
     with gr.Blocks(title="VQA_NIA demo") as app:
         gr.Markdown("## VQA_NIA: knowledge-based visual question answering\n"
                     "Upload an image or pick a test sample, type a question (Korean or English) and press Answer.")
@@ -66,8 +68,8 @@ def build_app(gr, predict, samples, top_k, knowledge="none"):
             with gr.Column():
                 gold = gr.Textbox(label="gold answer (test samples only)", interactive=False, elem_id="gold")
                 label = gr.Label(num_top_classes=top_k, label=f"top-{top_k} answers", elem_id="answers")
-                triple = gr.Textbox(label="predicted knowledge (GEL-VQA)", interactive=False, elem_id="triple",
-                                    visible=knowledge == "gel")
+                triple = gr.Textbox(label="predicted knowledge", interactive=False, elem_id="triple",
+                                    visible=kn.predicts(knowledge))
 
         def pick(i):
             if i is None:
@@ -120,7 +122,7 @@ def main():
                          "" if triple else knowledge)
         except DataError as e:  # an empty question, an image that cannot be read: say why
             raise gr.Error(str(e)) from None
-        return dict(top), " | ".join(top.triple) if top.triple else ""
+        return dict(top), " | ".join(top.triple) if top.triple else "(none)"
 
     app = build_app(gr, predict, samples, args.top_k, config.get("knowledge", "none"))
     # gradio serves only files it is told about: the sample images live in the data directory

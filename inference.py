@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+import knowledge as kn
 import plots
 import report
 import util
@@ -17,13 +18,16 @@ from vqa_dataset import (DataError, ImageCache, VQADataset, format_triples, make
                          validate)
 
 
-def add_predictions(df, result, answers, vocab):
-    """Adds each row's prediction, its probability, whether it is right and, for GEL-VQA, the predicted triple."""
-    df["prediction"] = [answers[i] for i in result["pred"][:, 0].tolist()]
-    df["confidence"] = result["prob"][:, 0].tolist()
-    df["correct"] = df["prediction"] == df["answer"]
+def add_predictions(df, result, vocab):
+    """Adds each row's answer, its probability, whether it is right, with --answer_from_kb where it came from, and,
+    where the run predicts one, the predicted triple ('' for a prediction of no knowledge)."""
+    df["prediction"], df["confidence"] = result["answer"], result["confidence"]
+    df["correct"] = result["right"].numpy()
+    if "path" in result:
+        df["answered_from"] = [kn.PATHS[i] for i in result["path"].tolist()]
     if "triple" in result:
-        df["predicted_triple"] = [format_triples([vocab.names(ids)]) for ids in result["triple"].tolist()]
+        names = [vocab.names(ids) for ids in result["triple"].tolist()]  # None: no knowledge predicted
+        df["predicted_triple"] = [format_triples([n]) if n else "" for n in names]
 
 
 def main():
@@ -47,7 +51,8 @@ def main():
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
         precision = util.pick_precision(device, config.get("precision", "auto"))
         data_dir = args.data_dir or config["data_dir"]
-        df = select_rows(read_data(data_dir), args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
+        data = read_data(data_dir)
+        df = select_rows(data, args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
         df, skipped = validate(df, data_dir, args.skip_bad)
         if len(df) == 0:
             sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
@@ -65,7 +70,7 @@ def main():
     loader = make_loader(dataset, args.batch_size, args.num_workers, device)
     result = predict(model, loader, device, precision, top_k=1, desc=args.split)
 
-    add_predictions(df, result, answers, model.vocab)
+    add_predictions(df, result, model.vocab)
     unknown = int((~df["answer"].isin(answer_to_id)).sum())
     summary = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": report.accuracy_table(df),
                "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
@@ -73,6 +78,9 @@ def main():
     if "predicted_triple" in df:
         summary["triple_accuracy"] = report.triple_accuracy(df)
         summary["unseen_triples"] = dataset.unseen()
+    if "answered_from" in df:
+        summary["answered_from"] = report.path_table(df)
+    summary.update(report.seen_table(df, select_rows(data, "train", config["train_data"], lang=config.get("lang", "bi"))))
     df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{args.infer_data}.csv"), index=False)
     util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), summary)
     image = report.add_test_section(run_dir, summary, df)
@@ -81,15 +89,25 @@ def main():
 
     print(f"{args.split} accuracy ({args.infer_data}): {100 * summary['accuracy']:.2f}% on {summary['n']} questions")
     if unknown:
-        print(f"{unknown} {args.split} answers never occur in training; they count as wrong")
+        print(f"{unknown} {args.split} answers never occur in training; only a copied name can get them right"
+              if "answered_from" in summary else f"{unknown} {args.split} answers never occur in training; they count "
+                                                 f"as wrong")
     print(f"{'type':<10}{'accuracy':>10}{'n':>8}")
     for name, row in summary["by_type"].items():
         print(f"{name:<10}{100 * row['accuracy']:>9.2f}%{row['n']:>8}")
     if "triple_accuracy" in summary:
-        print(f"predicted triple (GEL-VQA) on the rows with a gold triple ({summary['unseen_triples']} of them hold a "
-              f"part unseen in training):\n{'type':<10}{'head':>8}{'rel.':>8}{'tail':>8}{'triple':>8}{'n':>8}")
+        print(f"predicted triple on the rows with a gold triple ({summary['unseen_triples']} of them hold a "
+              f"part outside the train and valid triples):\n{'type':<10}{'head':>8}{'rel.':>8}{'tail':>8}{'triple':>8}{'n':>8}")
         for name, row in summary["triple_accuracy"].items():
             print(f"{name:<10}" + "".join(f"{100 * row[k]:>7.1f}%" for k in ("h", "r", "t", "hrt")) + f"{row['n']:>8}")
+    for group in ("unseen", "seen"):
+        print(f"rows whose triple / answer is {group} in training: " + " / ".join(
+            f"{100 * row['accuracy']:.2f}% of {row['n']}" if row["accuracy"] is not None else "none"
+            for row in summary[group].values()))
+    if "answered_from" in summary:
+        print(f"answered from (--answer_from_kb):\n{'path':<12}{'share':>8}{'accuracy':>10}{'n':>8}")
+        for path, row in summary["answered_from"].items():
+            print(f"{path:<12}{100 * row['share']:>7.1f}%{100 * row['accuracy']:>9.1f}%{row['n']:>8}")
     print(f"wrote {run_dir}/predictions_{args.infer_data}.csv, eval_{args.infer_data}.json, {image} and report.md")
 
 

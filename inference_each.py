@@ -9,6 +9,7 @@ import os
 import random
 import sys
 
+import knowledge as kn
 import util
 from model import OfflineError, answer, load_run, question_tokens
 from vqa_dataset import DataError, read_test_split
@@ -66,10 +67,12 @@ def main():
         print(f"gold:     {gold}{'' if gold in answers else ' (never seen in training)'}")
     if config.get("knowledge", "none") in ("text", "ideal"):
         print(f"knowledge: {triple or abstract or '(none)'}")
-    if top.triple:
-        print(f"predicted knowledge: {' | '.join(top.triple)}" + (f"  (gold: {triple})" if triple else ""))
+    if kn.predicts(config.get("knowledge", "none")):
+        print(f"predicted knowledge: {' | '.join(top.triple) if top.triple else '(none)'}"
+              + (f"  (gold: {triple})" if triple else ""))
     for rank, (text, prob) in enumerate(top, 1):
-        print(f"  {rank}. {text:<20} {100 * prob:6.2f}%")
+        path = top.paths[rank - 1] if top.paths else "vocabulary"
+        print(f"  {rank}. {text:<20} {100 * prob:6.2f}%" + ("" if path == "vocabulary" else f"  (the triple's {path})"))
     if args.save_png:
         import plots  # matplotlib only when asked
 

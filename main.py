@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+import knowledge as kn
 import util
 from util import at_least, in_range, positive
 
@@ -21,6 +22,16 @@ PRESETS = {
         scratch_text={"hidden": 128, "layers": 2, "heads": 4},
         img_size=64, max_token=32, dim_h=256, dropout=0.0, text_pool="mean", n_heads=4,
         n_epoch=20, batch_size=64, lr=2e-3, warmup=0.05, freeze_text_epochs=5, num_workers=0,
+    ),
+    # GEL-VQA's training as the BOK-VQA paper's code has it (AAAI 2024), for every --knowledge mode: XLM-R base (its
+    # <s> token's last hidden state, no pooler) and an ImageNet ResNet50 at 224 px, AdamW at a constant 5e-5 without
+    # warmup or gradient clipping, batch 128, 50 epochs, cross entropy; with gel and ideal, the product fusion (mul)
+    # and independent triple heads.
+    "bokvqa": dict(
+        text_model="xlm-roberta-base", image_model="resnet50", pretrained=True, img_size=224, max_token=50,
+        dim_h=1024, dropout=0.2, text_pool="first", loss="ce", lr=5e-5, batch_size=128, n_epoch=50,
+        schedule="constant", warmup=0.0, clip_grad=0.0, freeze_text_epochs=0, knowledge_fusion="mul",
+        triple_head="independent",
     ),
 }
 
@@ -79,25 +90,45 @@ def build_parser(suppress_defaults=False):
         help="image input size in pixels (at least 32: a ResNet reduces it 32-fold)")
     add("--dim_h", type=at_least(1), default=1024, help="hidden size of the classifier head")
     add("--dropout", type=in_range(0, 1), default=0.2, help="dropout on image features and the classifier head")
-    add("--text_pool", default="cls", choices=["cls", "mean"],
-        help="question feature: cls (the <s> token through the pooler, as the original) or mean over tokens")
+    add("--text_pool", default="cls", choices=["cls", "first", "mean"],
+        help="question feature: cls (the <s> token through the pooler, as the original), first (the <s> token's "
+             "last hidden state, as GEL-VQA) or mean over tokens")
     add("--n_transformer_layers", type=at_least(1), default=1, help="layers of the fusion Transformer encoder")
     add("--n_heads", type=at_least(1), default=8, help="attention heads of the fusion Transformer encoder")
     add("--ablate", default="none", choices=["none", "image", "question"],
         help="blank one input (image: question-only model; question: image-only model)")
     # knowledge (BOK-VQA)
-    add("--knowledge", default="none", choices=["none", "text", "ideal", "gel"],
-        help="none: the original baseline; text: the question paired with its knowledge text (the triple as words, "
-             "or the abstract); ideal: the gold triple's KG embeddings (an upper bound); gel: GEL-VQA, which predicts "
-             "the triple and uses its KG embeddings")
+    add("--knowledge", default="none", choices=kn.MODES,
+        help="none: the original baseline; text: the question paired with its gold knowledge text (the triple as "
+             "words, or the abstract); ideal: the gold triple's KG embeddings (an upper bound); gel: GEL-VQA, which "
+             "predicts the triple and uses its KG embeddings; gel_text: the predicted triple as words, paired with "
+             "the question (two text-encoder passes)")
     add("--kge_dir", default=None, help="KG embeddings from kge.py, for --knowledge ideal and gel")
+    add("--knowledge_fusion", default="mul", choices=kn.FUSIONS,
+        help="how the KG embeddings enter the fused feature f (ideal, gel): mul (GEL-VQA's f * k), film "
+             "(f * (1 + gamma(k)) + beta(k)) or concat ([f; P(k)]); film and concat start as the baseline")
+    add("--triple_head", default="independent", choices=kn.TRIPLE_HEADS,
+        help="triple prediction (gel, gel_text): independent heads (GEL-VQA) or cascade (HK-TriNet+: h -> r -> t "
+             "and t -> r -> h, FiLM-conditioned, averaged)")
+    add("--kb_constrained", action="store_true", default=False,
+        help="snap each predicted triple to the most probable triple of the knowledge base (gel, gel_text)")
+    add("--kb", default=None,
+        help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
+             "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
+    add("--head_lr", type=positive(), default=None,
+        help="learning rate of the triple heads (gel, gel_text; default: --lr)")
+    add("--answer_from_kb", action="store_true", default=False,
+        help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (ideal: the "
+             "gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
     # optimisation
     add("--loss", default="focal", choices=["focal", "ce"], help="focal loss (the original's) or cross entropy")
     add("--gamma", type=at_least(0.0, float), default=2.0, help="focal loss gamma")
     add("--label_smoothing", type=in_range(0, 1), default=0.0, help="label smoothing")
     add("--weight_decay", type=at_least(0.0, float), default=0.01, help="AdamW weight decay")
     add("--warmup", type=in_range(0, 1, high_included=True), default=0.05, help="fraction of steps for linear warmup")
-    add("--clip_grad", type=positive(), default=1.0, help="gradient norm clipping")
+    add("--clip_grad", type=at_least(0.0, float), default=1.0, help="gradient norm clipping (0: none)")
+    add("--schedule", default="cosine", choices=["cosine", "constant"],
+        help="learning rate after the warmup: cosine decay to zero, or constant (GEL-VQA's)")
     add("--freeze_text_epochs", type=at_least(0), default=0,
         help="keep the text encoder fixed for the first N epochs while the rest learns (linear probing, then "
              "fine-tuning); a text encoder trained from scratch otherwise collapses questions that differ in one word")
@@ -116,7 +147,26 @@ def parse_args(argv=None):
             # the preset's image model options belong to its image model only
             if key not in explicit and not (key == "image_model_kwargs" and "image_model" in explicit):
                 setattr(args, key, value)
+    check_knowledge_options(args)
     return args
+
+
+def check_knowledge_options(args):
+    """Knowledge options that cannot work together stop before any work."""
+    problems = []
+    if kn.embeds(args.knowledge) and not args.kge_dir:
+        problems.append(f"--knowledge {args.knowledge} needs --kge_dir, a directory of KG embeddings: train one with "
+                        f"`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv)")
+    if (args.kb_constrained or args.head_lr) and not kn.predicts(args.knowledge):
+        problems.append(f"--kb_constrained and --head_lr apply to the modes that predict a triple (gel, gel_text), "
+                        f"not --knowledge {args.knowledge}")
+    if args.kb and not args.kb_constrained:
+        problems.append("--kb is the knowledge base of --kb_constrained; give both")
+    if args.answer_from_kb and not kn.has_vocab(args.knowledge):
+        problems.append(f"--answer_from_kb copies a triple's head or tail: it needs --knowledge ideal, gel or "
+                        f"gel_text, not {args.knowledge}")
+    if problems:
+        sys.exit("error: " + "; ".join(problems) + ".")
 
 
 def resume_args(args, argv):

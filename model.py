@@ -16,8 +16,8 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
 import util
-from vqa_dataset import (ABSENT, DataError, KnowledgeVocab, clean_text, encode_questions, load_image, parse_triples,
-                         to_model_input)
+import knowledge as kn
+from vqa_dataset import DataError, clean_text, encode_questions, load_image, parse_triples, to_model_input
 
 SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
 # VQAModel's options, as config.json names them
@@ -153,38 +153,28 @@ def feature_grid(image_encoder, img_size):
     return tuple(grid)
 
 
-def branch(dim_in, dim_h, num_classes, dropout):
-    """GEL-VQA's classifier branch: Linear, LayerNorm, ReLU, Dropout, Linear."""
-    return nn.Sequential(nn.Linear(dim_in, dim_h), nn.LayerNorm(dim_h), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(dim_h, num_classes))
-
-
-def predicted_triple(out):
-    """GEL-VQA's triple [B, 3]: the argmax of its head, relation and tail logits (no gradient flows through it)."""
-    return torch.stack([out[k].argmax(-1) for k in "hrt"], -1)
-
-
 class VQAModel(nn.Module):
     """logits = classifier(drop(relu(LN(linear(i_f * q_f))))), as the original baseline.
 
     With use_transformer_layer, a Transformer encoder runs over [fused, image, question, image grid tokens,
     question tokens] and its first output replaces the fused feature.
 
-    Knowledge (BOK-VQA): with "ideal", the fused feature is multiplied element-wise by the gold triples' frozen KG
-    embeddings [head; relation; tail] (their mean over a row's triples, projected to the fused size where it
-    differs); a row without a triple uses a learned no-knowledge vector. With "gel" (GEL-VQA), branches predict the
-    head from the fused feature and the relation and tail from the question, and the argmax triple's embeddings are
-    used the same way: one forward computes both. "text" changes the input only (the question paired with its
-    knowledge text).
+    Knowledge (BOK-VQA; the pieces are in knowledge.py): "ideal" injects the gold triples' frozen KG-embedding codes
+    into the fused feature (knowledge.Injection: mul, film or concat); "gel" (GEL-VQA) predicts the triple with
+    knowledge.TripleHeads on the answer path's hidden features of the fused and the question feature (one forward
+    computes both) and injects the predicted triple's codes the same way; "gel_text" pairs the question with the
+    predicted triple as words and encodes it again (two text-encoder passes, one image pass). "text" changes the
+    input only (the question paired with its gold knowledge text).
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
-                 knowledge="none", num_entities=0, num_relations=0, kge_widths=(0, 0)):
+                 knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
+                 triple_head="independent", answer_from_kb=False):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
-            if text_pool == "mean":
+            if text_pool != "cls":
                 text_encoder.pooler = None  # unused; DistributedDataParallel needs every parameter to take part
             else:
                 text_encoder.pooler.activation = nn.Identity()  # as the original: pooler dense without tanh
@@ -209,56 +199,58 @@ class VQAModel(nn.Module):
                                                batch_first=True, norm_first=True)
             self.fusion_encoder = nn.TransformerEncoder(layer, n_transformer_layers, enable_nested_tensor=False)
         self.knowledge = knowledge
-        self.vocab = None  # the KnowledgeVocab of an "ideal" or "gel" run, set where a run's model is made
-        if knowledge in ("ideal", "gel"):
-            # frozen pretrained KG embeddings of the vocabulary, saved with the weights; the last row of each stands
-            # for a part unseen in training (zeros)
-            self.register_buffer("entity_kge", torch.zeros(num_entities + 1, kge_widths[0]))
-            self.register_buffer("relation_kge", torch.zeros(num_relations + 1, kge_widths[1]))
-            width = 2 * kge_widths[0] + kge_widths[1]
-            self.knowledge_proj = nn.Linear(width, dim_q) if width != dim_q else nn.Identity()
-        if knowledge == "ideal":
-            self.no_knowledge = nn.Parameter(torch.ones(dim_q))  # ones: the fused feature passes unchanged at first
-        if knowledge == "gel":
-            self.h_head = branch(dim_q, dim_h, num_entities, dropout)
-            self.r_head = branch(dim_q, dim_h, num_relations, dropout)
-            self.t_head = branch(dim_q, dim_h, num_entities, dropout)
+        # set where a run's model is made (knowledge.attach): the vocabularies, the KB triples as ids (for
+        # --kb_constrained) and the pairing of questions with predicted triples (gel_text)
+        self.vocab, self.triple_text = None, None
+        self.register_buffer("kb", None, persistent=False)
+        if kn.embeds(knowledge):
+            self.codes = kn.KnowledgeCodes(knowledge_sizes, kge_widths)
+            self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
+        if kn.predicts(knowledge):
+            self.triple_heads = kn.TripleHeads(triple_head, dim_h, knowledge_sizes)
+            self.no_knowledge = knowledge_sizes[1] - 1  # the last relation: KnowledgeVocab.from_rows puts it there
+        if answer_from_kb:  # answer from the vocabulary, or copy the triple's head or tail (knowledge.AnswerChooser)
+            self.copy_gate = nn.Linear(dim_h, len(kn.PATHS))
 
     def forward(self, input_ids, attention_mask, image, triples=None):
-        """{"answer": logits}, and with knowledge "gel" the logits "h", "r", "t" of the predicted triple. triples:
-        [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last one), for "ideal"."""
-        q_f, fused = self.fuse(input_ids, attention_mask, image)
-        out = {}
-        if self.knowledge == "gel":
-            out = {"h": self.h_head(fused), "r": self.r_head(q_f), "t": self.t_head(q_f)}
-            triples = predicted_triple(out)[:, None]
-        if self.knowledge in ("ideal", "gel"):
-            fused = fused * self.knowledge_vector(triples)
-        hidden = self.drop(torch.relu(self.h_layer_norm(self.linear(fused))))
+        """{"answer": logits}, and in the modes that predict a triple the logits "h", "r", "t" and the chosen
+        "triple" [B, 3] (ids). triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last
+        one), used by "ideal"."""
+        image_f = self.encode_image(image)
+        text_f = self.encode_text(input_ids, attention_mask)
+        fused = self.combine(text_f, image_f, attention_mask)
+        out, extra = {}, None
+        if kn.predicts(self.knowledge):
+            out = self.triple_heads(self.hidden(fused), self.hidden(text_f[0]))
+            out["triple"] = kn.choose_triple(out, self.kb, self.no_knowledge)
+            triples = out["triple"][:, None]
+        if self.knowledge == "gel_text":
+            input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, out["triple"])
+            fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
+        elif kn.embeds(self.knowledge):
+            fused, extra = self.injection(fused, *self.codes(triples))
+        hidden = self.hidden(fused, extra)
         out["answer"] = self.classifier(hidden)
+        if hasattr(self, "copy_gate"):
+            out["gate"] = self.copy_gate(hidden)
         return out
 
-    def knowledge_vector(self, triples):
-        """[B, dim]: the mean over each row's triples of [head; relation; tail] KG embeddings, projected; for "ideal",
-        the no-knowledge vector where a row has no triple."""
-        present = triples[..., 0] != ABSENT  # [B, slots]
+    def hidden(self, x, extra=None):
+        """The answer path's hidden feature drop(relu(LN(linear(x) [+ extra]))); GEL-VQA's triple heads read it too."""
+        pre = self.linear(x)
+        if extra is not None:
+            pre = pre + extra
+        return self.drop(torch.relu(self.h_layer_norm(pre)))
 
-        def lookup(table, ids):  # unseen (-1) and absent parts: the zero row at the end
-            return table[torch.where(ids < 0, len(table) - 1, ids)]
-
-        embedded = torch.cat([lookup(self.entity_kge, triples[..., 0]), lookup(self.relation_kge, triples[..., 1]),
-                              lookup(self.entity_kge, triples[..., 2])], -1)
-        weights = present[..., None].to(embedded.dtype)
-        mean = (embedded * weights).sum(1) / weights.sum(1).clamp(min=1)
-        vector = self.knowledge_proj(mean)
-        if self.knowledge == "ideal":
-            vector = torch.where(present.any(1, keepdim=True), vector, self.no_knowledge.to(vector.dtype))
-        return vector
-
-    def fuse(self, input_ids, attention_mask, image):
-        """(question feature q_f, fused feature): i_f * q_f, or the fusion encoder's first output."""
+    def encode_image(self, image):
+        """(feature map [B, C, H, W], image feature i_f)."""
         if self.ablate == "image":
             image = torch.zeros_like(image)
+        fmap = self.image_encoder(image)
+        return fmap, self.drop(self.image_proj(fmap.mean(dim=(2, 3))))
+
+    def encode_text(self, input_ids, attention_mask):
+        """(question feature q_f, token features)."""
         if self.ablate == "question":  # every question replaced by the empty one, <s></s>
             config = self.text_encoder.config
             empty = [config.bos_token_id, config.eos_token_id]
@@ -272,20 +264,24 @@ class VQAModel(nn.Module):
             q_f = text.pooler_output
         else:
             q_f = text.last_hidden_state[:, 0]
-        fmap = self.image_encoder(image)  # B, C, H, W
-        i_f = self.drop(self.image_proj(fmap.mean(dim=(2, 3))))
+        return q_f, text.last_hidden_state
+
+    def combine(self, text_f, image_f, attention_mask):
+        """The fused feature: i_f * q_f, or the fusion encoder's first output."""
+        (q_f, q_tokens), (fmap, i_f) = text_f, image_f
         fused = i_f * q_f
         if self.use_transformer_layer:
+            if self.ablate == "question":
+                attention_mask = torch.ones(q_tokens.shape[:2], dtype=attention_mask.dtype, device=q_f.device)
             grid_tokens = self.image_proj(fmap.flatten(2).transpose(1, 2)) + self.image_pos
-            q_tokens = text.last_hidden_state
             tokens = torch.cat([fused[:, None], i_f[:, None], q_f[:, None], grid_tokens, q_tokens], dim=1)
             types = torch.cat([torch.arange(3), torch.full((grid_tokens.shape[1],), 3),
-                               torch.full((q_tokens.shape[1],), 4)]).to(image.device)
+                               torch.full((q_tokens.shape[1],), 4)]).to(q_f.device)
             tokens = tokens + self.type_embed(types)[None]
-            pad = torch.cat([torch.zeros(len(tokens), 3 + grid_tokens.shape[1], dtype=torch.bool, device=image.device),
+            pad = torch.cat([torch.zeros(len(tokens), 3 + grid_tokens.shape[1], dtype=torch.bool, device=q_f.device),
                              attention_mask == 0], dim=1)
             fused = self.fusion_encoder(tokens, src_key_padding_mask=pad)[:, 0]
-        return q_f, fused
+        return fused
 
 
 def run_config(options, num_answers, world_size=1):
@@ -312,9 +308,11 @@ def build_model(config, text_config=None, from_sources=False):
     image_source = config["image_model"] if from_sources else config["image_arch"]
     image_encoder = build_image_encoder(image_source, pretrained=from_sources and config["pretrained"],
                                         **config["image_model_kwargs"])
+    knowledge = {k: config.get(k, util.LATER_OPTIONS.get(k))
+                 for k in ("knowledge", "knowledge_fusion", "triple_head", "answer_from_kb")}
     return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"],
-                    **{k: config[k] for k in HEAD_OPTIONS}, knowledge=config.get("knowledge", "none"),
-                    num_entities=config.get("num_entities", 0), num_relations=config.get("num_relations", 0),
+                    **{k: config[k] for k in HEAD_OPTIONS}, **knowledge,
+                    knowledge_sizes=tuple(config.get("knowledge_sizes", (0, 0, 0))),
                     kge_widths=tuple(config.get("kge_widths", (0, 0))))
 
 
@@ -341,19 +339,15 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
     model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
     util.load_weights(model, weights, config, answers)
-    model.vocab = load_vocab(run_dir, config)
+    attach_run_knowledge(model, run_dir, config, tokenizer)
     return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
 
 
-KNOWLEDGE_FILE = "knowledge.json"  # a knowledge run's entities and relations, and the KG embeddings it used
-
-
-def load_vocab(run_dir, config):
-    """The KnowledgeVocab of an "ideal" or "gel" run (None for others)."""
-    if config.get("knowledge", "none") not in ("ideal", "gel"):
-        return None
-    saved = util.read_json(os.path.join(run_dir, KNOWLEDGE_FILE), required=["entities", "relations"])
-    return KnowledgeVocab(saved["entities"], saved["relations"])
+def attach_run_knowledge(model, run_dir, config, tokenizer):
+    """Gives a knowledge run's model what its weights do not hold (knowledge.attach), from the run's files."""
+    vocab, kb = kn.load_run_knowledge(run_dir, config)
+    if vocab is not None:
+        kn.attach(model, vocab, tokenizer, config["max_token"], kb)
 
 
 def autocast(device, precision):
@@ -367,15 +361,20 @@ def forward(model, batch, device, precision):
         out = model(batch["input_ids"].to(device, non_blocking=True),
                     batch["attention_mask"].to(device, non_blocking=True), to_model_input(batch["image"], device),
                     batch["triples"].to(device, non_blocking=True))
-    return {k: v.float() for k, v in out.items()}
+    return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
 
 
 @torch.no_grad()
 def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc="eval", progress=True):
-    """dict(loss, accuracy, n, loss_sum, n_loss, correct, pred [N, top_k], prob [N, top_k], index [N], and for
-    "gel" triple [N, 3], the predicted ids); label -1 (an answer unknown to the model) is wrong and adds no loss."""
+    """dict(loss, accuracy, n, loss_sum, n_loss, correct, pred [N, top_k] and prob [N, top_k] of the answer
+    classifier, answer and confidence [N] the final answer and its probability, right [N] whether it is right,
+    index [N], and in the modes that predict a triple, triple [N, 3], the predicted ids; with --answer_from_kb,
+    path [N], where each answer came from (knowledge.PATHS)). The classifier's label -1 (an answer outside the
+    vocabulary) adds no loss; only a copied name can get it right."""
     model.eval()
-    preds, probs, indices, triples, loss_sum, n_loss, correct = [], [], [], [], 0.0, 0, 0
+    chooser = kn.AnswerChooser(loader.dataset.answers) if getattr(model, "copy_gate", None) is not None else None
+    parts, loss_sum, n_loss = {k: [] for k in ("pred", "prob", "index", "triple", "path", "right")}, 0.0, 0
+    answers, confidence = [], []
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
         out = forward(model, batch, device, precision)
         logits, label = out["answer"], batch["label"].to(device)
@@ -383,25 +382,37 @@ def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc
         if loss_fn is not None and known:
             loss_sum += loss_fn(logits, label).item() * known
             n_loss += known
-        prob, pred = torch.softmax(logits, -1).topk(min(top_k, logits.shape[-1]), dim=-1)
-        correct += int((pred[:, 0] == label).sum())
-        preds.append(pred.cpu()), probs.append(prob.cpu()), indices.append(batch["index"])
-        if "h" in out:
-            triples.append(predicted_triple(out).cpu())
-    n = sum(len(i) for i in indices)
-    result = {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "n": n, "loss_sum": loss_sum,
-              "n_loss": n_loss, "correct": correct,
-              "pred": torch.cat(preds) if preds else torch.zeros(0, top_k, dtype=torch.long),
-              "prob": torch.cat(probs) if probs else torch.zeros(0, top_k),
-              "index": torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)}
-    if triples:
-        result["triple"] = torch.cat(triples)
+        probs = torch.softmax(logits, -1)
+        prob, pred = probs.topk(min(top_k, logits.shape[-1]), dim=-1)
+        parts["pred"].append(pred.cpu()), parts["prob"].append(prob.cpu()), parts["index"].append(batch["index"])
+        rows = loader.dataset.df.iloc[batch["index"].numpy()]
+        if chooser is None:
+            answers += [loader.dataset.answers[i] for i in pred[:, 0].tolist()]
+            confidence += prob[:, 0].tolist()
+            parts["right"].append((pred[:, 0] == label).cpu())
+        else:
+            chosen = [row[0] for row in chooser.choose(probs, out["gate"], kn.copy_candidates(model, out, rows), 1)]
+            answers += [a for a, _, _ in chosen]
+            confidence += [p for _, p, _ in chosen]
+            parts["path"].append(torch.tensor([path for _, _, path in chosen]))
+            parts["right"].append(torch.tensor([kn.copied_right(a, path, gold) for (a, _, path), gold
+                                                in zip(chosen, rows["answer"])]))
+        if "triple" in out:
+            parts["triple"].append(out["triple"].cpu())
+    result = {k: torch.cat(v) for k, v in parts.items() if v}
+    result.setdefault("index", torch.zeros(0, dtype=torch.long))
+    result.setdefault("right", torch.zeros(0, dtype=torch.bool))
+    n, correct = len(result["index"]), int(result["right"].sum())
+    result.update(loss=loss_sum / max(n_loss, 1), accuracy=correct / max(n, 1), n=n, loss_sum=loss_sum, n_loss=n_loss,
+                  correct=correct, answer=answers, confidence=confidence)
     return result
 
 
 class Answers(list):
-    """[(answer, probability)], best first; .triple is the predicted (head, relation, tail) of a "gel" run."""
+    """[(answer, probability)], best first; .triple is the predicted (head, relation, tail) of a run that predicts
+    one (None for a prediction of no knowledge); .paths where each answer came from (knowledge.PATHS)."""
     triple = None
+    paths = None
 
 
 @torch.no_grad()
@@ -416,17 +427,23 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
         raise DataError("the question is empty (or only white space and invisible characters); type a question.")
     knowledge = config.get("knowledge", "none")
     ids = torch.tensor(encode_questions(tokenizer, row, config["max_token"], knowledge))
-    slots = max(1, len(parse_triples(row["triple"][0]))) if knowledge in ("ideal", "gel") else 0
+    slots = max(1, len(parse_triples(row["triple"][0]))) if kn.has_vocab(knowledge) else 0
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "image": torch.from_numpy(load_image(image_path, config["img_size"]))[None],
              "triples": torch.tensor([model.vocab.ids(row["triple"][0], slots)] if slots else [[]],
                                      dtype=torch.long).reshape(1, slots, 3)}
     model.eval()
     out = forward(model, batch, device, util.pick_precision(device, config.get("precision", "auto")))
-    prob, index = torch.softmax(out["answer"], -1)[0].topk(min(top_k, len(answers)))
-    top = Answers((answers[i], p) for i, p in zip(index.tolist(), prob.tolist()))
-    if "h" in out:
-        top.triple = model.vocab.names(predicted_triple(out)[0].tolist())
+    probs = torch.softmax(out["answer"], -1)
+    if "gate" in out:
+        chosen = kn.AnswerChooser(answers).choose(probs, out["gate"], kn.copy_candidates(model, out, row), top_k)[0]
+        top = Answers((a, p) for a, p, _ in chosen)
+        top.paths = [kn.PATHS[path] for _, _, path in chosen]
+    else:
+        prob, index = probs[0].topk(min(top_k, len(answers)))
+        top = Answers((answers[i], p) for i, p in zip(index.tolist(), prob.tolist()))
+    if "triple" in out:
+        top.triple = model.vocab.names(out["triple"][0].tolist())
     return top
 
 

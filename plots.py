@@ -72,18 +72,28 @@ def save_png(fig, path, dpi=120):
     return path
 
 
+TRIPLE_CURVES = {"valid_h": "head", "valid_r": "relation", "valid_t": "tail", "valid_hrt": "whole triple"}
+
+
 def plot_curves(history, path):
-    """Loss and accuracy per epoch (train and valid) from history.json rows; the best valid epoch is marked."""
+    """Loss and accuracy per epoch (train and valid) from history.json rows, and for runs that predict a triple the
+    valid accuracy of its head, relation, tail and whole; the best valid epoch is marked."""
     epochs = [r["epoch"] for r in history]
     best = max(history, key=lambda r: r["valid_acc"])
+    triple = [k for k in TRIPLE_CURVES if k in history[-1]]
     with rc_context(style()):
-        fig = Figure(figsize=(10, 4))
-        ax_loss, ax_acc = fig.subplots(1, 2)
+        fig = Figure(figsize=(15 if triple else 10, 4))
+        ax_loss, ax_acc, *ax_triple = fig.subplots(1, 3 if triple else 2)
+        for ax in ax_triple:
+            for key in triple:
+                ax.plot(epochs, [100 * r.get(key, float("nan")) for r in history], "o-", ms=3, label=TRIPLE_CURVES[key])
+            ax.set(title="predicted triple (valid)", ylabel="accuracy (%)", ylim=(0, 105))
+            ax.legend(loc="lower right")
         for split in ["train", "valid"]:
             ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], "o-", ms=3, color=COLORS[split], label=split)
             ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in history], "o-", ms=3, color=COLORS[split],
                         label=split)
-        for ax in (ax_loss, ax_acc):
+        for ax in (ax_loss, ax_acc, *ax_triple):
             ax.axvline(best["epoch"], color=COLORS["best"], ls="--", lw=1, label=f"best epoch {best['epoch']}")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

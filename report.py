@@ -35,7 +35,7 @@ def triple_accuracy(df):
     training is never equal); df has triple, predicted_triple, question_type and category."""
     rows = df[df["triple"] != ""]
     gold = [parse_triples(cell)[0] for cell in rows["triple"]]
-    predicted = [parse_triples(cell)[0] for cell in rows["predicted_triple"]]
+    predicted = [(parse_triples(cell) or [("",) * 3])[0] for cell in rows["predicted_triple"]]  # '': none predicted
     hits = pd.DataFrame([[g[i] == p[i] for i in range(3)] for g, p in zip(gold, predicted)], columns=list("hrt"),
                         index=rows.index, dtype=bool).assign(hrt=lambda d: d.all(axis=1))
     groups = [("all", rows.index)] + [(value, rows.index[rows[column] == value])
@@ -44,6 +44,29 @@ def triple_accuracy(df):
                                        for value in values if (rows[column] == value).any()]
     return {name: {**{k: float(hits.loc[index, k].mean()) for k in ("h", "r", "t", "hrt")}, "n": len(index)}
             for name, index in groups if len(index)}
+
+
+def seen_table(df, train):
+    """{"unseen": {"triple": {"accuracy", "n"}, "answer": ...}, "seen": ...}: accuracy on the rows whose (first)
+    triple, or whose answer, never occurs in the training rows (train), and on the others; df has triple, answer and
+    correct. A row without a triple counts for neither triple group."""
+    known = {t for cell in train["triple"] for t in parse_triples(cell)}
+    first = df["triple"].map(lambda cell: (parse_triples(cell) or [None])[0])
+    has_triple = first.notna()
+    unseen = {"triple": has_triple & ~first.isin(known), "answer": ~df["answer"].isin(set(train["answer"]))}
+    seen = {"triple": has_triple & first.isin(known), "answer": ~unseen["answer"]}
+
+    def accuracy(mask):
+        return {"accuracy": float(df.loc[mask, "correct"].mean()) if mask.any() else None, "n": int(mask.sum())}
+    return {group: {kind: accuracy(masks[kind]) for kind in ("triple", "answer")}
+            for group, masks in (("unseen", unseen), ("seen", seen))}
+
+
+def path_table(df):
+    """{path: {"share", "accuracy", "n"}}: how often each path (the vocabulary, a copied head or tail) answered, and
+    how often it was right; df has answered_from and correct."""
+    return {path: {"share": len(rows) / len(df), "accuracy": float(rows["correct"].mean()), "n": len(rows)}
+            for path, rows in df.groupby("answered_from", sort=False)}
 
 
 def data_statistics(df):
@@ -99,7 +122,9 @@ def add_test_section(run_dir, report, df):
         + (f"; {report['unknown_answers']} answers never seen in training count as wrong" if report["unknown_answers"] else "")
         + ".\n\n" + markdown_table(type_rows(report["accuracy"], report["n"], report["by_type"]), ["type", "accuracy", "n"]),
         f"![accuracy per type]({image})",
+        *([seen_section(report["unseen"], report["seen"])] if "unseen" in report else []),
         *([triple_section(report["triple_accuracy"])] if "triple_accuracy" in report else []),
+        *([path_section(report["answered_from"])] if "answered_from" in report else []),
         "Most frequent confusions:\n\n" + (markdown_table([[g, p, c] for (g, p), c in confusions.items()],
                                                          ["gold", "predicted", "count"]) if len(confusions) else "none"),
     ]) + "\n<!-- /test -->\n"
@@ -109,10 +134,25 @@ def add_test_section(run_dir, report, df):
     return image
 
 
+def seen_section(unseen, seen):
+    def cells(row):
+        return [f"{100 * row['accuracy']:.1f}%" if row["accuracy"] is not None else "", row["n"]]
+    rows = [[f"{kind} {group} in training", *cells(table[kind])]
+            for kind in ("triple", "answer") for group, table in (("unseen", unseen), ("seen", seen))]
+    return ("Rows whose triple, or whose answer, never occurs in the training rows, and the others:\n\n"
+            + markdown_table(rows, ["rows", "accuracy", "n"]))
+
+
 def triple_section(accuracy):
     rows = [[name, *[f"{100 * row[k]:.1f}%" for k in ("h", "r", "t", "hrt")], row["n"]] for name, row in accuracy.items()]
-    return ("Predicted triple (GEL-VQA) against the first gold triple, on the rows that have one:\n\n"
+    return ("Predicted triple against the first gold triple, on the rows that have one:\n\n"
             + markdown_table(rows, ["type", "head", "relation", "tail", "triple", "n"]))
+
+
+def path_section(paths):
+    rows = [[path, f"{100 * row['share']:.1f}%", f"{100 * row['accuracy']:.1f}%", row["n"]] for path, row in paths.items()]
+    return ("Where the answers came from (--answer_from_kb): the answer vocabulary, or the name of the triple's head "
+            "or tail:\n\n" + markdown_table(rows, ["path", "share", "accuracy", "n"]))
 
 
 def _read(path):
@@ -124,46 +164,87 @@ def _read(path):
 
 
 # sizes derived from the data and the models: left out of the comparison's columns of differing options too
-NOT_OPTIONS = RUN_SUMMARY | {"num_answers", "image_arch", "num_entities", "num_relations", "kge_widths",
-                             "knowledge_missing_in_kge"}
+NOT_OPTIONS = RUN_SUMMARY | {"num_answers", "image_arch", "knowledge_sizes", "kge_widths", "knowledge_missing_in_kge",
+                             "kb_triples", "num_entities", "num_relations"}
 TEST_COLUMNS = ["all", "A", "B", "vqa", "triple", "abstract"]
+METRICS = (["best_valid"] + [f"test_{t}" for t in TEST_COLUMNS] + [f"test_triple_{k}" for k in ("h", "r", "t", "hrt")]
+           + ["test_unseen_triple", "test_unseen_answer", "train_seconds"])
 
 
 def compare(run_dirs):
     """One row per run: the options that differ between the runs, best valid accuracy, test accuracy overall and per
-    type (its eval_all.json from inference.py), and the predicted triple's accuracy where there is one."""
+    type (its eval_all.json from inference.py), the predicted triple's accuracy where there is one, and the
+    training time (the epochs' seconds in history.json)."""
     runs = []
     for run_dir in run_dirs:
         if not os.path.isfile(os.path.join(run_dir, util.CONFIG_FILE)):
             continue  # not a run directory (kge output, a results folder's other files)
         config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
         path = os.path.join(run_dir, "eval_all.json")
-        runs.append((run_dir, config, util.read_json(path) if os.path.isfile(path) else {}))
+        history = os.path.join(run_dir, "history.json")
+        runs.append((run_dir, config, util.read_json(path) if os.path.isfile(path) else {},
+                     util.read_json(history) if os.path.isfile(history) else []))
     if not runs:
         raise FileNotFoundError(f"none of {list(run_dirs)[:5]} is a run directory of main.py (no config.json).")
-    keys = sorted({k for _, config, _ in runs for k in config} - NOT_OPTIONS)
-    differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for _, c, _ in runs}) > 1]
+    keys = sorted({k for _, config, _, _ in runs for k in config} - NOT_OPTIONS)
+    differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for _, c, _, _ in runs}) > 1]
     table = []
-    for run_dir, config, test in runs:
+    for run_dir, config, test, history in runs:
         row = {"run": os.path.normpath(run_dir), **{k: config.get(k) for k in differing},
                "best_valid": config.get("best_valid_acc")}
         by_type = {"all": {"accuracy": test["accuracy"]}, **test["by_type"]} if test else {}
         row.update({f"test_{t}": by_type[t]["accuracy"] if t in by_type else None for t in TEST_COLUMNS})
-        row["test_triple_hrt"] = test.get("triple_accuracy", {}).get("all", {}).get("hrt")
+        triple = test.get("triple_accuracy", {}).get("all", {})
+        row.update({f"test_triple_{k}": triple.get(k) for k in ("h", "r", "t", "hrt")})
+        row.update({f"test_unseen_{k}": test.get("unseen", {}).get(k, {}).get("accuracy") for k in ("triple", "answer")})
+        row["train_seconds"] = sum(r["seconds"] for r in history) if history else None
         table.append(row)
     return pd.DataFrame(table)
 
 
+def group_seeds(table):
+    """The runs that differ only in --seed as one row each: the mean and standard deviation of every metric over
+    them, and their number (seeds)."""
+    options = [c for c in table.columns if c not in METRICS and c not in ("run", "seed")]
+    key = table[options].apply(lambda row: json.dumps(row.tolist(), default=str), axis=1) if options else \
+        pd.Series("", index=table.index)
+    rows = []
+    for _, group in table.groupby(key, sort=False):
+        metrics = group[METRICS].apply(pd.to_numeric)
+        row = {**group.iloc[0][options].to_dict(), "seeds": len(group)}
+        for metric in METRICS:
+            row[metric], row[f"{metric}_std"] = metrics[metric].mean(), metrics[metric].std(ddof=1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cell(value, std=None):
+    if value is None or value != value:  # absent, NaN
+        return ""
+    if isinstance(value, float):
+        return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None and std == std else "")
+    return value if isinstance(value, str) else f"`{value}`"
+
+
 def comparison_markdown(table):
-    def cell(value):
-        if value is None or value != value:  # absent, NaN
-            return ""
-        if isinstance(value, float):
-            return f"{100 * value:.1f}"
-        return value if isinstance(value, str) else f"`{value}`"
     header = [c.replace("test_", "test ").replace("best_valid", "best valid") for c in table.columns]
-    return markdown_table([[cell(v) for v in row] for row in table.itertuples(index=False)], header) + \
+    rows = [[cell(v) if c != "train_seconds" else (f"{v:.0f} s" if v == v and v is not None else "")
+             for c, v in zip(table.columns, row)] for row in table.itertuples(index=False)]
+    return markdown_table(rows, header) + \
         "\n\nAccuracies in %; test from each run's eval_all.json (python inference.py --model_path RUN)."
+
+
+def seeds_markdown(grouped):
+    """The grouped table: every metric as mean ± standard deviation over the seeds."""
+    shown = [c for c in grouped.columns if not c.endswith("_std")]
+    rows = []
+    for _, row in grouped.iterrows():
+        rows.append([(f"{row[c]:.0f} ± {row[c + '_std']:.0f} s" if row["seeds"] > 1 else f"{row[c]:.0f} s")
+                     if c == "train_seconds" and row[c] == row[c] else
+                     cell(row[c], row.get(f"{c}_std")) if c in METRICS else cell(row[c]) for c in shown])
+    header = [c.replace("test_", "test ").replace("best_valid", "best valid") for c in shown]
+    return markdown_table(rows, header) + ("\n\nMean ± standard deviation over the seeds of the runs that differ "
+                                           "only in --seed; accuracies in %.")
 
 
 def main():
@@ -179,10 +260,16 @@ def main():
         raise SystemExit(f"error: {e}")
     os.makedirs(args.out, exist_ok=True)
     text = comparison_markdown(table)
+    grouped = group_seeds(table)
+    written = ["comparison.md", "comparison.csv"]
+    if (grouped["seeds"] > 1).any():
+        text = "## Mean over seeds\n\n" + seeds_markdown(grouped) + "\n\n## Every run\n\n" + text
+        util.write_csv(os.path.join(args.out, "comparison_seeds.csv"), grouped)
+        written.append("comparison_seeds.csv")
     util.atomic_write(os.path.join(args.out, "comparison.md"), (text + "\n").encode("utf-8"))
     util.write_csv(os.path.join(args.out, "comparison.csv"), table)
     print(text)
-    print(f"wrote {args.out}/comparison.md and {args.out}/comparison.csv")
+    print(f"wrote {', '.join(os.path.join(args.out, name) for name in written)}")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import kge
+import knowledge as kn
 import plots
 import report
 import util
 from focal import build_loss, triple_loss
-from model import (KNOWLEDGE_FILE, SCRATCH, build_model, forward, load_tokenizer, load_vocab, predict, run_config,
+from model import (SCRATCH, attach_run_knowledge, build_model, forward, load_tokenizer, predict, run_config,
                    small_text_config, train_tokenizer)
-from vqa_dataset import (DataError, EpochSampler, ImageCache, ImageFiles, KnowledgeVocab, ShardSampler, VQADataset,
+from vqa_dataset import (DataError, EpochSampler, ImageCache, ImageFiles, ShardSampler, VQADataset,
                          build_answer_vocab, knowledge_text, load_data, make_loader, select_rows)
 
 
@@ -145,11 +146,12 @@ def make_loaders(args, rt, data, tokenizer, vocab=None):
     else:
         images = ImageFiles(args.data_dir, names, args.img_size)
     answer_to_id = {a: i for i, a in enumerate(data.answers)}
-    train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
+    train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab,
+                           kn.copy_targets(data.train) if args.answer_from_kb else None)
     valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
     if valid_set.unseen():
-        rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail unseen in "
-               f"training (no KG embedding is learned for it; GEL-VQA counts it as wrong)")
+        rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail outside the "
+               f"vocabulary (it takes the learned unknown vector; a predicted triple cannot name it)")
     per_rank_batch = max(1, args.batch_size // rt.world_size)
     train_loader = make_loader(train_set, per_rank_batch, args.num_workers, rt.device,
                                EpochSampler(train_set, rt.world_size, rt.rank, args.seed), args.seed)
@@ -160,17 +162,19 @@ def make_loaders(args, rt, data, tokenizer, vocab=None):
 
 # ---------------------------------------------------------------- model, optimizer, start or resume
 
-def initial_model(config, tokenizer, vocab=None):
+def initial_model(config, tokenizer, vocab=None, kb=None):
     """The model training starts from: encoders from their sources, or a scratch text encoder sized to the tokenizer;
-    for "ideal" and "gel", the KG embeddings of the vocabulary from config's kge_dir."""
+    in the modes that inject KG embeddings, those of the vocabulary from config's kge_dir; the vocabulary and KB
+    attached (knowledge.attach)."""
     scratch = config["text_model"] == SCRATCH
     text_config = small_text_config(len(tokenizer), config["max_token"], **config["scratch_text"]) if scratch else None
     model = build_model(config, text_config, from_sources=True)
-    model.vocab = vocab
     if vocab is not None:
-        entity, relation, _ = kge.tables(load_kge_dir(config["kge_dir"]), vocab.entities, vocab.relations)
-        with torch.no_grad():
-            model.entity_kge[:-1], model.relation_kge[:-1] = entity, relation
+        if kn.embeds(config["knowledge"]):
+            tables, missing, _ = kn.code_tables(load_kge_dir(config["kge_dir"]), vocab,
+                                                centre_and_normalise=config["knowledge_fusion"] != "mul")
+            model.codes.fill(tables, missing)
+        kn.attach(model, vocab, tokenizer, config["max_token"], kb)
     return model
 
 
@@ -182,22 +186,41 @@ def load_kge_dir(kge_dir):
 
 
 def knowledge_config(args, config, data, rt):
-    """For "ideal" and "gel": the vocabulary of the training triples, and in config its sizes and the widths of the
-    KG embeddings; says which of its entries the embeddings lack (they get zeros)."""
-    if args.knowledge not in ("ideal", "gel"):
-        return None
-    vocab = KnowledgeVocab.from_rows(data.train)
-    if not vocab.entities:
-        raise DataError(f"--knowledge {args.knowledge}: the training rows of {args.data_dir}/data.csv hold no triples.")
-    embeddings = load_kge_dir(args.kge_dir)
-    _, _, missing = kge.tables(embeddings, vocab.entities, vocab.relations)
-    config.update(num_entities=len(vocab.entities), num_relations=len(vocab.relations),
-                  kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]])
-    rt.log(f"knowledge: {len(vocab.entities)} entities and {len(vocab.relations)} relations in the training triples; "
-           f"KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths {config['kge_widths']})"
-           + (f"; {len(missing)} of them are not in the embeddings and get zeros: {missing[:5]}" if missing else ""))
-    config["knowledge_missing_in_kge"] = len(missing)
-    return vocab
+    """For the modes with a knowledge vocabulary: (the vocabularies of the train and valid rows' triples, the KB
+    triples for --kb_constrained or None), and in config their sizes and the KG embeddings' widths; says which
+    entries the embeddings lack (they take the learned unknown vector)."""
+    if not kn.has_vocab(args.knowledge):
+        return None, None
+    rows = pd.concat([data.train, data.valid])
+    vocab = kn.KnowledgeVocab.from_rows(rows, kn.predicts(args.knowledge))
+    if not vocab.parts[0]:
+        raise DataError(f"--knowledge {args.knowledge}: the train and valid rows of {args.data_dir}/data.csv hold no "
+                        f"triples.")
+    config.update(knowledge_sizes=vocab.sizes, kge_widths=[0, 0])
+    message = f"knowledge: {' / '.join(map(str, vocab.sizes))} heads / relations / tails in the train and valid triples"
+    if kn.embeds(args.knowledge):
+        embeddings = load_kge_dir(args.kge_dir)
+        _, _, missing = kn.code_tables(embeddings, vocab, centre_and_normalise=False)
+        config.update(kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]],
+                      knowledge_missing_in_kge=len(missing))
+        message += (f"; KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths "
+                    f"{config['kge_widths']})" + (f"; {len(missing)} names are not in them and take the unknown "
+                                                 f"vector: {missing[:5]}" if missing else ""))
+    rt.log(message)
+    return vocab, knowledge_base(args, rows, vocab, config, rt) if args.kb_constrained else None
+
+
+def knowledge_base(args, rows, vocab, config, rt):
+    """The KB triples a --kb_constrained prediction snaps to: --kb, else the data's triples.csv, else the distinct
+    triples of the train and valid rows."""
+    default = os.path.join(args.data_dir, "triples.csv")
+    source = args.kb or (default if os.path.isfile(default) else None)
+    triples = kn.read_kb(source) if source else kn.training_kb(rows)
+    _, dropped = kn.kb_ids(triples, vocab)
+    config["kb_triples"] = len(triples) - dropped
+    rt.log(f"knowledge base: {len(triples)} triples from {source or 'the train and valid rows'}"
+           + (f"; {dropped} of them name a part outside the vocabulary and cannot be predicted" if dropped else ""))
+    return triples
 
 
 def start_or_resume(args, rt, data):
@@ -207,18 +230,21 @@ def start_or_resume(args, rt, data):
         return resume_run(args.resume, rt, data)
     if args.text_model == SCRATCH:
         texts = list(data.train["question"])
-        if args.knowledge == "text":  # the encoder reads the knowledge texts too
-            texts += [t for t in map(knowledge_text, data.train["triple"], data.train["abstract"]) if t]
+        if args.knowledge in ("text", "gel_text"):  # the encoder reads knowledge texts too (gel_text: triples)
+            abstracts = data.train["abstract"] if args.knowledge == "text" else [""] * len(data.train)
+            texts += [t for t in map(knowledge_text, data.train["triple"], abstracts) if t]
         tokenizer = train_tokenizer(texts)
     else:
         tokenizer = load_tokenizer(args.text_model)
     config = run_config(args, len(data.answers), rt.world_size)
-    vocab = knowledge_config(args, config, data, rt)
-    model = initial_model(config, tokenizer, vocab)
+    vocab, kb = knowledge_config(args, config, data, rt)
+    model = initial_model(config, tokenizer, vocab, kb)
     run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if rt.is_main else None)
     if rt.is_main:
         if vocab is not None:
-            util.write_json(os.path.join(run_dir, KNOWLEDGE_FILE), {**vocab.to_json(), "kge_dir": args.kge_dir})
+            util.write_json(os.path.join(run_dir, kn.VOCAB_FILE), {**vocab.to_json(), "kge_dir": args.kge_dir})
+        if kb is not None:
+            kn.write_kb(os.path.join(run_dir, kn.KB_FILE), kb)
         tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
         model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
         util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), data.answers)
@@ -249,11 +275,11 @@ def resume_run(run_dir, rt, data):
 
         # from the run's own text config: no download, the weights come from `last`
         model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
-        model.vocab = load_vocab(run_dir, config)
+        attach_run_knowledge(model, run_dir, config, tokenizer)
         checkpoint = util.load_checkpoint(last, model, config, data.answers, rt.rank)
     else:
         rt.log(f"{run_dir} has no {util.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it again")
-        model, checkpoint = initial_model(config, tokenizer, load_vocab(run_dir, config)), None
+        model, checkpoint = initial_model(config, tokenizer, *kn.load_run_knowledge(run_dir, config)), None
     if rt.is_main:  # weights of epochs trained again now would be stale; .tmp files are writes cut short
         keep = best_weights_name(checkpoint[0]["history"] if checkpoint else [])
         for path in glob.glob(os.path.join(run_dir, util.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp")):
@@ -269,14 +295,17 @@ def restore(checkpoint, optimizer, run_dir, rt, steps_per_epoch):
     state = {"history": [], "batch": 0, "partial": zero_sums(), "valid_by_type": {}}
     if checkpoint is not None:
         saved, own, optimizer_state = checkpoint
-        state.update(saved, partial=util.restore_rank_state(own, rt.device))
+        state.update(saved, partial={**zero_sums(), **util.restore_rank_state(own, rt.device)})
         util.load_optimizer_state(optimizer, optimizer_state, os.path.join(run_dir, util.LAST_CHECKPOINT))
         rt.log(f"resuming {run_dir} at epoch {len(state['history']) + 1}, batch {state['batch']} of {steps_per_epoch}")
     return state
 
 
+SUMS = ["loss_sum", "correct", "seen", "triples", "triple_hits"]  # an epoch's running sums (triples: rows with one)
+
+
 def zero_sums():
-    return {"loss_sum": 0.0, "correct": 0, "seen": 0}
+    return dict.fromkeys(SUMS, 0)
 
 
 def build_optimizer(model, args, device):
@@ -287,8 +316,13 @@ def build_optimizer(model, args, device):
     from timm.optim import param_groups_weight_decay
 
     no_decay = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
-    no_decay += [name for name, _ in model.named_parameters() if name.endswith("_pos")]
+    no_decay += [name for name, _ in model.named_parameters() if name.endswith(("_pos", "_unknown"))]
     groups = param_groups_weight_decay(model, args.weight_decay, no_weight_decay_list=no_decay)
+    if args.head_lr is not None:  # the triple heads' own learning rate: a group of their own, lr_scale of --lr
+        heads = {id(p) for name, p in model.named_parameters() if name.startswith("triple_heads.")}
+        groups = [{**group, "params": [p for p in group["params"] if (id(p) in heads) == is_head],
+                   "lr_scale": args.head_lr / args.lr if is_head else 1.0}
+                  for is_head in (False, True) for group in groups]
     return torch.optim.AdamW(groups, lr=args.lr, fused=device.type == "cuda")
 
 
@@ -311,31 +345,40 @@ def wrap(model, rt, compile_model, text_frozen):
 
 # ---------------------------------------------------------------- one epoch
 
-def lr_factor(step, total_steps, warmup_steps):
-    """Linear warmup then cosine decay to zero."""
+def lr_factor(step, total_steps, warmup_steps, schedule="cosine"):
+    """Linear warmup, then cosine decay to zero or (constant, as GEL-VQA) the peak learning rate."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
 
 def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad, lr):
-    """One training step at learning rate lr; returns the batch's (loss sum, correct, samples) as numbers."""
+    """One training step at learning rate lr; returns the batch's sums (SUMS) as numbers."""
     label = batch["label"].to(device, non_blocking=True)
     out = forward(wrapped, batch, device, precision)
     loss = loss_fn(out["answer"], label)
-    if "h" in out:  # GEL-VQA: + CE of the triple's head, relation and tail
-        loss = loss + triple_loss(out, batch["triples"].to(device, non_blocking=True))
+    triples, hits = 0, 0
+    if "triple" in out:  # GEL-VQA: + CE of the triple's head, relation and tail
+        gold = batch["triples"].to(device, non_blocking=True)
+        loss = loss + triple_loss(out, gold)
+        triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
+    if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
+        loss = loss + nn.functional.cross_entropy(out["gate"], batch["copy"].to(device, non_blocking=True))
     optimize(wrapped, optimizer, loss, clip_grad, lr)
-    return loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label)
+    return dict(zip(SUMS, [loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label),
+                           triples, hits]))
 
 
 def optimize(wrapped, optimizer, loss, clip_grad, lr):
     """Backward, gradient norm clipping and an optimizer step at learning rate lr."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(wrapped.parameters(), clip_grad)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), clip_grad)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     optimizer.step()
 
 
@@ -359,15 +402,15 @@ def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, ar
                disable=not rt.is_main, initial=state["batch"], total=steps_per_epoch, dynamic_ncols=True)
     for batch in bar:
         step = (epoch - 1) * steps_per_epoch + state["batch"]
-        lr = args.lr * lr_factor(step, total_steps, warmup_steps)
-        loss_sum, correct, seen = train_step(wrapped, optimizer, loss_fn, batch, rt.device, rt.precision,
-                                             args.clip_grad, lr)
+        lr = args.lr * lr_factor(step, total_steps, warmup_steps, args.schedule)
+        sums = train_step(wrapped, optimizer, loss_fn, batch, rt.device, rt.precision, args.clip_grad, lr)
         state["batch"] += 1
-        partial["loss_sum"] += loss_sum
-        partial["correct"] += correct
-        partial["seen"] += seen
+        for key, value in sums.items():
+            partial[key] += value
         bar.set_postfix(loss=f"{partial['loss_sum'] / partial['seen']:.4f}",
-                        acc=f"{partial['correct'] / partial['seen']:.3f}", refresh=False)
+                        acc=f"{partial['correct'] / partial['seen']:.3f}",
+                        **({"hrt": f"{partial['triple_hits'] / partial['triples']:.3f}"} if partial["triples"] else {}),
+                        refresh=False)
         signum = stop.requested()
         if signum and state["batch"] < steps_per_epoch:
             return signum
@@ -382,11 +425,15 @@ def validate(model, loader, loss_fn, rt):
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
     result = predict(model, loader, rt.device, rt.precision, loss_fn, desc="valid", progress=rt.is_main)
-    loss_sum, n_loss, correct, n = util.all_reduce_sum(
-        [result["loss_sum"], result["n_loss"], result["correct"], result["n"]], rt.device)
-    shards = util.gather_object((result["index"], result["pred"][:, 0]))
+    hits = kn.triple_hits(result["triple"], loader.dataset.triples[result["index"], 0]) if "triple" in result else []
+    loss_sum, n_loss, correct, n, *hits = util.all_reduce_sum(
+        [result["loss_sum"], result["n_loss"], result["correct"], result["n"], *hits], rt.device)
+    shards = util.gather_object((result["index"], result["right"]))
     rows = (torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])) if rt.is_main else None
-    return {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "rows": rows}
+    triple = {f"valid_{k}": v / max(hits[0], 1) for k, v in zip("hrt", hits[1:4])} if hits else {}
+    if hits:
+        triple["valid_hrt"] = hits[4] / max(hits[0], 1)
+    return {"loss": loss_sum / max(n_loss, 1), "accuracy": correct / max(n, 1), "rows": rows, "triple": triple}
 
 
 # ---------------------------------------------------------------- end of an epoch, saving, report
@@ -401,18 +448,18 @@ def best_weights_name(history):
 def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, data, valid_set, rt):
     """Adds the epoch to the history, saves the best weights when it improved, history.json, curves.png and the
     checkpoint (every rank's part gathered to rank 0), and only then deletes the previous best weights."""
-    loss_sum, correct, seen = util.all_reduce_sum([state["partial"][k] for k in ("loss_sum", "correct", "seen")],
-                                                  rt.device)
+    loss_sum, correct, seen, triples, triple_hits = util.all_reduce_sum([state["partial"][k] for k in SUMS], rt.device)
     old_best = best_weights_name(state["history"])
     improved = not state["history"] or valid["accuracy"] > max(r["valid_acc"] for r in state["history"])
     state["history"].append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                              "train_samples": int(seen), "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
-                             "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+                             **({"train_hrt": triple_hits / max(triples, 1)} if valid["triple"] else {}),
+                             **valid["triple"], "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
     state.update(batch=0, partial=zero_sums())
     if rt.is_main:
         if improved:
-            index, pred = valid["rows"]
-            rows = valid_set.df.iloc[index.numpy()].assign(correct=(pred == valid_set.labels[index]).numpy())
+            index, right = valid["rows"]
+            rows = valid_set.df.iloc[index.numpy()].assign(correct=right.numpy())
             state["valid_by_type"] = report.accuracy_table(rows)
             util.save_weights(model, os.path.join(run_dir, best_weights_name(state["history"])), config, data.answers)
         util.write_json(os.path.join(run_dir, "history.json"), state["history"])
@@ -422,8 +469,9 @@ def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, d
     if rt.is_main and old_best and old_best != best_weights_name(state["history"]):
         os.remove(os.path.join(run_dir, old_best))
     row = state["history"][-1]
+    triple = " ".join(f"{k[6:]} {row[k]:.3f}" for k in ("valid_h", "valid_r", "valid_t", "valid_hrt") if k in row)
     rt.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-           f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}"
+           f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}{f' triple {triple}' if triple else ''}"
            f"{' (best, saved)' if improved else ''} | {row['seconds']:.1f}s")
 
 

@@ -547,43 +547,11 @@ class ImageCache(ImageFiles):
         return {**self.__dict__, "_array": None}
 
 
-ABSENT = -2  # a triple slot of a row with fewer triples; -1 is a part unseen in training
-
-
 def knowledge_text(triple, abstract):
     """A row's knowledge as words (--knowledge text): its triples as 'head relation tail', several joined by '. ',
     else its abstract."""
     triples = parse_triples(triple)
     return ". ".join(" ".join(t) for t in triples) if triples else abstract
-
-
-class KnowledgeVocab:
-    """The entities (heads and tails) and relations of the training split's triples: what GEL-VQA's heads classify
-    over and what is looked up in the KG embeddings. A part unseen in training has id -1."""
-
-    def __init__(self, entities, relations):
-        self.entities, self.relations = list(entities), list(relations)
-        self.entity_id = {e: i for i, e in enumerate(self.entities)}
-        self.relation_id = {r: i for i, r in enumerate(self.relations)}
-
-    @classmethod
-    def from_rows(cls, df):
-        triples = [t for cell in df["triple"] for t in parse_triples(cell)]
-        return cls(sorted({t[0] for t in triples} | {t[2] for t in triples}), sorted({t[1] for t in triples}))
-
-    def ids(self, cell, slots):
-        """[slots, 3] ids of a triple cell's triples (first hop first), ABSENT past its last triple."""
-        rows = [[self.entity_id.get(h, -1), self.relation_id.get(r, -1), self.entity_id.get(t, -1)]
-                for h, r, t in parse_triples(cell)[:slots]]
-        return rows + [[ABSENT] * 3] * (slots - len(rows))
-
-    def names(self, ids):
-        """(head, relation, tail) of predicted ids."""
-        h, r, t = ids
-        return self.entities[h], self.relations[r], self.entities[t]
-
-    def to_json(self):
-        return {"entities": self.entities, "relations": self.relations}
 
 
 def encode_questions(tokenizer, df, max_token, knowledge="none"):
@@ -607,9 +575,9 @@ def encode_questions(tokenizer, df, max_token, knowledge="none"):
 
 class VQADataset(Dataset):
     """Questions tokenized once up front (with their knowledge text for knowledge 'text'); images from an ImageCache
-    or ImageFiles; for 'ideal' and 'gel', each row's triples as vocabulary ids. Unknown answers get label -1."""
+    or ImageFiles; with a knowledge.KnowledgeVocab, each row's triples as its ids. Unknown answers get label -1."""
 
-    def __init__(self, df, images, tokenizer, answer_to_id, max_token, knowledge="none", vocab=None):
+    def __init__(self, df, images, tokenizer, answer_to_id, max_token, knowledge="none", vocab=None, copy_targets=None):
         self.df = df.reset_index(drop=True)
         self.images = images
         self.image_rows = np.array([images.row[name] for name in self.df["image"]], dtype=np.int64)
@@ -617,12 +585,15 @@ class VQADataset(Dataset):
         self.input_ids = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
         self.labels = torch.tensor([answer_to_id.get(a, -1) for a in self.df["answer"]], dtype=torch.long)
         self.pad_id = tokenizer.pad_token_id
-        slots = max([len(parse_triples(c)) for c in self.df["triple"]] + [1]) if knowledge in ("ideal", "gel") else 0
+        slots = max([len(parse_triples(c)) for c in self.df["triple"]] + [1]) if vocab is not None else 0
         self.triples = torch.tensor([vocab.ids(c, slots) for c in self.df["triple"]] if slots else
                                     np.zeros((len(self.df), 0, 3)), dtype=torch.long).reshape(len(self.df), slots, 3)
+        self.answers = list(answer_to_id)  # in id order
+        # --answer_from_kb: each row's copy gate target (knowledge.copy_targets); zeros when unused
+        self.copy = copy_targets if copy_targets is not None else torch.zeros(len(self.df), dtype=torch.long)
 
     def unseen(self):
-        """Rows whose triples hold a head, relation or tail unseen in training."""
+        """Rows whose triples hold a head, relation or tail outside the knowledge vocabulary."""
         return int((self.triples == -1).any(-1).any(-1).sum())
 
     def __len__(self):
@@ -630,15 +601,16 @@ class VQADataset(Dataset):
 
     def __getitem__(self, i):
         image = torch.from_numpy(self.images.get(self.image_rows[i]))
-        return self.input_ids[i], image, self.labels[i], i, self.triples[i]
+        return self.input_ids[i], image, self.labels[i], i, self.triples[i], self.copy[i]
 
 
 def collate(batch, pad_id):
     """Pads each batch to its own longest question."""
-    ids, images, labels, index, triples = zip(*batch)
+    ids, images, labels, index, triples, copy = zip(*batch)
     input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "image": torch.stack(images),
-            "label": torch.stack(labels), "index": torch.tensor(index), "triples": torch.stack(triples)}
+            "label": torch.stack(labels), "index": torch.tensor(index), "triples": torch.stack(triples),
+            "copy": torch.stack(copy)}
 
 
 def read_test_split(config, data_dir=None):

@@ -61,14 +61,19 @@ def kge_dir(sample_dir, tmp_path_factory):
     return out
 
 
+# each knowledge mode's short run: its own options (gel as published; gel_text with the HK-TriNet+ heads and the KB)
+KNOWLEDGE_RUNS = {"text": [], "ideal": [], "gel": [], "gel_text": ["--triple_head", "cascade", "--kb_constrained"]}
+
+
 @pytest.fixture(scope="session")
 def knowledge_runs(sample_dir, kge_dir, tmp_path_factory):
     """A short run of each knowledge mode on the tiny sample."""
     runs = {}
-    for knowledge in ("text", "ideal", "gel"):
+    for knowledge, options in KNOWLEDGE_RUNS.items():
         results = tmp_path_factory.mktemp(knowledge)
+        options = options + (["--kge_dir", kge_dir] if knowledge in ("ideal", "gel") else [])
         result = run_script("main.py", *TINY_TRAIN, "--data_dir", sample_dir, "--results_dir", results,
-                            "--knowledge", knowledge, "--kge_dir", kge_dir)
+                            "--knowledge", knowledge, *options)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[knowledge] = only_run(results)
     return runs

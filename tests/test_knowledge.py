@@ -1,5 +1,7 @@
-"""Knowledge in the model (BOK-VQA): the text, ideal and GEL-VQA modes, their losses and inputs, short runs of each,
-a resumed GEL-VQA run, and inference from a run directory alone."""
+"""Knowledge in the model (BOK-VQA): the text, ideal, gel and gel_text modes, the fusions, the triple heads, the KB
+constraint, their losses and inputs, short runs of each, a resumed cascade run, inference from a run directory
+alone, and the comparison over seeds."""
+import itertools
 import json
 import shutil
 import signal
@@ -8,49 +10,118 @@ import pandas as pd
 import pytest
 import torch
 
+import knowledge as kn
 import test_model
 import train
 from conftest import REAL_CSV, TINY_TRAIN, only_run, run_script
 from focal import build_loss, triple_loss
 from model import run_config, train_tokenizer
 from test_resume import Script, assert_same_as, outcome, resume
-from vqa_dataset import ABSENT, KnowledgeVocab, encode_questions, read_data, select_rows
+from vqa_dataset import encode_questions, read_data, select_rows
 
-ENTITIES, RELATIONS = 5, 3
+SIZES = (5, 4, 6)  # heads, relations (the last is NO_KNOWLEDGE in the modes that predict), tails
+WIDTHS = (8, 4)
+NAMES = (["apple", "bear", "cat", "dog", "eel"], ["is", "has", "eats", kn.NO_KNOWLEDGE],
+         ["red", "fur", "fish", "big", "wet", "fast"])
 
 
-def tiny_model(knowledge, widths=(8, 4)):
-    """test_model's tiny model with the given knowledge mode, its KG embeddings random rather than zero."""
-    model = test_model.tiny_model(knowledge=knowledge, num_entities=ENTITIES, num_relations=RELATIONS,
-                                  kge_widths=widths)
-    if knowledge in ("ideal", "gel"):
-        with torch.no_grad():
-            model.entity_kge[:-1].normal_()
-            model.relation_kge[:-1].normal_()
+def tiny_vocab(mode):
+    heads, relations, tails = NAMES
+    return kn.KnowledgeVocab(heads, relations if kn.predicts(mode) else relations[:-1], tails)
+
+
+def tiny_tokenizer():
+    """Small enough for test_model's text encoder (50 token ids)."""
+    return train_tokenizer(["what is the animal", " ".join(w for names in NAMES for w in names)], vocab_size=50)
+
+
+def tiny_model(knowledge, kb=None, **options):
+    """test_model's tiny model with the given knowledge mode and options, its KG codes random, vocabulary attached."""
+    sizes = tiny_vocab(knowledge).sizes if kn.has_vocab(knowledge) else (0, 0, 0)
+    model = test_model.tiny_model(knowledge=knowledge, knowledge_sizes=sizes, kge_widths=WIDTHS, **options)
+    if kn.embeds(knowledge):
+        torch.manual_seed(2)
+        tables = [torch.randn(n, w) for n, w in zip(sizes, (WIDTHS[0], WIDTHS[1], WIDTHS[0]))]
+        model.codes.fill(tables, [torch.zeros(n, dtype=torch.bool) for n in sizes])
+    if kn.has_vocab(knowledge):
+        kn.attach(model, tiny_vocab(knowledge), tiny_tokenizer(), 16, kb)
     return model
 
 
-def tiny_batch():
-    """test_model's tiny batch and each row's gold triples."""
-    triples = torch.tensor([[[0, 1, 2], [3, 0, 4]], [[1, 2, 3], [ABSENT] * 3], [[ABSENT] * 3] * 2, [[4, -1, 0], [ABSENT] * 3]])
+def tiny_batch(knowledge="ideal"):
+    """test_model's tiny batch and each row's gold triples: two, one, none and one with an unseen relation."""
+    none = [kn.ABSENT, 3, kn.ABSENT] if kn.predicts(knowledge) else [kn.ABSENT] * 3
+    triples = torch.tensor([[[0, 1, 2], [3, 0, 4]], [[1, 2, 3], [kn.ABSENT] * 3], [none, [kn.ABSENT] * 3],
+                            [[4, -1, 0], [kn.ABSENT] * 3]])
     return *test_model.tiny_batch(), triples
 
 
-@pytest.mark.parametrize("knowledge", ["none", "text", "ideal", "gel"])
-def test_every_mode_runs_forward_and_backward(knowledge):
-    model = tiny_model(knowledge)
-    out = model(*tiny_batch())
+OPTIONS = ([("none", {}), ("text", {})]
+           + [("ideal", {"knowledge_fusion": f}) for f in kn.FUSIONS]
+           + [("gel", {"knowledge_fusion": f, "triple_head": h, "kb_constrained": kb})
+              for f, h, kb in itertools.product(kn.FUSIONS, kn.TRIPLE_HEADS, (False, True))]
+           + [("gel_text", {"triple_head": h, "kb_constrained": kb})
+              for h, kb in itertools.product(kn.TRIPLE_HEADS, (False, True))]
+           + [("ideal", {"knowledge_fusion": "film", "answer_from_kb": True}),
+              ("gel", {"triple_head": "cascade", "kb_constrained": True, "answer_from_kb": True}),
+              ("gel_text", {"answer_from_kb": True})])
+KB = [("apple", "has", "fur"), ("bear", "eats", "fish"), ("dog", "is", "big")]
+
+
+@pytest.mark.parametrize("knowledge, options", OPTIONS, ids=[f"{k}-{'-'.join(map(str, o.values()))}" for k, o in OPTIONS])
+def test_every_mode_and_option_runs_forward_and_backward(knowledge, options):
+    options = dict(options)
+    kb = KB if options.pop("kb_constrained", False) else None
+    model = tiny_model(knowledge, kb=kb, **options)
+    out = model(*tiny_batch(knowledge))
     assert out["answer"].shape == (test_model.BATCH, test_model.ANSWERS)
-    assert set(out) == ({"answer", "h", "r", "t"} if knowledge == "gel" else {"answer"})
-    loss = out["answer"].logsumexp(-1).mean() + (triple_loss(out, tiny_batch()[3]) if knowledge == "gel" else 0)
+    expected = {"answer"} | ({"h", "r", "t", "triple"} if kn.predicts(knowledge) else set())
+    assert set(out) == expected | ({"gate"} if options.get("answer_from_kb") else set())
+    loss = out["answer"].logsumexp(-1).mean() + (triple_loss(out, tiny_batch(knowledge)[3]) if "h" in out else 0)
+    loss = loss + (out["gate"].logsumexp(-1).mean() if "gate" in out else 0)
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []  # DistributedDataParallel needs them all
-    if knowledge in ("ideal", "gel"):
+    if kn.embeds(knowledge):
         assert not any(n.endswith("_kge") for n, _ in model.named_parameters())  # frozen: buffers, saved with weights
-        assert {"entity_kge", "relation_kge"} <= {n for n, _ in model.named_buffers()}
+        assert {"codes.head_kge", "codes.relation_kge", "codes.tail_kge"} <= {n for n, _ in model.named_buffers()}
 
 
-def test_ideal_uses_the_gold_triples_and_the_no_knowledge_vector_without_one():
+def baseline_and(knowledge, **options):
+    """A baseline model and a knowledge model holding the baseline's weights, in eval mode."""
+    base = test_model.tiny_model().eval()
+    other = tiny_model(knowledge, **options).eval()
+    missing, unexpected = other.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and all(n.startswith(("codes.", "injection.", "triple_heads.")) for n in missing)
+    return base, other
+
+
+@pytest.mark.parametrize("fusion", kn.FUSIONS)
+def test_film_and_concat_start_as_the_baseline(fusion):
+    """So does mul where the code's width differs from the fused feature's (its projection starts at 1)."""
+    base, ideal = baseline_and("ideal", knowledge_fusion=fusion)
+    ids, mask, image, triples = tiny_batch()
+    assert torch.allclose(ideal(ids, mask, image, triples)["answer"], base(ids, mask, image)["answer"], atol=1e-6)
+    with torch.no_grad():  # once the projection learns, the knowledge moves the answers of the rows that have some
+        ideal.injection.project.weight.normal_()
+    moved = ideal(ids, mask, image, triples)["answer"]
+    changed = (moved - base(ids, mask, image)["answer"]).abs().amax(-1) > 1e-4
+    assert changed.tolist() == [True, True, False, True]  # row 2 has no triple
+
+
+@pytest.mark.parametrize("fusion", kn.FUSIONS)
+def test_rows_without_knowledge_pass_through_unchanged(fusion):
+    """Type A questions (no triple, or a predicted NO_KNOWLEDGE) get exactly the baseline's answer, in every fusion."""
+    base, gel = baseline_and("gel", knowledge_fusion=fusion)
+    with torch.no_grad():
+        gel.injection.project.weight.normal_() if fusion != "mul" else None
+        gel.triple_heads.r.bias[gel.no_knowledge] = 100.0  # every row predicts no knowledge
+    ids, mask, image, triples = tiny_batch("gel")
+    out = gel(ids, mask, image, triples)
+    assert (out["triple"][:, 0] == kn.ABSENT).all()
+    assert torch.allclose(out["answer"], base(ids, mask, image)["answer"], atol=1e-6)
+
+
+def test_ideal_uses_the_gold_triples():
     model = tiny_model("ideal").eval()
     ids, mask, image, triples = tiny_batch()
     base = model(ids, mask, image, triples)["answer"]
@@ -58,33 +129,124 @@ def test_ideal_uses_the_gold_triples_and_the_no_knowledge_vector_without_one():
     other[0, 0] = torch.tensor([2, 2, 2])  # another gold triple for row 0
     changed = model(ids, mask, image, other)["answer"]
     assert not torch.allclose(base[0], changed[0]) and torch.allclose(base[1:], changed[1:])
+
+
+def test_unseen_parts_use_the_unknown_vector():
+    vocab = tiny_vocab("ideal")
+    assert vocab.ids("apple|is|red;zebra|is|striped", 3) == [[0, 0, 0], [-1, 0, -1], [kn.ABSENT] * 3]
+    model = tiny_model("ideal").eval()
+    ids, mask, image, triples = tiny_batch()  # row 3: an unseen relation
+    code, present = model.codes(triples)
+    expected = torch.cat([model.codes.head_kge[4], model.codes.relation_unknown, model.codes.tail_kge[0]])
+    assert torch.equal(code[3], expected) and present.tolist() == [True, True, False, True]
+    before = model(ids, mask, image, triples)["answer"]
     with torch.no_grad():
-        model.no_knowledge.mul_(2)
-    doubled = model(ids, mask, image, triples)["answer"]
-    assert not torch.allclose(base[2], doubled[2]) and torch.allclose(base[[0, 1, 3]], doubled[[0, 1, 3]])
+        model.codes.relation_unknown.add_(1.0)
+    after = model(ids, mask, image, triples)["answer"]
+    assert not torch.allclose(before[3], after[3]) and torch.allclose(before[:3], after[:3])
+    with torch.no_grad():  # a vocabulary entry the KG embeddings lack takes the unknown vector too
+        model.codes.head_missing[1] = True
+    assert torch.equal(model.codes(triples)[0][1, :WIDTHS[0]], model.codes.head_unknown)
 
 
 def test_gel_ignores_the_gold_triples_and_uses_its_prediction():
-    model = tiny_model("gel").eval()
-    ids, mask, image, triples = tiny_batch()
+    model = tiny_model("gel", knowledge_fusion="film").eval()
+    with torch.no_grad():
+        model.injection.project.weight.normal_()
+        model.triple_heads.r.bias[model.no_knowledge] = -100.0  # every row predicts a triple
+    ids, mask, image, triples = tiny_batch("gel")
     assert torch.equal(model(ids, mask, image, triples)["answer"], model(ids, mask, image, triples.flip(0))["answer"])
     out = model(ids, mask, image, triples)
     with torch.no_grad():  # the predicted head's KG embedding moves the answer
-        model.entity_kge[out["h"].argmax(-1)[0]] += 3
+        model.codes.head_kge[out["triple"][0, 0]] += 3
     assert not torch.allclose(out["answer"][0], model(ids, mask, image, triples)["answer"][0])
 
 
-def test_triple_loss_leaves_out_rows_without_a_triple_and_unseen_parts():
+def test_cascade_conditions_the_relation_on_the_head():
     torch.manual_seed(0)
-    out = {"h": torch.randn(4, ENTITIES), "r": torch.randn(4, RELATIONS), "t": torch.randn(4, ENTITIES)}
-    triples = tiny_batch()[3]  # rows 0, 1 known; row 2 none; row 3 with an unseen relation
+    z_iq, z_q = torch.randn(4, 24), torch.randn(4, 24)
+    for kind, conditioned in (("cascade", True), ("independent", False)):
+        heads = kn.TripleHeads(kind, 24, SIZES)
+        before = heads(z_iq, z_q)
+        with torch.no_grad():  # other head logits, the same question feature
+            heads.h.weight.add_(torch.randn_like(heads.h.weight))
+        after = heads(z_iq, z_q)
+        assert not torch.allclose(before["h"], after["h"])
+        assert (not torch.allclose(before["r"], after["r"])) == conditioned, kind
+        assert (not torch.allclose(before["t"], after["t"])) == conditioned, kind  # through the relation
+
+
+def test_the_kb_constraint_only_ever_yields_kb_triples():
+    vocab = tiny_vocab("gel")
+    kb, dropped = kn.kb_ids(KB + [("zebra", "is", "striped")], vocab)
+    assert dropped == 1 and kb.tolist() == [vocab.triple_ids(t) for t in KB]
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = {k: torch.randn(64, n) * 3 for k, n in zip("hrt", SIZES)}
+        chosen = kn.choose_triple(out, kb)
+        assert {tuple(t) for t in chosen.tolist()} <= {tuple(t) for t in kb.tolist()}
+        free = kn.choose_triple(out)
+        best = [max(range(len(kb)), key=lambda k: sum(out[p][i].log_softmax(-1)[kb[k, j]] for j, p in enumerate("hrt")))
+                for i in range(64)]
+        assert chosen.tolist() == kb[best].tolist()  # the most probable KB triple
+        assert not torch.equal(chosen, free)
+
+
+def test_gel_text_reads_only_its_predicted_triple():
+    model = tiny_model("gel_text").eval()
+    ids, mask, image, triples = tiny_batch("gel_text")
+    out = model(ids, mask, image, triples)
+    assert torch.equal(out["answer"], model(ids, mask, image, triples.flip(0))["answer"])  # nothing gold is read
+    paired, paired_mask = model.triple_text.pair(ids, mask, out["triple"])
+    texts = []
+    model.text_encoder.register_forward_hook(lambda module, args, kwargs, output: texts.append(kwargs["input_ids"]),
+                                             with_kwargs=True)
+    model(ids, mask, image, triples)
+    assert len(texts) == 2 and torch.equal(texts[1], paired)  # two passes, the second with the predicted triple
+    tokenizer = tiny_tokenizer()
+    for row, triple in enumerate(out["triple"].tolist()):
+        names = model.vocab.names(triple)
+        length = int(paired_mask[row].sum())
+        if names is None:
+            assert torch.equal(paired[row, :length], ids[row][mask[row].bool()])
+        else:
+            question = tokenizer.decode(ids[row][mask[row].bool()], skip_special_tokens=True)
+            expected = tokenizer(question, " ".join(names), truncation="only_second", max_length=16)["input_ids"]
+            assert paired[row, :length].tolist() == expected
+
+
+def test_the_copy_gate_learns_where_the_answer_is_the_triples_head_or_tail():
+    df = pd.DataFrame({"triple": ["Arena|subject|Sports_Facilities", "Taro|family|Araceae", "Taro|family|Araceae", ""],
+                       "answer": ["arena", "Araceae", "monocot", "red"]})
+    assert kn.copy_targets(df).tolist() == [1, 2, 0, 0]  # case and underscores do not matter; no triple: vocabulary
+    assert kn.answer_key("Sports_Facilities") == kn.answer_key("sports  facilities") == "sports facilities"
+
+
+def test_a_copied_name_outside_the_vocabulary_can_be_the_right_answer():
+    answers = ["red", "arena", "Arena", "blue"]  # "arena" is the more frequent spelling: copies map to it
+    chooser = kn.AnswerChooser(answers)
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 3)
+    gate = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])  # copy head, copy tail, vocabulary
+    rows = chooser.choose(probs, gate, [("ARENA", "Araceae"), ("Arena", "Araceae"), ("Arena", "Araceae")], top_k=2)
+    assert [row[0][0] for row in rows] == ["arena", "Araceae", "red"]
+    assert [kn.PATHS[row[0][2]] for row in rows] == ["head", "tail", "vocabulary"]
+    assert sum(p for _, p, _ in rows[0]) <= 1 + 1e-6 and rows[0][0][1] > 0.9
+    assert kn.copied_right("Araceae", 2, "araceae") and not kn.copied_right("Araceae", 0, "araceae")
+    no_triple = chooser.choose(probs[:1], gate[:1], [None], top_k=1)[0][0]
+    assert no_triple[0] == "red" and no_triple[1] == pytest.approx(0.7)  # the gate is moot without a triple
+
+
+def test_triple_loss_leaves_out_rows_without_a_triple_and_unseen_parts():
     import torch.nn.functional as F
 
+    torch.manual_seed(0)
+    out = {k: torch.randn(4, n) for k, n in zip("hrt", SIZES)}
+    triples = tiny_batch("gel")[3]  # rows 0, 1 known; row 2 none (its relation: NO_KNOWLEDGE); row 3 unseen relation
     expected = (F.cross_entropy(out["h"][[0, 1, 3]], torch.tensor([0, 1, 4]))
-                + F.cross_entropy(out["r"][[0, 1]], torch.tensor([1, 2]))
+                + F.cross_entropy(out["r"][[0, 1, 2]], torch.tensor([1, 2, 3]))
                 + F.cross_entropy(out["t"][[0, 1, 3]], torch.tensor([2, 3, 0])))
     assert triple_loss(out, triples).item() == pytest.approx(expected.item(), rel=1e-6)
-    none = torch.full((4, 1, 3), ABSENT)
+    none = torch.full((4, 1, 3), kn.ABSENT)
     assert triple_loss(out, none).item() == 0.0  # not NaN
 
 
@@ -102,8 +264,33 @@ def test_text_mode_keeps_the_question_whole():
     assert paired[1] == alone[1]  # a question that fills max_token is read alone
 
 
-def test_gel_runs_one_forward_per_step(tiny_setup_gel):
-    args, rt, data, tokenizer, model, loader = tiny_setup_gel
+def test_the_vocabularies_are_separate_and_built_from_train_and_valid(sample_dir, kge_dir):
+    import main
+
+    args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel", "--kge_dir", str(kge_dir),
+                                         "--kb_constrained"])
+    rt = train.setup(args)
+    data = train.load_training_data(args, rt)
+    config = run_config(args, len(data.answers))
+    vocab, kb = train.knowledge_config(args, config, data, rt)
+    rows = pd.concat([data.train, data.valid])
+    triples = [t for cell in rows["triple"] if cell for t in [cell.split("|")]]
+    assert vocab.parts[0] == sorted({t[0] for t in triples}) and vocab.parts[2] == sorted({t[2] for t in triples})
+    assert vocab.parts[1] == sorted({t[1] for t in triples}) + [kn.NO_KNOWLEDGE]
+    assert config["knowledge_sizes"] == vocab.sizes and kb == kn.read_kb(sample_dir / "triples.csv")
+
+
+def test_gel_runs_one_forward_per_step(sample_dir, kge_dir):
+    import main
+
+    args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel", "--kge_dir", str(kge_dir)])
+    rt = train.setup(args)
+    data = train.load_training_data(args, rt)
+    tokenizer = train_tokenizer(list(data.train["question"]))
+    config = run_config(args, len(data.answers))
+    vocab, kb = train.knowledge_config(args, config, data, rt)
+    model = train.initial_model(config, tokenizer, vocab, kb)
+    loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
     calls = []
     model.text_encoder.register_forward_hook(lambda *a: calls.append(1))
     model.image_encoder.register_forward_hook(lambda *a: calls.append(2))
@@ -114,27 +301,55 @@ def test_gel_runs_one_forward_per_step(tiny_setup_gel):
     assert sorted(calls) == [1, 2]
 
 
-@pytest.fixture
-def tiny_setup_gel(sample_dir, kge_dir):
+def test_head_lr_is_the_triple_heads_own():
     import main
 
-    args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel", "--kge_dir", str(kge_dir)])
-    rt = train.setup(args)
-    data = train.load_training_data(args, rt)
-    tokenizer = train_tokenizer(list(data.train["question"]))
-    config = run_config(args, len(data.answers))
-    vocab = train.knowledge_config(args, config, data, rt)
-    model = train.initial_model(config, tokenizer, vocab)
-    loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
-    return args, rt, data, tokenizer, model, loader
+    args = main.parse_args(["--knowledge", "gel_text", "--lr", "1e-3", "--head_lr", "1e-2"])
+    model = tiny_model("gel_text")
+    optimizer = train.build_optimizer(model, args, torch.device("cpu"))
+    heads = {id(p) for p in model.triple_heads.parameters()}
+    train.optimize(model, optimizer, model(*tiny_batch("gel_text"))["answer"].sum(), args.clip_grad, 5e-4)
+    for group in optimizer.param_groups:
+        is_head = {id(p) in heads for p in group["params"]}
+        assert len(is_head) <= 1 and group["lr"] == (5e-3 if is_head == {True} else 5e-4)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("knowledge", ["text", "ideal", "gel"])
+def test_preset_bokvqa_sets_the_papers_values():
+    import main
+
+    args = main.parse_args(["--preset", "bokvqa", "--knowledge", "gel", "--kge_dir", "kge"])
+    paper = dict(text_model="xlm-roberta-base", image_model="resnet50", pretrained=True, img_size=224, max_token=50,
+                 lr=5e-5, batch_size=128, n_epoch=50, schedule="constant", warmup=0.0, clip_grad=0.0, loss="ce",
+                 dropout=0.2, dim_h=1024, knowledge_fusion="mul", triple_head="independent", freeze_text_epochs=0,
+                 text_pool="first")
+    assert {k: getattr(args, k) for k in paper} == paper
+    assert train.lr_factor(0, 100, 0, "constant") == train.lr_factor(99, 100, 0, "constant") == 1.0
+    assert main.parse_args(["--preset", "bokvqa", "--lr", "1e-4"]).lr == 1e-4  # explicit flags win
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--knowledge", "gel"], ["--kge_dir"]),
+    (["--knowledge", "ideal", "--kge_dir", "k", "--kb_constrained"], ["--kb_constrained", "gel, gel_text"]),
+    (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "give both"])])
+def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
+    import main
+
+    with pytest.raises(SystemExit) as stop:
+        main.parse_args(argv)
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and all(w in message for w in words), message
+
+
+@pytest.mark.parametrize("knowledge", ["text", "ideal", "gel", "gel_text"])
 def test_a_short_run_of_each_mode_learns(knowledge_runs, sample_dir, knowledge):
     history = json.loads((knowledge_runs[knowledge] / "history.json").read_text())
     valid = select_rows(read_data(sample_dir), "valid")
     majority = valid["answer"].value_counts().iloc[0] / len(valid)
     assert max(row["valid_acc"] for row in history) > 2 * majority
+    if kn.predicts(knowledge):  # the triple's accuracy is logged every epoch
+        assert all({"valid_h", "valid_r", "valid_t", "valid_hrt", "train_hrt"} <= set(row) for row in history)
+        assert history[-1]["valid_r"] > 0.5
 
 
 def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sample_dir, kge_dir, tmp_path):
@@ -145,39 +360,63 @@ def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sam
             result = run_script("inference.py", "--model_path", run_dir, "--data_dir", sample_dir)
             assert result.returncode == 0, result.stderr[-2000:]
             report = json.loads((run_dir / "eval_all.json").read_text())
-            assert report["knowledge"] == knowledge and ("triple_accuracy" in report) == (knowledge == "gel")
+            assert report["knowledge"] == knowledge and ("triple_accuracy" in report) == kn.predicts(knowledge)
             each = run_script("inference_each.py", "--model_path", run_dir, "--index", "0", "--data_dir", sample_dir)
             assert each.returncode == 0, each.stderr[-2000:]
-            assert ("predicted knowledge:" in each.stdout) == (knowledge == "gel")
-        gel = json.loads((knowledge_runs["gel"] / "eval_all.json").read_text())["triple_accuracy"]
-        predictions = pd.read_csv(knowledge_runs["gel"] / "predictions_all.csv", dtype=str, keep_default_na=False)
-        with_triple = predictions[predictions["triple"] != ""]
-        heads = [p.split("|")[0] == g.split("|")[0] for p, g in zip(with_triple["predicted_triple"], with_triple["triple"])]
-        assert gel["all"]["n"] == len(with_triple) and gel["all"]["h"] == pytest.approx(sum(heads) / len(heads))
-        assert "Predicted triple (GEL-VQA)" in (knowledge_runs["gel"] / "report.md").read_text()
+            assert ("predicted knowledge:" in each.stdout) == kn.predicts(knowledge)
+        for knowledge in ("gel", "gel_text"):
+            accuracy = json.loads((knowledge_runs[knowledge] / "eval_all.json").read_text())["triple_accuracy"]
+            predictions = pd.read_csv(knowledge_runs[knowledge] / "predictions_all.csv", dtype=str,
+                                      keep_default_na=False)
+            with_triple = predictions[predictions["triple"] != ""]
+            heads = [p.split("|")[0] == g.split("|")[0]
+                     for p, g in zip(with_triple["predicted_triple"], with_triple["triple"])]
+            assert accuracy["all"]["n"] == len(with_triple) and accuracy["all"]["h"] == pytest.approx(sum(heads) / len(heads))
+            assert "Predicted triple" in (knowledge_runs[knowledge] / "report.md").read_text()
+        kb = pd.read_csv(knowledge_runs["gel_text"] / kn.KB_FILE, dtype=str)
+        predicted = pd.read_csv(knowledge_runs["gel_text"] / "predictions_all.csv", dtype=str, keep_default_na=False)
+        known = set(kb["h"] + "|" + kb["r"] + "|" + kb["t"])
+        assert set(predicted["predicted_triple"]) - {""} <= known  # --kb_constrained: only KB triples
     finally:
         shutil.move(moved, kge_dir)
+
+
+def fake_run(path, seed, knowledge, accuracy):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"seed": seed, "knowledge": knowledge, "lr": 1e-3,
+                                                  "best_valid_acc": accuracy}))
+    (path / "eval_all.json").write_text(json.dumps({"accuracy": accuracy, "n": 10, "by_type": {
+        "A": {"accuracy": accuracy, "n": 5}, "B": {"accuracy": accuracy / 2, "n": 5}}}))
+    (path / "history.json").write_text(json.dumps([{"epoch": 1, "seconds": 10 * seed}]))
+    return path
+
+
+def test_compare_groups_runs_that_differ_only_in_seed(tmp_path):
+    runs = [fake_run(tmp_path / f"{k}_{seed}", seed, k, acc) for k, seed, acc in
+            [("none", 1, 0.5), ("none", 2, 0.7), ("none", 3, 0.6), ("gel", 1, 0.8), ("gel", 2, 0.9)]]
+    result = run_script("report.py", "--compare", *runs, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    grouped = pd.read_csv(tmp_path / "out" / "comparison_seeds.csv")
+    assert grouped["knowledge"].tolist() == ["none", "gel"] and grouped["seeds"].tolist() == [3, 2]
+    assert grouped["test_all"].tolist() == pytest.approx([0.6, 0.85])
+    assert grouped["test_all_std"].tolist() == pytest.approx([0.1, 0.0707107], rel=1e-5)
+    assert grouped["test_B"].tolist() == pytest.approx([0.3, 0.425]) and grouped["train_seconds"][0] == 20
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "| none | `3` | 60.0 ± 10.0" in text and "20 ± 10 s" in text
+    assert len(pd.read_csv(tmp_path / "out" / "comparison.csv")) == 5  # every run, too
 
 
 def test_compare_tabulates_the_runs(knowledge_runs, tmp_path):
     result = run_script("report.py", "--compare", *knowledge_runs.values(), "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     table = pd.read_csv(tmp_path / "comparison.csv")
-    assert sorted(table["knowledge"]) == ["gel", "ideal", "text"] and "best_valid" in table
+    assert sorted(table["knowledge"]) == ["gel", "gel_text", "ideal", "text"] and "best_valid" in table
     assert "| knowledge |" in (tmp_path / "comparison.md").read_text()
 
 
-def test_an_unseen_head_relation_or_tail_is_counted_not_a_crash():
-    vocab = KnowledgeVocab(["빨간색", "딸기"], ["대표 과일"])
-    assert vocab.ids("빨간색|대표 과일|딸기;파란색|대표 과일|블루베리", 3) == [[0, 0, 1], [-1, 0, -1], [ABSENT] * 3]
-    model = tiny_model("ideal")
-    ids, mask, image, _ = tiny_batch()
-    unseen = torch.tensor([[[-1, -1, -1]]] * test_model.BATCH)
-    assert torch.isfinite(model(ids, mask, image, unseen)["answer"]).all()
-
-
-def test_a_stopped_and_resumed_gel_run_ends_as_an_uninterrupted_one(sample_dir, kge_dir, tmp_path):
-    args = [*TINY_TRAIN, "--n_epoch", "4", "--knowledge", "gel", "--kge_dir", kge_dir, "--data_dir", sample_dir]
+def test_a_stopped_and_resumed_cascade_run_ends_as_an_uninterrupted_one(sample_dir, kge_dir, tmp_path):
+    args = [*TINY_TRAIN, "--n_epoch", "4", "--knowledge", "gel", "--kge_dir", kge_dir, "--data_dir", sample_dir,
+            "--triple_head", "cascade", "--kb_constrained", "--knowledge_fusion", "film", "--head_lr", "3e-3"]
     code, _, stderr = Script("main.py", *args, "--results_dir", tmp_path / "reference").finish()
     assert code == 0, stderr[-3000:]
     reference = outcome(only_run(tmp_path / "reference"), sample_dir)
@@ -188,6 +427,8 @@ def test_a_stopped_and_resumed_gel_run_ends_as_an_uninterrupted_one(sample_dir, 
     run_dir = only_run(tmp_path / "stopped")
     resume(run_dir)
     assert_same_as(reference, run_dir, sample_dir)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history == json.loads((only_run(tmp_path / "reference") / "history.json").read_text())
 
 
 @pytest.mark.skipif(not REAL_CSV.is_dir(), reason="../shared/real-csv is not present")
@@ -206,7 +447,7 @@ def test_bok_vqa_gel_and_ideal_for_each_language(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     pd.concat([ko, en])[["h", "r", "t"]].to_csv(tmp_path / "data" / "triples.csv", index=False)
     result = run_script("kge.py", "--data_dir", tmp_path / "data", "--out", tmp_path / "kge", "--dim", "16", "--epochs",
-                        "2", "--device", "cpu", "--eval_fraction", "0.05")
+                        "2", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     for lang in ("ko", "en", "bi"):
         for knowledge in ("gel", "ideal"):

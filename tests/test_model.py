@@ -25,7 +25,7 @@ def tiny_batch():
 
 
 @pytest.mark.parametrize("use_transformer_layer", [False, True])
-@pytest.mark.parametrize("text_pool", ["cls", "mean"])
+@pytest.mark.parametrize("text_pool", ["cls", "first", "mean"])
 def test_forward_backward(use_transformer_layer, text_pool):
     model = tiny_model(use_transformer_layer=use_transformer_layer, text_pool=text_pool)
     logits = model(*tiny_batch())["answer"]

@@ -1,0 +1,436 @@
+"""Knowledge in the VQA model (BOK-VQA): the knowledge modes, the vocabularies of heads, relations and tails, the
+knowledge base (KB), the frozen KG-embedding codes of triples, how a code enters the fused feature (mul, film, concat),
+the triple prediction heads (independent as GEL-VQA, cascade as HK-TriNet+), the KB constraint, and a predicted triple
+paired with the question as words (gel_text, Link-Tuning's idea).
+
+model.VQAModel is the skeleton that calls into these; train.py and model.load_run build them from a run's files.
+"""
+import os
+
+import torch
+import torch.nn as nn
+
+from vqa_dataset import DataError, clean_text, parse_triples, read_csv
+
+MODES = ["none", "text", "ideal", "gel", "gel_text"]
+FUSIONS = ["mul", "film", "concat"]
+TRIPLE_HEADS = ["independent", "cascade"]
+ABSENT = -2  # a triple slot of a row with fewer triples (or none); -1 is a part outside the vocabulary
+NO_KNOWLEDGE = "(no knowledge)"  # the relation class of rows without a triple, in the modes that predict one
+VOCAB_FILE = "knowledge.json"  # a knowledge run's vocabularies
+KB_FILE = "kb.csv"  # the knowledge base a run was trained with (h, r, t), in its run directory
+
+
+def has_vocab(mode):
+    return mode in ("ideal", "gel", "gel_text")
+
+
+def predicts(mode):
+    """The deployable modes: the triple is predicted, nothing gold is used at test."""
+    return mode in ("gel", "gel_text")
+
+
+def embeds(mode):
+    """The modes that inject a triple's KG embeddings (and need --kge_dir)."""
+    return mode in ("ideal", "gel")
+
+
+# ---------------------------------------------------------------- vocabularies and the knowledge base
+
+class KnowledgeVocab:
+    """The heads, relations and tails the model knows, each its own vocabulary (as GEL-VQA's), from the triples of the
+    train and valid rows. In the modes that predict a triple the relations end with NO_KNOWLEDGE, the class of rows
+    without one, so that such rows (type A) can be told apart and pass without knowledge. A part outside the
+    vocabulary has id -1."""
+
+    def __init__(self, heads, relations, tails):
+        self.parts = (list(heads), list(relations), list(tails))
+        self.index = [{name: i for i, name in enumerate(names)} for names in self.parts]
+
+    @classmethod
+    def from_rows(cls, df, predicting):
+        triples = [t for cell in df["triple"] for t in parse_triples(cell)]
+        heads, relations, tails = (sorted({t[i] for t in triples}) for i in range(3))
+        return cls(heads, relations + ([NO_KNOWLEDGE] if predicting else []), tails)
+
+    @classmethod
+    def from_json(cls, saved):
+        return cls(saved["heads"], saved["relations"], saved["tails"])
+
+    def to_json(self):
+        return dict(zip(("heads", "relations", "tails"), self.parts))
+
+    @property
+    def sizes(self):
+        return [len(names) for names in self.parts]
+
+    @property
+    def no_knowledge(self):
+        """The relation id of NO_KNOWLEDGE (None where the relations lack it)."""
+        return self.index[1].get(NO_KNOWLEDGE)
+
+    def triple_ids(self, triple):
+        return [self.index[i].get(part, -1) for i, part in enumerate(triple)]
+
+    def ids(self, cell, slots):
+        """[slots, 3] ids of a triple cell's triples (first hop first), ABSENT past its last one; a cell without a
+        triple is (ABSENT, NO_KNOWLEDGE, ABSENT) where the relations have that class."""
+        rows = [self.triple_ids(t) for t in parse_triples(cell)[:slots]]
+        if not rows and self.no_knowledge is not None:
+            rows = [[ABSENT, self.no_knowledge, ABSENT]]
+        return rows + [[ABSENT] * 3] * (slots - len(rows))
+
+    def names(self, ids):
+        """(head, relation, tail) of predicted ids; None for a prediction of no knowledge."""
+        if ids[0] < 0:
+            return None
+        return tuple(names[i] for names, i in zip(self.parts, ids))
+
+
+def read_kb(path):
+    """The distinct triples of a knowledge-base CSV with columns h, r, t (BOK-VQA's all_triple.csv, the sample's
+    triples.csv), in file order."""
+    import kge  # the triples reader with its checks
+
+    triples, _ = kge.read_triples_csv(path)
+    return list(dict.fromkeys(triples))
+
+
+def training_kb(df):
+    """The distinct triples of the rows' triple cells: the knowledge base where no KB file is given."""
+    return list(dict.fromkeys(t for cell in df["triple"] for t in parse_triples(cell)))
+
+
+def kb_ids(triples, vocab):
+    """[K, 3] vocabulary ids of the KB triples whose head, relation and tail are all in the vocabulary (a prediction
+    can only name those), and how many were left out."""
+    ids = [vocab.triple_ids(t) for t in triples]
+    usable = [row for row in ids if min(row) >= 0]
+    if not usable:
+        raise DataError(f"none of the {len(triples)} knowledge-base triples has its head, relation and tail all in "
+                        f"the vocabulary of the training triples; give the KB of this data (--kb).")
+    return torch.tensor(usable, dtype=torch.long), len(ids) - len(usable)
+
+
+def write_kb(path, triples):
+    import pandas as pd
+
+    import util
+
+    util.write_csv(path, pd.DataFrame(triples, columns=["h", "r", "t"]))
+
+
+def load_run_knowledge(run_dir, config):
+    """(vocabularies, KB triples or None) of a knowledge run, from its knowledge.json and (for --kb_constrained)
+    kb.csv; (None, None) for a run without knowledge."""
+    import util
+
+    if not has_vocab(config.get("knowledge", "none")):
+        return None, None
+    path = os.path.join(run_dir, VOCAB_FILE)
+    saved = util.read_json(path)
+    if "heads" not in saved:
+        raise util.CheckpointError(f"{path} was written by an earlier version of main.py (one entity vocabulary for "
+                                   f"heads and tails); train the run again with this version.")
+    if not config.get("kb_constrained"):
+        return KnowledgeVocab.from_json(saved), None
+    path = os.path.join(run_dir, KB_FILE)
+    if not os.path.isfile(path):
+        raise util.CheckpointError(f"{path} not found: a --kb_constrained run keeps the knowledge base it was trained "
+                                   f"with there; restore it from a copy of the run.")
+    kb = [tuple(t) for t in read_csv(path)[["h", "r", "t"]].itertuples(index=False)]
+    return KnowledgeVocab.from_json(saved), kb
+
+
+# ---------------------------------------------------------------- KG-embedding codes and how they enter
+
+def code_tables(kge_embeddings, vocab, centre_and_normalise):
+    """The KG embeddings of the vocabulary's heads, relations and tails ([n, width] each, in vocabulary order), a mask
+    of the rows the embeddings lack (they take the learned unknown vector), and those names. With
+    centre_and_normalise (film, concat), rows are centred on their table's mean and L2-normalised: ConvKB's codes
+    then differ by direction rather than by a shared offset."""
+    import kge
+
+    tables, missing, names = [], [], []
+    for part, (matrix, to_id) in zip(vocab.parts, [(kge_embeddings.entity, kge_embeddings.entity_to_id),
+                                                   (kge_embeddings.relation, kge_embeddings.relation_to_id),
+                                                   (kge_embeddings.entity, kge_embeddings.entity_to_id)]):
+        table, lacking = kge.lookup(matrix, to_id, part)
+        known = ~lacking
+        if centre_and_normalise and known.any():
+            table[known] = nn.functional.normalize(table[known] - table[known].mean(0), dim=-1)
+        tables.append(table)
+        missing.append(lacking)
+        names += [name for name, gone in zip(part, lacking.tolist()) if gone and name != NO_KNOWLEDGE]
+    return tables, missing, names
+
+
+class KnowledgeCodes(nn.Module):
+    """[head; relation; tail] KG-embedding codes of triples given as vocabulary ids. The tables are frozen buffers,
+    saved with the weights; a part outside the vocabulary, or one the KG embeddings lack, takes a learned unknown
+    vector of its slot (rather than zeros, which would blank a third of the code)."""
+
+    def __init__(self, sizes, widths):
+        super().__init__()
+        entity, relation = widths
+        for slot, n, width in zip(("head", "relation", "tail"), sizes, (entity, relation, entity)):
+            self.register_buffer(f"{slot}_kge", torch.zeros(n, width))
+            self.register_buffer(f"{slot}_missing", torch.zeros(n, dtype=torch.bool))
+            setattr(self, f"{slot}_unknown", nn.Parameter(torch.zeros(width)))
+        self.width = 2 * entity + relation
+
+    def fill(self, tables, missing):
+        with torch.no_grad():
+            for slot, table, lacking in zip(("head", "relation", "tail"), tables, missing):
+                getattr(self, f"{slot}_kge").copy_(table)
+                getattr(self, f"{slot}_missing").copy_(lacking)
+
+    def forward(self, triples):
+        """(code [B, width] averaged over a row's triples, present [B]: whether the row has a triple) of triples
+        [B, slots, 3]."""
+        present = triples[..., 0] != ABSENT  # [B, slots]
+        parts = []
+        for i, slot in enumerate(("head", "relation", "tail")):
+            ids = triples[..., i]
+            table, missing = getattr(self, f"{slot}_kge"), getattr(self, f"{slot}_missing")
+            safe = ids.clamp(min=0)
+            unknown = (ids < 0) | missing[safe]
+            parts.append(torch.where(unknown[..., None], getattr(self, f"{slot}_unknown").to(table.dtype),
+                                     table[safe]))
+        embedded = torch.cat(parts, -1)
+        weights = present[..., None].to(embedded.dtype)
+        return (embedded * weights).sum(1) / weights.sum(1).clamp(min=1), present.any(1)
+
+
+def film(x, gamma_beta):
+    """Feature-wise linear modulation: x * (1 + gamma) + beta, gamma and beta the two halves of gamma_beta."""
+    gamma, beta = gamma_beta.chunk(2, -1)
+    return x * (1 + gamma) + beta
+
+
+class Injection(nn.Module):
+    """How a knowledge code k enters the fused feature f (--knowledge_fusion):
+    mul (GEL-VQA's): f * P(k), P the identity where the code has f's width (as in the paper: 3 x 256 = 768), else a
+    linear layer starting at the constant 1 (weight 0, bias 1), so that f * P(k) starts as f, as the codes' own
+    product would not;
+    film: f * (1 + gamma(k)) + beta(k), gamma and beta zero-initialised, so a run starts as the baseline;
+    concat: [f; P(k)] into the answer path's first linear layer, as an added term W_k P(k), zero-initialised.
+    Rows without knowledge pass through unchanged (type A questions cannot lose to it)."""
+
+    def __init__(self, fusion, code_width, dim_q, dim_h):
+        super().__init__()
+        self.fusion = fusion
+        if fusion == "mul":
+            self.project = nn.Identity() if code_width == dim_q else nn.Linear(code_width, dim_q)
+            if code_width != dim_q:
+                nn.init.zeros_(self.project.weight)
+                nn.init.ones_(self.project.bias)
+        else:
+            self.project = nn.Linear(code_width, 2 * dim_q) if fusion == "film" else nn.Linear(code_width, dim_h,
+                                                                                                 bias=False)
+            nn.init.zeros_(self.project.weight)
+            if self.project.bias is not None:
+                nn.init.zeros_(self.project.bias)
+
+    def forward(self, fused, code, present):
+        """(fused feature, term added to the answer path's first linear layer or None)."""
+        keep = present[:, None]
+        if self.fusion == "mul":
+            return torch.where(keep, fused * self.project(code), fused), None
+        if self.fusion == "film":
+            return torch.where(keep, film(fused, self.project(code)), fused), None
+        return fused, self.project(code) * keep
+
+
+# ---------------------------------------------------------------- triple prediction
+
+class FiLMFromLogits(nn.Module):
+    """Conditions a feature on a previous prediction: FiLM with gamma and beta generated from its probabilities."""
+
+    def __init__(self, n_classes, dim):
+        super().__init__()
+        self.generate = nn.Linear(n_classes, 2 * dim)
+
+    def forward(self, x, logits):
+        return film(x, self.generate(logits.softmax(-1)))
+
+
+class TripleHeads(nn.Module):
+    """Logits of the triple's head, relation and tail from the answer path's hidden features of the fused feature
+    (image and question), z_iq, and of the question feature, z_q (GEL-VQA shares that linear layer and LayerNorm).
+
+    independent (GEL-VQA): h from z_iq, r and t from z_q, a linear layer each.
+    cascade (HK-TriNet+): a forward chain h -> r -> t (h from z_iq; r from z_q conditioned on h; t from z_q
+    conditioned on r) and a backward chain t -> r -> h, each condition FiLM with gamma and beta generated from the
+    previous step's probabilities; the two chains' logits are averaged."""
+
+    def __init__(self, kind, dim_h, sizes):
+        super().__init__()
+        n_h, n_r, n_t = sizes
+        self.kind = kind
+        self.h, self.r, self.t = nn.Linear(dim_h, n_h), nn.Linear(dim_h, n_r), nn.Linear(dim_h, n_t)
+        if kind == "cascade":
+            self.back_h, self.back_r, self.back_t = nn.Linear(dim_h, n_h), nn.Linear(dim_h, n_r), nn.Linear(dim_h, n_t)
+            self.r_given_h, self.t_given_r = FiLMFromLogits(n_h, dim_h), FiLMFromLogits(n_r, dim_h)
+            self.r_given_t, self.h_given_r = FiLMFromLogits(n_t, dim_h), FiLMFromLogits(n_r, dim_h)
+
+    def forward(self, z_iq, z_q):
+        if self.kind == "independent":
+            return {"h": self.h(z_iq), "r": self.r(z_q), "t": self.t(z_q)}
+        h = self.h(z_iq)
+        r = self.r(self.r_given_h(z_q, h))
+        t = self.t(self.t_given_r(z_q, r))
+        back_t = self.back_t(z_q)
+        back_r = self.back_r(self.r_given_t(z_q, back_t))
+        back_h = self.back_h(self.h_given_r(z_iq, back_r))
+        return {"h": (h + back_h) / 2, "r": (r + back_r) / 2, "t": (t + back_t) / 2}
+
+
+def choose_triple(out, kb=None, no_knowledge=None):
+    """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB ([K, 3] ids), the KB
+    triple with the highest product of their probabilities. A predicted NO_KNOWLEDGE relation gives
+    (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
+    logp = [out[k].detach().float().log_softmax(-1) for k in "hrt"]
+    if kb is None:
+        triple = torch.stack([p.argmax(-1) for p in logp], -1)
+    else:
+        score = logp[0][:, kb[:, 0]] + logp[1][:, kb[:, 1]] + logp[2][:, kb[:, 2]]  # [B, K]
+        triple = kb[score.argmax(-1)]
+    if no_knowledge is not None:
+        none = logp[1].argmax(-1) == no_knowledge
+        triple = torch.where(none[:, None], torch.tensor([ABSENT, no_knowledge, ABSENT], device=triple.device), triple)
+    return triple
+
+
+# ---------------------------------------------------------------- the predicted triple as words (gel_text)
+
+class TripleText:
+    """Pairs questions with their predicted triples as words, 'head relation tail' as --knowledge text writes a
+    triple, in the tokenizer's own pair layout (<s> q </s></s> k </s> for XLM-R), the knowledge truncated first so
+    that the question stays whole; a prediction of no knowledge leaves the question alone. Each vocabulary name is
+    tokenized once, so a step costs no tokenizer call."""
+
+    def __init__(self, tokenizer, vocab, max_token):
+        self.parts = [[tokenizer(name, add_special_tokens=False)["input_ids"] for name in names]
+                      for names in vocab.parts]
+        self.max_token, self.pad_id = max_token, tokenizer.pad_token_id
+        # the special tokens around one text and around a pair, found by encoding probes: any tokenizer's layout
+        a, b = (tokenizer(x, add_special_tokens=False)["input_ids"] for x in ("a", "b"))
+        single, pair = tokenizer("a")["input_ids"], tokenizer("a", "b")["input_ids"]
+        start = single.index(a[0])
+        self.single_specials = (start, len(single) - start - len(a))  # before and after a question
+        start = pair.index(a[0])
+        end = start + len(a) + pair[start + len(a):].index(b[0])
+        self.prefix, self.middle, self.suffix = pair[:start], pair[start + len(a):end], pair[end + len(b):]
+
+    def pair(self, input_ids, attention_mask, triples):
+        """(input_ids, attention_mask) of the questions paired with triples [B, 3] (ids; ABSENT for none)."""
+        rows = []
+        special = len(self.prefix) + len(self.middle) + len(self.suffix)
+        for ids, mask, triple in zip(input_ids.tolist(), attention_mask.tolist(), triples.tolist()):
+            ids = ids[:sum(mask)]
+            before, after = self.single_specials
+            question = ids[before:len(ids) - after]
+            room = self.max_token - special - len(question)
+            if triple[0] < 0 or room <= 0:
+                rows.append(ids)
+                continue
+            words = [token for part, i in zip(self.parts, triple) for token in part[i]][:room]
+            rows.append(self.prefix + question + self.middle + words + self.suffix)
+        longest = max(map(len, rows))
+        paired = torch.tensor([row + [self.pad_id] * (longest - len(row)) for row in rows], device=input_ids.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows], device=input_ids.device)
+        return paired, mask
+
+
+# ---------------------------------------------------------------- a run's model, its metrics
+
+def attach(model, vocab, tokenizer, max_token, kb_triples=None):
+    """Gives a model what its weights do not hold: its vocabularies, the KB triples as ids (kb_triples, for
+    --kb_constrained; returns how many of them the vocabulary cannot name) and, for gel_text, the pairing of
+    questions with predicted triples."""
+    model.vocab = vocab
+    dropped = 0
+    if kb_triples is not None:
+        model.kb, dropped = kb_ids(kb_triples, vocab)
+    if model.knowledge == "gel_text":
+        model.triple_text = TripleText(tokenizer, vocab, max_token)
+    return dropped
+
+
+def triple_hits(predicted, gold):
+    """[n, h, r, t, hrt] counts: of the rows with a gold triple (gold [N, 3], its first one), how many have the
+    predicted (predicted [N, 3]) head, relation, tail and all three right."""
+    rows = gold[:, 0] != ABSENT
+    same = predicted[rows] == gold[rows]
+    return [int(rows.sum()), *same.sum(0).tolist(), int(same.all(-1).sum())]
+
+
+# ---------------------------------------------------------------- answers copied from the knowledge (--answer_from_kb)
+
+PATHS = ["vocabulary", "head", "tail"]  # where an answer comes from: the answer classifier or a copied name
+
+
+def answer_key(text):
+    """How an answer and an entity's name are compared for copying: the repo's text clean-up, case folded, and
+    underscores read as spaces (BOK-VQA's entity names write spaces so: Sports_Facilities)."""
+    return " ".join(clean_text(text).casefold().replace("_", " ").split())
+
+
+def copy_targets(df):
+    """[N] the copy gate's target of each row: 1 where its answer is its (first) triple's head by answer_key, 2 where
+    it is its tail, else 0 (the answer vocabulary)."""
+    targets = []
+    for cell, answer in zip(df["triple"], df["answer"]):
+        triples, key = parse_triples(cell), answer_key(answer)
+        targets.append(0 if not triples else PATHS.index("head") if answer_key(triples[0][0]) == key else
+                       PATHS.index("tail") if answer_key(triples[0][2]) == key else 0)
+    return torch.tensor(targets, dtype=torch.long)
+
+
+def copy_candidates(model, out, df):
+    """Per row, the (head, tail) names an answer may be copied from, or None: the triple the model predicted, or
+    for ideal the row's gold triple."""
+    if predicts(model.knowledge):
+        names = [model.vocab.names(ids) for ids in out["triple"].tolist()]
+        return [(n[0], n[2]) if n else None for n in names]
+    return [(t[0][0], t[0][2]) if t else None for t in map(parse_triples, df["triple"])]
+
+
+class AnswerChooser:
+    """The answers of a run with --answer_from_kb: the answer classifier's probabilities times the gate's
+    vocabulary probability, and the gate's head and tail probabilities on the names of the triple's head and tail
+    (added to the vocabulary answer with the same answer_key, if there is one; else the name is an answer of its
+    own, outside the vocabulary). A row without a triple answers from the vocabulary."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.index = {}
+        for i, answer in enumerate(answers):  # the most frequent spelling of an answer_key first
+            self.index.setdefault(answer_key(answer), i)
+
+    def choose(self, probs, gate_logits, candidates, top_k):
+        """Per row [(answer, probability, path)] of its top_k answers, path the largest share of the answer's
+        probability (PATHS)."""
+        gates = gate_logits.float().softmax(-1).tolist()
+        tops = probs.topk(min(top_k + 2, probs.shape[-1]), dim=-1)
+        rows = []
+        for row, (gate, names) in enumerate(zip(gates, candidates)):
+            if names is None:
+                gate = [1.0, 0.0, 0.0]
+            shares = {}  # answer -> probability from each path
+            for p, i in zip(tops.values[row].tolist(), tops.indices[row].tolist()):
+                shares[self.answers[i]] = [gate[0] * p, 0.0, 0.0]
+            for path, name in zip((1, 2), names or ()):
+                i = self.index.get(answer_key(name))
+                answer = self.answers[i] if i is not None else name
+                share = shares.setdefault(answer, [gate[0] * float(probs[row, i]) if i is not None else 0.0, 0.0, 0.0])
+                share[path] += gate[path]
+            ranked = sorted(shares.items(), key=lambda item: -sum(item[1]))[:top_k]
+            rows.append([(answer, sum(share), max(range(3), key=share.__getitem__)) for answer, share in ranked])
+        return rows
+
+
+def copied_right(answer, path, gold):
+    """A vocabulary answer is right when it is the gold answer; a copied name when it has its answer_key."""
+    return answer == gold if path == 0 else answer_key(answer) == answer_key(gold)
