@@ -134,8 +134,9 @@ def compare(run_dirs):
     type (its eval_all.json from inference.py), and the predicted triple's accuracy where there is one."""
     runs = []
     for run_dir in run_dirs:
-        if not os.path.isfile(os.path.join(run_dir, util.CONFIG_FILE)):
-            continue  # not a run directory (kge output, a results folder's other files)
+        if not os.path.isfile(os.path.join(run_dir, util.CONFIG_FILE)):  # kge output, a results folder's other files
+            print(f"note: left out {run_dir}: not a run directory of main.py (no {util.CONFIG_FILE})")
+            continue
         config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
         path = os.path.join(run_dir, "eval_all.json")
         runs.append((run_dir, config, util.read_json(path) if os.path.isfile(path) else {}))
@@ -172,15 +173,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", nargs="+", required=True, metavar="RUN_DIR", help="run directories to tabulate")
     p.add_argument("--out", default="results", help="where comparison.md and comparison.csv go")
+    p.add_argument("--force", action="store_true",
+                   help="replace a comparison.md or comparison.csv in --out that this repo did not write")
     args = p.parse_args()
     try:
+        outputs = util.OutputFolder(args.out, args.force).check(["comparison.md", "comparison.csv"])
         table = compare(args.compare)
+        text = comparison_markdown(table)
+        outputs.write("comparison.md", (text + "\n").encode("utf-8"))
+        outputs.write("comparison.csv", util.csv_bytes(table))
     except (FileNotFoundError, util.CheckpointError) as e:
         raise SystemExit(f"error: {e}")
-    os.makedirs(args.out, exist_ok=True)
-    text = comparison_markdown(table)
-    util.atomic_write(os.path.join(args.out, "comparison.md"), (text + "\n").encode("utf-8"))
-    util.write_csv(os.path.join(args.out, "comparison.csv"), table)
     print(text)
     print(f"wrote {args.out}/comparison.md and {args.out}/comparison.csv")
 
