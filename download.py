@@ -147,10 +147,14 @@ def archive_layout(archive, zip_path):
     root = roots.index[0]  # the image folder of most images ('' when they sit in no folder named image)
     inside = [m for m in files if m.filename.startswith(root)]
     stray = [m.filename for m in files if not m.filename.startswith(root)]
-    if junk or stray:
-        print(f"left out {len(junk) + len(stray)} of the archive's entries: {len(junk)} macOS/Windows junk "
-              f"(__MACOSX/, .DS_Store, ...), {len(stray)} outside its image folder {root}"
-              + (f": {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}" if stray else ""))
+    left_out = []
+    if junk:
+        left_out.append(f"{len(junk)} macOS/Windows junk (__MACOSX/, .DS_Store, ...)")
+    if stray:
+        left_out.append(f"{len(stray)} outside its image folder {root}: {', '.join(stray[:5])}"
+                        f"{' ...' if len(stray) > 5 else ''}")
+    if left_out:
+        print(f"left out {len(junk) + len(stray)} of the archive's entries: " + "; ".join(left_out))
     layout = [(m, "image/" + unicodedata.normalize("NFC", m.filename[len(root):])) for m in inside]
     renamed = sum(m.filename[len(root):] != path[len("image/"):] for m, path in layout)
     if renamed:
@@ -427,6 +431,10 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=
     Never replaces a file in out_dir that this repo did not write, unless force."""
     if not os.path.isdir(image_dir):
         raise DataError(f"--image_dir {image_dir} is not a directory: give the directory that holds the images.")
+    given = pd.Series([os.path.realpath(p) for p in csv_paths + test_paths])
+    if given.duplicated().any():
+        raise DataError(f"{given[given.duplicated()].iloc[0]} is given twice (--from_csv and --test_csv together): "
+                        f"its rows would be imported twice; give each file once.")
     outputs = util.OutputFolder(out_dir, force).check(["data.csv", "skipped_rows.csv"])
     parts = [convert(p) for p in csv_paths] + [convert(p, split="test") for p in test_paths]
     kept, skipped = [], []

@@ -213,6 +213,8 @@ def test_a_question_in_two_splits_is_refused_and_shared_images_are_reported(tmp_
     assert pd.read_csv(tmp_path / "out" / "skipped_rows.csv")["source_row"].tolist() == [2]
     assert "warning: 1 test images (1 test rows) are training images too" in capsys.readouterr().out
 
+    with pytest.raises(DataError, match="train.csv is given twice"):
+        download.import_csv([str(tmp_path / "train.csv")], [str(tmp_path / "train.csv")], *args[2:])
     (tmp_path / "copy.csv").write_bytes((tmp_path / "train.csv").read_bytes())
     with pytest.raises(DataError, match=f"copy.csv row 3: duplicate of {tmp_path / 'train.csv'} row 3"):
         download.import_csv([str(tmp_path / "train.csv"), str(tmp_path / "copy.csv")], [], str(tmp_path / "img"),
