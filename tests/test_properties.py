@@ -102,9 +102,9 @@ def data_sets(draw):
     return files, raw
 
 
-def lay_out(root, files, csv, user_files=False):
+def lay_out(root, files, csv, user_file=None):
     """root/data (data.csv, image/), root/outside/secret.jpg (a user's file) and root/out (outputs), where
-    user_files puts a user's own data.csv and image among the outputs."""
+    user_file puts a user's own data.csv or images among the outputs."""
     if root.exists():
         shutil.rmtree(root)
     (root / "data" / "image").mkdir(parents=True)
@@ -113,11 +113,12 @@ def lay_out(root, files, csv, user_files=False):
     for name, data in files.items():
         (root / "data" / "image" / name).write_bytes(data)
     (root / "data" / "data.csv").write_bytes(csv.replace(b"OUTSIDE_ABS", str(root / "outside" / "secret.jpg").encode()))
-    if user_files:
+    if user_file:
         (root / "out" / "image").mkdir(parents=True)
+    if user_file == "data.csv":
         (root / "out" / "data.csv").write_text("image,question,answer\nmine.jpg,my question,my answer\n")
-        for name in files:
-            (root / "out" / "image" / name).write_bytes(b"a user's own image")
+    for name in files if user_file == "image" else []:
+        (root / "out" / "image" / name).write_bytes(b"a user's own image")
 
 
 def snapshot(root):
@@ -177,15 +178,16 @@ def test_inference_ends_in_success_or_a_clear_error(data, run_copy, tmp_path_fac
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(data=data_sets(), kind=st.sampled_from(["canonical", "BOK-VQA", "NIA"]), user_files=st.booleans())
-def test_import_ends_in_success_or_a_clear_error(data, kind, user_files, tmp_path_factory, monkeypatch):
+@given(data=data_sets(), kind=st.sampled_from(["canonical", "BOK-VQA", "NIA"]),
+       user_file=st.sampled_from([None, "data.csv", "image"]))
+def test_import_ends_in_success_or_a_clear_error(data, kind, user_file, tmp_path_factory, monkeypatch):
     files, csv = data
     root = tmp_path_factory.mktemp("import")
     headers = {"BOK-VQA": (b"image,question,answer", b",img_name,question,answer,h,r,t"),
                "NIA": (b"image,question,answer", b"img_path,question,answer")}
     if kind in headers and csv.startswith(headers[kind][0]):
         csv = headers[kind][1] + csv[len(headers[kind][0]):]
-    lay_out(root, files, csv, user_files)
+    lay_out(root, files, csv, user_file)
     before = snapshot(root)
     monkeypatch.setattr(sys, "argv", ["download.py", "--from_csv", str(root / "data" / "data.csv"), "--image_dir",
                                       str(root / "data" / "image"), "--out", str(root / "out"), "--skip_bad"])
