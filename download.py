@@ -5,6 +5,9 @@
     python download.py --sample [--lang en]   # the embedded synthetic sample into data/sample/ (offline, seconds)
     python download.py --from_csv BOKVQA_data_ko.csv [BOKVQA_data_en.csv] [--test_csv TEST.csv] --image_dir DIR
                                               # import a BOK-VQA, NIA-style or canonical CSV into data/
+
+A file in the output folder that this repo did not write (a user's own, or one edited since) is never replaced:
+the script stops and names it; --force replaces it.
 """
 import argparse
 import ast

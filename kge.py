@@ -65,14 +65,10 @@ def build_parser():
     return p
 
 
-def read_table(path):
-    return vqa_dataset.read_csv(path)  # UTF-8 or CP949; a missing or empty file, a folder, is a DataError
-
-
 def read_triples_csv(path):
     """(triples, skipped) of a CSV with columns h, r, t. Wholly empty rows are skipped and counted; a row with only
     some cells empty is an error, as it is a triple with a part missing."""
-    df = read_table(path)
+    df = vqa_dataset.read_csv(path)  # a missing, empty or undecodable file, a folder: a DataError
     missing = [c for c in "hrt" if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. A triples CSV needs columns "
@@ -95,7 +91,7 @@ def read_triples_csv(path):
 
 def read_data_csv(path):
     """(triples, skipped) of data.csv's `triple` column; rows without a triple (A-type questions) are skipped."""
-    df = read_table(path)
+    df = vqa_dataset.read_csv(path)
     if "triple" not in df.columns:
         raise DataError(f"{path}: no `triple` column (found {list(df.columns)}), so there are no triples to embed. "
                         f"Give a triples CSV with --triples, or put a triples.csv (columns h, r, t) beside it.")

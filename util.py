@@ -468,11 +468,11 @@ def load_weights(model, path, config=None, answers=None):
     """Loads weights from .safetensors, or from a .pt/.pth/.bin state dict read with weights_only=True."""
     if path.endswith(".safetensors"):
         state, metadata = read_safetensors(path)
-        if "model_config" not in metadata and state_mismatch(model, state):  # every weights file main.py writes has it
+        foreign = "model_config" not in metadata and state_mismatch(model, state)  # main.py's weights all have it
+        if foreign:
             raise CheckpointError(f"{path} is not a weights file of this repo: it lacks the model_config that main.py "
-                                  f"saves in every weights file, and its tensors are not this model's "
-                                  f"({state_mismatch(model, state)}). Give the .safetensors weights a run of main.py "
-                                  f"wrote.")
+                                  f"saves in every weights file, and its tensors are not this model's ({foreign}). "
+                                  f"Give the .safetensors weights a run of main.py wrote.")
         check_metadata(metadata, config, answers, path)
     elif path.endswith(PICKLE_SUFFIXES):
         state = read_pickled_weights(path)
