@@ -67,7 +67,7 @@ def read_csv(path):
 def check_header(header, df, path):
     """The header faults pandas would let through: a repeated name (read as 'answer.1'), white space around a name
     (' split' is not the column split), the header line again among the rows (two exports concatenated), no rows."""
-    repeated = sorted({name for name in header if header.count(name) > 1})
+    repeated = sorted({name for name in header if name and header.count(name) > 1})  # pandas names '' Unnamed: N
     if repeated:
         raise DataError(f"{path}: the header names column(s) {repeated} more than once (columns "
                         f"{[i + 1 for i, name in enumerate(header) if name in repeated]}); rename or remove the extra "

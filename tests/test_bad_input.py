@@ -581,6 +581,11 @@ def test_header_faults_pandas_lets_through_are_named(text, message, tmp_path):
     assert not (tmp_path / "split.csv").exists()
 
 
+def test_empty_column_names_are_not_repeated_names(tmp_path):
+    (tmp_path / "data.csv").write_text("image,question,answer,,\na.jpg,q,x,,\n")  # a spreadsheet's empty columns
+    assert vqa_dataset.read_csv(tmp_path / "data.csv")["answer"].tolist() == ["x"]
+
+
 def test_missing_value_placeholders_are_row_faults_not_answers_or_entities(tmp_path):
     placeholders = ["nan", "None", "N/A", "NA", "null", "#N/A", "-"]
     rows = [{"image": "a.jpg", "question": f"q{i}", "answer": p, "triple": ""} for i, p in enumerate(placeholders)]
