@@ -124,17 +124,18 @@ def make_question(rng):
 def generate_data(data_dir, n_images, questions_per_image, width, height, seed):
     """data_dir/image/*.jpg and data_dir/data.csv (image, question, answer, split); data.csv is written last, so
     an interrupted run is generated again."""
-    image_dir = os.path.join(data_dir, "image")
-    os.makedirs(image_dir, exist_ok=True)
-    names = [f"photo_{i:05d}.jpg" for i in range(n_images)]
-    jobs = [(os.path.join(image_dir, name), width, height, seed * 1_000_003 + i) for i, name in enumerate(names)]
+    names = [f"image/photo_{i:05d}.jpg" for i in range(n_images)]
+    outputs = util.OutputFolder(data_dir, option="--data_dir").check(names + ["data.csv"])  # never a user's file
+    os.makedirs(os.path.join(data_dir, "image"), exist_ok=True)
+    jobs = [(os.path.join(data_dir, name), width, height, seed * 1_000_003 + i) for i, name in enumerate(names)]
     with ProcessPoolExecutor(max(1, min(os.cpu_count() or 1, n_images))) as pool:  # numpy + JPEG encode: processes
         list(tqdm(pool.map(make_photo, jobs, chunksize=4), total=n_images, desc=f"generating {width}x{height} JPEGs",
                   dynamic_ncols=True))
     rng = random.Random(seed)
-    rows = [{"image": name, "question": make_question(rng), "answer": rng.choice(ANSWERS), "split": "train"}
-            for name in names for _ in range(questions_per_image)]
-    util.write_csv(os.path.join(data_dir, "data.csv"), pd.DataFrame(rows))
+    outputs.record(names)
+    rows = [{"image": os.path.basename(name), "question": make_question(rng), "answer": rng.choice(ANSWERS),
+             "split": "train"} for name in names for _ in range(questions_per_image)]
+    outputs.write("data.csv", util.csv_bytes(pd.DataFrame(rows)))
 
 
 class OriginalStyleDataset(Dataset):
@@ -266,7 +267,10 @@ def run():
     if os.path.isfile(os.path.join(data_dir, "data.csv")):
         print(f"reusing {data_dir}/data.csv (delete {data_dir} to generate it again)")
     else:
-        generate_data(data_dir, n_images, args.questions_per_image, args.width, args.height, args.seed)
+        try:
+            generate_data(data_dir, n_images, args.questions_per_image, args.width, args.height, args.seed)
+        except util.CheckpointError as e:  # a user's file where the data would go
+            raise SystemExit(f"error: {e}")
     df = select_rows(read_data(data_dir), "train")
     answer_to_id = {a: i for i, a in enumerate(build_answer_vocab(df))}
     tokenizer = train_tokenizer(list(df["question"]))

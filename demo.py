@@ -17,12 +17,13 @@ from model import OfflineError, answer, load_run
 from vqa_dataset import DataError, read_test_split, well_formed_triples
 
 
-def load_samples(config, data_dir, n):
-    """[(label, image path, question, gold, knowledge)] for the first n test rows (knowledge: the row's triple, else
-    its abstract); [] when the run's data is not on this machine."""
+def load_samples(config, run_dir, data_dir, n):
+    """[(label, image path, question, gold, knowledge)] for the first n test rows of the run's split (knowledge: the
+    row's triple, else its abstract); [] when the run's data is not on this machine, said."""
     try:
-        data_dir, test = read_test_split(config, data_dir)
-    except (DataError, OSError):
+        data_dir, test = read_test_split(config, run_dir, data_dir)
+    except (DataError, util.CheckpointError, OSError) as e:
+        print(f"note: no test samples to pick from: {e}")
         return []
     samples = []
     for i, row in enumerate(test.head(n).itertuples()):
@@ -109,7 +110,7 @@ def main():
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
     except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    samples = load_samples(config, args.data_dir, args.n_samples)
+    samples = load_samples(config, run_dir, args.data_dir, args.n_samples)
     print(f"model: {run_dir} ({len(answers)} answers), {len(samples)} test samples to pick from")
 
     def predict(image_path, question, knowledge):

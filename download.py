@@ -5,6 +5,9 @@
     python download.py --sample [--lang en]   # the embedded synthetic sample into data/sample/ (offline, seconds)
     python download.py --from_csv BOKVQA_data_ko.csv [BOKVQA_data_en.csv] [--test_csv TEST.csv] --image_dir DIR
                                               # import a BOK-VQA, NIA-style or canonical CSV into data/
+
+A file in the output folder that this repo did not write (a user's own, or one edited since) is never replaced:
+the script stops and names it; --force replaces it.
 """
 import argparse
 import ast
@@ -15,6 +18,7 @@ import socket
 import stat
 import sys
 import tempfile
+import unicodedata
 import zipfile
 import zlib
 from pathlib import PurePosixPath
@@ -23,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 import util
-from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, DataError, derive_columns, format_triples, make_split,
-                         normalize_text, read_csv, validate)
+from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataError, derive_columns, format_triples,
+                         make_split, normalize_text, read_csv, validate)
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
 ARCHIVE_BYTES = 12.97e9  # as the original README gives it; no checksum was published
@@ -46,7 +50,7 @@ FORMATS = {
     "NIA": (["img_path", "question", "answer"], ["main_obj", "Triple", "Abstract", "subject", "relation", "object"]),
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-LINKS_MADE = ".imported_links"  # in <out>/image: the links the importer made, the only files it ever replaces
+LEGACY_LINKS = ".imported_links"  # in <out>/image: the links that importers before util.WRITTEN_FILE made
 
 
 # ---------------------------------------------------------------- the original archive
@@ -84,9 +88,10 @@ def unsafe_entries(archive):
     return bad
 
 
-def unpack(zip_path, data_dir):
-    """Unpacks an image archive into data_dir/image/. Refused whole if any entry is unsafe, if it is empty or holds no
-    images; unpacked into a staging folder first, so that a damaged entry (CRC) leaves nothing half-written."""
+def unpack(zip_path, data_dir, force=False):
+    """Unpacks an image archive into data_dir/image/. Refused whole if any entry is unsafe, if it holds no images, or
+    if it would replace a file this repo did not write (unless force); unpacked into a staging folder first, so that
+    a damaged entry (CRC) leaves nothing half-written."""
     image_dir = os.path.join(data_dir, "image")
     try:
         archive = zipfile.ZipFile(zip_path)
@@ -97,32 +102,78 @@ def unpack(zip_path, data_dir):
         if bad:
             raise DataError(f"{zip_path}: refused, nothing was unpacked; {len(bad)} entries could write outside "
                             f"{data_dir}/: " + ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if not members:
-            raise DataError(f"{zip_path} holds no files; download it again.")
-        if not any(m.filename.lower().endswith(IMAGE_SUFFIXES) for m in members):
-            raise DataError(f"{zip_path} holds {len(members)} files but no images ({', '.join(IMAGE_SUFFIXES)}): "
-                            f"is it the image archive?")
-        # the original archive holds image/...; an archive of bare files goes into image/ all the same
-        inside_image = all(m.filename.replace("\\", "/").startswith("image/") for m in members)
-        target = data_dir if inside_image else image_dir
-        check_free_space(target, sum(m.file_size for m in members))
-        replaced = sum(os.path.exists(os.path.join(target, m.filename)) for m in members)
+        layout = archive_layout(archive, zip_path)
+        outputs = util.OutputFolder(data_dir, force, "--data_dir")
+        outputs.check([path for _, path in layout] + [f"image/{UNPACKED_MARKER}"])
+        check_free_space(data_dir, sum(m.file_size for m, _ in layout))
+        replaced = sum(os.path.lexists(os.path.join(data_dir, path)) for _, path in layout)
         if replaced:
-            print(f"warning: {replaced} of the archive's {len(members)} files are in {target}/ already and are "
-                  f"replaced by the archive's")
+            print(f"{replaced} of the archive's {len(layout)} files are in {image_dir}/ already (written by this repo, "
+                  f"or --force) and are replaced by the archive's")
         os.makedirs(data_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".unpacking_", dir=data_dir)
         try:
-            extract(archive, members, staging, zip_path)
-            for member in members:
-                path = os.path.join(target, member.filename)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.replace(os.path.join(staging, member.filename), path)
+            extract(archive, [m for m, _ in layout], staging, zip_path)
+            for member, path in layout:
+                os.makedirs(os.path.dirname(os.path.join(data_dir, path)), exist_ok=True)
+                os.replace(os.path.join(staging, member.filename), os.path.join(data_dir, path))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    util.atomic_write(os.path.join(image_dir, UNPACKED_MARKER), f"{os.path.basename(zip_path)} {len(members)}\n".encode())
-    print(f"unpacked {len(members)} files into {image_dir}/")
+    outputs.record([path for _, path in layout])
+    outputs.write(f"image/{UNPACKED_MARKER}", f"{os.path.basename(zip_path)} {len(layout)}\n".encode())
+    print(f"unpacked {len(layout)} files into {image_dir}/")
+
+
+# what macOS and Windows add to an archive: never images of the data
+JUNK = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|\._[^/]*$|Thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
+
+
+def archive_layout(archive, zip_path):
+    """[(entry, path under the data folder)] for the archive's files, and says which it leaves out: macOS and Windows
+    junk, and entries outside its image folder. The image folder is the first folder named image above its images
+    (image/, or VQA_NIA/data/image/ when the archive holds a whole checkout); an archive without one has its files
+    put into image/ as they are. Names are unpacked in NFC (a Mac writes NFD), as this data's CSVs spell them."""
+    files = [m for m in archive.infolist() if not m.is_dir()]
+    junk = [m for m in files if JUNK.search(m.filename)]
+    files = [m for m in files if not JUNK.search(m.filename)]
+    if not files:
+        raise DataError(f"{zip_path} holds no files" + (f" but {len(junk)} macOS/Windows junk entries" if junk else "")
+                        + "; download it again.")
+    images = [m for m in files if m.filename.lower().endswith(IMAGE_SUFFIXES)]
+    if not images:
+        inner = [m.filename for m in files if m.filename.lower().endswith(ARCHIVE_SUFFIXES)]
+        raise DataError(f"{zip_path} holds {len(files)} files but no images ({', '.join(IMAGE_SUFFIXES)})" +
+                        (f"; it holds the archive {inner[0]}: unpack that one instead (extract it, then "
+                         f"`python download.py --zip` on it)." if inner else ": is it the image archive?"))
+    roots = pd.Series([image_root(m.filename) for m in images]).value_counts()
+    root = roots.index[0]  # the image folder of most images ('' when they sit in no folder named image)
+    inside = [m for m in files if m.filename.startswith(root)]
+    stray = [m.filename for m in files if not m.filename.startswith(root)]
+    left_out = []
+    if junk:
+        left_out.append(f"{len(junk)} macOS/Windows junk (__MACOSX/, .DS_Store, ...)")
+    if stray:
+        left_out.append(f"{len(stray)} outside its image folder {root}: {', '.join(stray[:5])}"
+                        f"{' ...' if len(stray) > 5 else ''}")
+    if left_out:
+        print(f"left out {len(junk) + len(stray)} of the archive's entries: " + "; ".join(left_out))
+    layout = [(m, "image/" + unicodedata.normalize("NFC", m.filename[len(root):])) for m in inside]
+    renamed = sum(m.filename[len(root):] != path[len("image/"):] for m, path in layout)
+    if renamed:
+        print(f"note: {renamed} of the archive's file names are in NFD (as a Mac writes them); unpacked in NFC, as "
+              f"this data's CSVs spell them")
+    paths = pd.Series([path for _, path in layout])
+    if paths.duplicated().any():
+        raise DataError(f"{zip_path}: entries {paths[paths.duplicated()].tolist()[:5]} are one name in NFC: rename "
+                        f"one of each pair, nothing was unpacked.")
+    return layout
+
+
+def image_root(name):
+    """The entry's folder up to its first folder named image ('VQA_NIA/data/image/'), or '' if it has none."""
+    parts = name.split("/")[:-1]
+    return "/".join(parts[:parts.index("image") + 1]) + "/" if "image" in parts else ""
 
 
 def extract(archive, members, folder, zip_path):
@@ -140,7 +191,7 @@ def extract(archive, members, folder, zip_path):
                             f"Download the archive again.") from None
 
 
-def download_images(data_dir):
+def download_images(data_dir, force=False):
     image_dir = os.path.join(data_dir, "image")
     if os.path.isfile(os.path.join(image_dir, UNPACKED_MARKER)):
         print(f"{image_dir}/ already holds the unpacked archive; nothing to do.")
@@ -162,7 +213,7 @@ def download_images(data_dir):
     if abs(size - ARCHIVE_BYTES) > 0.01 * ARCHIVE_BYTES:
         sys.exit(f"error: {zip_path} has {size / 1e9:.2f} GB, not the expected {ARCHIVE_BYTES / 1e9:.2f} GB; "
                  f"delete it and run again, or download it by hand." + MANUAL_INSTRUCTIONS)
-    unpack(zip_path, data_dir)
+    unpack(zip_path, data_dir, force)
 
 
 # ---------------------------------------------------------------- importing CSVs
@@ -202,7 +253,7 @@ def nia_triple(text):
 
 def bok_rows(raw, out):
     """Fills out's columns from a BOK-VQA file (img_name, question, h, r, t, answer[, fold]); returns row problems."""
-    out["image"] = raw["img_name"].str.strip().values
+    out["image"] = raw["img_name"].values
     out["question"], out["answer"] = raw["question"].values, raw["answer"].values
     out["question_type"] = "B"
     out["triple"] = [format_triples([hrt]) for hrt in zip(raw["h"], raw["r"], raw["t"])]
@@ -242,7 +293,7 @@ def nia_rows(raw, out):
     out["abstract"] = raw["Abstract"].str.strip().values if "Abstract" in raw.columns else ""
     out["question_type"] = np.where((out["triple"] != "") | (out["abstract"] != ""), "B", "A")
     out["split"] = ""
-    names = pd.DataFrame({"name": out["image"], "full": raw["img_path"].str.strip().values}).drop_duplicates()
+    names = pd.DataFrame({"name": out["image"], "full": raw["img_path"].values}).drop_duplicates()
     clash = set(names[names["name"].duplicated(keep=False)]["name"])
     return problems + [(r, f"column img_path: another row has a different file named {n}")
                        for r, n in zip(out["row"], out["image"]) if n in clash]
@@ -262,15 +313,14 @@ def convert(path, split=None):
     """One CSV as canonical rows, plus the source file and row of each; conversion faults raise DataError."""
     raw = read_csv(path)
     kind = detect_format(raw.columns, path)
-    if raw.empty:
-        raise DataError(f"{path} ({kind}) has a header but no rows.")
     out = pd.DataFrame({"row": np.arange(2, len(raw) + 2)})
     problems = ROW_READERS[kind](raw, out)
     if problems:
         lines = "\n".join(f"  row {r}: {text}" for r, text in problems[:30])
         more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
         raise DataError(f"{path} ({kind}): {len(problems)} rows cannot be converted (header is row 1):\n{lines}{more}")
-    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+    out["image"] = out["image"].fillna("").astype(str)  # a path: used exactly as written
+    for column in TEXT_COLUMNS:
         out[column] = normalize_text(out[column].fillna("").astype(str)) if column in out else ""
     derive_columns(out)
     if split is not None:
@@ -281,33 +331,34 @@ def convert(path, split=None):
     return out
 
 
-def link_images(names, image_dir, out_image_dir):
-    """Makes each image available under out_image_dir as a link into image_dir (nothing to do if they are one).
-    Only links this importer made (listed in .imported_links) are ever replaced: a user's file there is an error."""
+def link_images(names, image_dir, outputs):
+    """Makes each image available under the output folder's image/ as a link into image_dir (nothing to do if they
+    are one). Only files this repo wrote there, such as the links of an earlier import, are ever replaced
+    (util.OutputFolder): a user's file there is an error."""
+    out_image_dir = os.path.join(outputs.folder, "image")
     os.makedirs(out_image_dir, exist_ok=True)
     if os.path.samefile(image_dir, out_image_dir):
         return
-    made_path = os.path.join(out_image_dir, LINKS_MADE)
-    made = set(open(made_path, encoding="utf-8").read().splitlines()) if os.path.isfile(made_path) else set()
-    todo, foreign = [], []
-    for name in names:
-        target, link = os.path.abspath(os.path.join(image_dir, name)), os.path.join(out_image_dir, name)
-        if os.path.islink(link) and os.readlink(link) == target:
-            continue
-        if os.path.lexists(link) and not (os.path.islink(link) and name in made):
-            foreign.append(link)
-        todo.append((name, target, link))
-    if foreign:
-        raise DataError(f"{len(foreign)} image path(s) in {out_image_dir} hold files this importer did not make, and "
-                        f"it never replaces a user's file: {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}"
-                        f". Move them away, or import into another --out.")
-    for name, target, link in todo:
-        if os.path.islink(link):
-            os.remove(link)  # a link of an earlier import, to where the images were then
+    adopt_legacy_links(outputs)
+    links = {name: (os.path.abspath(os.path.join(image_dir, name)), os.path.join(out_image_dir, name)) for name in names}
+    todo = [name for name, (target, link) in links.items() if not (os.path.islink(link) and os.readlink(link) == target)]
+    outputs.check(["image/" + name for name in todo])
+    for name in todo:
+        target, link = links[name]
+        if os.path.lexists(link):
+            os.remove(link)  # a link of an earlier import (to where the images were then), or a file under --force
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(target, link)
-        made.add(name)
-    util.atomic_write(made_path, "\n".join(sorted(made)).encode("utf-8"))
+    outputs.record(["image/" + name for name in todo])
+
+
+def adopt_legacy_links(outputs):
+    """The links that importers of earlier versions listed in image/.imported_links are this repo's too."""
+    path = os.path.join(outputs.folder, "image", LEGACY_LINKS)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            names = ["image/" + name for name in f.read().splitlines()]
+        outputs.record([n for n in names if n not in outputs.written and os.path.islink(os.path.join(outputs.folder, n))])
 
 
 def fill_missing_split(data):
@@ -325,32 +376,94 @@ def fill_missing_split(data):
     return data
 
 
-def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False):
-    """Writes out_dir/data.csv (canonical) and out_dir/image/ (links) from the given CSVs; returns the row count."""
+# how held out each split is: a question on an image in two splits is a fault of the less held-out copy
+HELD_OUT = {"train": 0, "valid": 1, "test": 2}
+
+
+def cross_file_faults(data):
+    """Row faults across all the input files, one problem per row ('' for a good one): a question on an image in two
+    splits (a held-out question seen in training: the copy in the less held-out split is the fault, so that the
+    test set stays whole), and a row repeated in another file (the later copy; validate finds repeats in a file)."""
+    key = ["image", "question"]
+    ranked = data.assign(rank=data["split"].map(HELD_OUT).fillna(-1))  # '' is split by image later: never apart
+    held = ranked.sort_values("rank", ascending=False, kind="stable").drop_duplicates(key)
+    held = ranked[key + ["rank"]].merge(held[key + ["rank", "split", "source", "row"]], "left", key,
+                                        suffixes=("", "_held"))
+    leak = (held["rank"] < held["rank_held"]).values
+    problems = np.where(leak, "the same image and question is in the " + held["split"] + " split too, " +
+                        held["source"] + " row " + held["row"].astype(str) + " (a held-out question seen in training)", "")
+    copy = ["image", "question", "answer", "split"]
+    first = data[copy].merge(data.drop_duplicates(copy)[copy + ["source", "row"]], "left", copy)
+    repeat = (first["source"].values != data["source"].values) & ~leak
+    problems = np.where(repeat, "duplicate of " + first["source"] + " row " + first["row"].astype(str), problems)
+    return pd.Series(problems, index=data.index)
+
+
+def leave_out_cross_file_faults(data, skip_bad):
+    """(data without the rows cross_file_faults finds, those rows with their problem); without skip_bad, any is a
+    DataError listing them by file and row."""
+    problems = cross_file_faults(data)
+    bad = (problems != "").values
+    if bad.any() and not skip_bad:
+        lines = [f"  {source} row {row}: {problem}" for source, row, problem in
+                 zip(data["source"][bad], data["row"][bad], problems[bad])]
+        leaks = int(problems[bad].str.contains("held-out").sum())
+        raise DataError(f"{bad.sum()} rows across the input files are faults: {leaks} put a question on an image into "
+                        f"two splits (a split leak), {bad.sum() - leaks} repeat a row of another file:\n"
+                        + "\n".join(lines[:30]) + (f"\n  ... and {len(lines) - 30} more" if len(lines) > 30 else "")
+                        + "\nFix the files, or run again with --skip_bad to leave those rows out (listed in "
+                          "skipped_rows.csv).")
+    return data[~bad], data[bad].assign(problem=problems[bad])
+
+
+def report_shared_images(data):
+    """Says how many valid and test images are training images too (with other questions): no question is seen in
+    training, but the held-out score includes images that are."""
+    train_images = set(data.loc[data["split"] == "train", "image"])
+    for split in ("valid", "test"):
+        rows = data[(data["split"] == split) & data["image"].isin(train_images)]
+        if len(rows):
+            print(f"warning: {rows['image'].nunique()} {split} images ({len(rows)} {split} rows) are training images "
+                  f"too, with other questions (e.g. {rows['image'].iloc[0]}, {rows['source'].iloc[0]} row "
+                  f"{rows['row'].iloc[0]}): the {split} score includes images seen in training. Give all the rows "
+                  f"of an image one split to keep them apart.")
+
+
+def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=False):
+    """Writes out_dir/data.csv (canonical) and out_dir/image/ (links) from the given CSVs; returns the row count.
+    Never replaces a file in out_dir that this repo did not write, unless force."""
     if not os.path.isdir(image_dir):
         raise DataError(f"--image_dir {image_dir} is not a directory: give the directory that holds the images.")
+    given = pd.Series([os.path.realpath(p) for p in csv_paths + test_paths])
+    if given.duplicated().any():
+        raise DataError(f"{given[given.duplicated()].iloc[0]} is given twice (--from_csv and --test_csv together): "
+                        f"its rows would be imported twice; give each file once.")
+    outputs = util.OutputFolder(out_dir, force).check(["data.csv", "skipped_rows.csv"])
     parts = [convert(p) for p in csv_paths] + [convert(p, split="test") for p in test_paths]
     kept, skipped = [], []
     for part in parts:  # validated file by file, so that row numbers refer to that file
         good, bad = validate(part, out_dir, skip_bad, image_dir=image_dir, source=part["source"].iloc[0])
         kept.append(good)
         skipped.append(bad)
-    data = fill_missing_split(pd.concat(kept, ignore_index=True))
-    skipped = pd.concat(skipped, ignore_index=True)
+    data, across = leave_out_cross_file_faults(fill_missing_split(pd.concat(kept, ignore_index=True)), skip_bad)
+    skipped = pd.concat(skipped + [across], ignore_index=True)
+    if data.empty:
+        raise DataError(f"every row of {', '.join(csv_paths + test_paths)} has a problem, so nothing was imported; "
+                        f"run again without --skip_bad to see them.")
+    report_shared_images(data)
     os.makedirs(out_dir, exist_ok=True)
-    link_images(data["image"].unique(), image_dir, os.path.join(out_dir, "image"))
+    link_images(data["image"].unique(), image_dir, outputs)
     columns = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     if (data["split"] == "").all():
         columns.remove("split")  # read_data then makes the seeded split
-    path = os.path.join(out_dir, "data.csv")
-    util.write_csv(path, data[columns])
+    outputs.write("data.csv", util.csv_bytes(data[columns]))
     if len(skipped):
-        skipped.rename(columns={"row": "source_row"}).to_csv(os.path.join(out_dir, "skipped_rows.csv"), index=False)
+        outputs.write("skipped_rows.csv", util.csv_bytes(skipped.rename(columns={"row": "source_row"})))
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in {out_dir}/skipped_rows.csv")
         for source, row, problem in skipped[["source", "row", "problem"]].head(20).itertuples(index=False):
             print(f"  {source} row {row}: {problem}")
     counts = data["split"].replace("", "(seeded split)").value_counts().to_dict()
-    print(f"wrote {len(data)} rows to {path} ({counts}; languages {data['lang'].value_counts().to_dict()}) "
+    print(f"wrote {len(data)} rows to {out_dir}/data.csv ({counts}; languages {data['lang'].value_counts().to_dict()}) "
           f"and {data['image'].nunique()} images to {out_dir}/image/")
     if "test" not in counts and (data["split"] != "").any():
         print("note: no --test_csv was given, so the data has no test split; inference.py --split valid evaluates "
@@ -374,23 +487,26 @@ def main():
                    help="output directory (import: default --data_dir; sample: data/sample or data/sample_en)")
     p.add_argument("--skip_bad", action="store_true",
                    help="import: leave out rows with problems instead of stopping; listed in skipped_rows.csv")
+    p.add_argument("--force", action="store_true",
+                   help="replace files in the output folder that this repo did not write (a user's own, or edited)")
     args = p.parse_args()
     try:
         if args.sample:
             import sample_data
 
             out = args.out or os.path.join(args.data_dir, "sample" if args.lang == "ko" else "sample_en")
-            n = sample_data.generate(out, n_images=args.n_images, lang=args.lang, seed=args.seed)
+            n = sample_data.generate(out, n_images=args.n_images, lang=args.lang, seed=args.seed, force=args.force)
             print(f"wrote {n} questions on {args.n_images} images to {out}/data.csv and {out}/image/")
         elif args.from_csv:
             if not args.image_dir:
                 p.error("--from_csv needs --image_dir, the directory that holds the images")
-            import_csv(args.from_csv, args.test_csv, args.image_dir, args.out or args.data_dir, args.skip_bad)
+            import_csv(args.from_csv, args.test_csv, args.image_dir, args.out or args.data_dir, args.skip_bad,
+                       args.force)
         elif args.zip:
-            unpack(args.zip, args.data_dir)
+            unpack(args.zip, args.data_dir, args.force)
         else:
-            download_images(args.data_dir)
-    except DataError as e:
+            download_images(args.data_dir, args.force)
+    except (DataError, util.CheckpointError) as e:
         sys.exit(f"error: {e}")
 
 

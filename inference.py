@@ -51,7 +51,7 @@ def main():
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
         precision = util.pick_precision(device, config.get("precision", "auto"))
         data_dir = args.data_dir or config["data_dir"]
-        data = read_data(data_dir)
+        data = read_data(data_dir, run_dir)
         df = select_rows(data, args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
         df, skipped = validate(df, data_dir, args.skip_bad)
         if len(df) == 0:

@@ -33,18 +33,22 @@ def main():
                    help="with --image and --question, for runs with --knowledge text: the question's knowledge text")
     p.add_argument("--save_png", default=None, metavar="OUT.png",
                    help="also draw the image, question, gold answer and top answers to this PNG")
+    p.add_argument("--force", action="store_true", help="replace a --save_png file that this repo did not write")
     args = p.parse_args()
     if (args.image is None) != (args.question is None):
         p.error("--image and --question go together")
 
     try:
+        if args.save_png:  # checked before the work: a file this repo did not write is not replaced
+            png = util.OutputFolder(os.path.dirname(args.save_png) or ".", args.force, "--save_png")
+            png.check([os.path.basename(args.save_png)])
         device = util.pick_device(args.device)
-        model, tokenizer, config, answers, _ = load_run(args.model_path, device, args.results_dir)
+        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
         gold, triple, abstract = None, args.triple, args.abstract
         if args.image is not None:
             image_path, question = args.image, args.question
         else:
-            data_dir, test = read_test_split(config, args.data_dir)
+            data_dir, test = read_test_split(config, run_dir, args.data_dir)
             if len(test) == 0:
                 sys.exit(f"error: {data_dir}/data.csv has no test rows for train_data {config['train_data']}")
             index = args.index if args.index is not None else random.Random(args.seed).randrange(len(test))
@@ -78,6 +82,7 @@ def main():
 
         try:
             plots.plot_answer(image_path, question, gold, top, args.save_png)
+            png.record([os.path.basename(args.save_png)])
         except (OSError, util.CheckpointError) as e:
             sys.exit(f"error: {e}")
         print(f"wrote {args.save_png}")

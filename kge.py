@@ -48,7 +48,10 @@ def build_parser():
     source.add_argument("--triples", help="a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv)")
     source.add_argument("--data_dir", help="a data directory: its triples.csv (columns h, r, t) if present, else the "
                                            "distinct triples of data.csv's `triple` column (head|relation|tail;...)")
-    p.add_argument("--out", required=True, help="output directory (created; files in it are replaced)")
+    p.add_argument("--out", required=True,
+                   help="output directory (created; files kge.py wrote there before are replaced, no others)")
+    p.add_argument("--force", action="store_true",
+                   help="also replace files in --out that this repo did not write (a user's own, or edited)")
     p.add_argument("--model", default="convkb", choices=MODELS, help="embedding model (default: convkb)")
     p.add_argument("--dim", type=util.positive(int), default=256,
                    help="embedding dimension; RotatE's is complex, stored as 2*dim real numbers (default: 256)")
@@ -66,16 +69,10 @@ def build_parser():
     return p
 
 
-def read_table(path):
-    if not os.path.isfile(path):
-        raise DataError(f"{path} not found.")
-    return vqa_dataset.read_csv(path)  # UTF-8 or CP949; an empty file is a DataError
-
-
 def read_triples_csv(path):
     """(triples, skipped) of a CSV with columns h, r, t. Wholly empty rows are skipped and counted; a row with only
     some cells empty is an error, as it is a triple with a part missing."""
-    df = read_table(path)
+    df = vqa_dataset.read_csv(path)  # a missing, empty or undecodable file, a folder: a DataError
     missing = [c for c in "hrt" if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. A triples CSV needs columns "
@@ -84,17 +81,21 @@ def read_triples_csv(path):
     rows = pd.Series(range(2, len(df) + 2), index=df.index)  # as a spreadsheet shows them: the header is row 1
     empty = cells == ""
     blank = empty.all(axis=1)
+    placeholder = cells.map(vqa_dataset.is_placeholder)
     problems = [f"  {vqa_dataset.row_numbers(rows[empty[c] & ~blank])}, column {c}: empty"
                 for c in "hrt" if (empty[c] & ~blank).any()]
+    problems += [f"  {vqa_dataset.row_numbers(rows[placeholder[c]])}, column {c}: a missing-value placeholder "
+                 f"({', '.join(sorted(set(cells[c][placeholder[c]])))}), not an entity or relation"
+                 for c in "hrt" if placeholder[c].any()]
     if problems:
-        raise DataError(f"{path}: empty cells (row numbers as in a spreadsheet, the header is row 1):\n"
+        raise DataError(f"{path}: empty or missing cells (row numbers as in a spreadsheet, the header is row 1):\n"
                         + "\n".join(problems) + "\nFill them in or delete those rows.")
     return list(cells[~blank].itertuples(index=False, name=None)), int(blank.sum())
 
 
 def read_data_csv(path):
     """(triples, skipped) of data.csv's `triple` column; rows without a triple (A-type questions) are skipped."""
-    df = read_table(path)
+    df = vqa_dataset.read_csv(path)
     if "triple" not in df.columns:
         raise DataError(f"{path}: no `triple` column (found {list(df.columns)}), so there are no triples to embed. "
                         f"Give a triples CSV with --triples, or put a triples.csv (columns h, r, t) beside it.")
@@ -105,12 +106,18 @@ def read_data_csv(path):
         except ValueError as e:
             bad.append(f"  row {row}, column triple: {e}")
             continue
+        placeholder = vqa_dataset.placeholder_part(text)
+        if placeholder:
+            bad.append(f"  row {row}, column triple: {placeholder!r} is a missing-value placeholder, not an entity or "
+                       f"relation")
+            continue
         skipped += not found
         triples += found
     if bad:
         shown = bad[:10] + ([f"  ... and {len(bad) - 10} more"] if len(bad) > 10 else [])
-        raise DataError(f"{path}: {len(bad)} malformed triple cell(s) (row numbers as in a spreadsheet, the header "
-                        f"is row 1; a cell holds head|relation|tail, several joined by ';'):\n" + "\n".join(shown))
+        raise DataError(f"{path}: {len(bad)} malformed or missing triple cell(s) (row numbers as in a spreadsheet, the "
+                        f"header is row 1; a cell holds head|relation|tail, several joined by ';'):\n"
+                        + "\n".join(shown))
     return triples, skipped
 
 
@@ -121,6 +128,9 @@ def load_triples(args):
         triples, skipped = read_triples_csv(path)
         what = "empty rows"
     else:
+        if os.path.isfile(args.data_dir):
+            raise DataError(f"--data_dir {args.data_dir} is a file, not a folder: give the data folder that holds "
+                            f"triples.csv or data.csv, or give the file with --triples.")
         path = os.path.join(args.data_dir, "triples.csv")
         if os.path.isfile(path):
             triples, skipped = read_triples_csv(path)
@@ -238,14 +248,17 @@ def settings(args, device, source, entity, relation, report, num_triples):
             **report, "pykeen_version": pykeen.get_version(), "torch_version": torch.__version__}
 
 
-def save_kge(out, entity, relation, entity_to_id, relation_to_id, run_settings):
+OUTPUT_FILES = [EMBEDDINGS_FILE, ENTITY_IDS_FILE, RELATION_IDS_FILE, SETTINGS_FILE]
+
+
+def save_kge(outputs, entity, relation, entity_to_id, relation_to_id, run_settings):
+    """Writes the output files into outputs, a util.OutputFolder checked before the training."""
     from safetensors.torch import save
 
-    os.makedirs(out, exist_ok=True)
-    util.atomic_write(os.path.join(out, EMBEDDINGS_FILE), save({"entity": entity, "relation": relation}))
-    util.write_json(os.path.join(out, ENTITY_IDS_FILE), entity_to_id)
-    util.write_json(os.path.join(out, RELATION_IDS_FILE), relation_to_id)
-    util.write_json(os.path.join(out, SETTINGS_FILE), run_settings)
+    outputs.write(EMBEDDINGS_FILE, save({"entity": entity, "relation": relation}))
+    outputs.write(ENTITY_IDS_FILE, util.json_bytes(entity_to_id))
+    outputs.write(RELATION_IDS_FILE, util.json_bytes(relation_to_id))
+    outputs.write(SETTINGS_FILE, util.json_bytes(run_settings))
 
 
 @dataclass
@@ -301,9 +314,10 @@ def main(argv=None):
         device = util.pick_device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise util.UsageError(f"--device {args.device}: no CUDA GPU is available; use --device cpu.")
+        outputs = util.OutputFolder(args.out, args.force).check(OUTPUT_FILES)  # before the training, not after
         triples, source = load_triples(args)
         entity, relation, entity_to_id, relation_to_id, report = train(triples, args, device)
-        save_kge(args.out, entity, relation, entity_to_id, relation_to_id,
+        save_kge(outputs, entity, relation, entity_to_id, relation_to_id,
                  settings(args, device, source, entity, relation, report, len(triples)))
     except (DataError, util.CheckpointError, util.UsageError) as e:
         sys.exit(f"error: {e}")

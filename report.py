@@ -177,8 +177,9 @@ def compare(run_dirs):
     training time (the epochs' seconds in history.json)."""
     runs = []
     for run_dir in run_dirs:
-        if not os.path.isfile(os.path.join(run_dir, util.CONFIG_FILE)):
-            continue  # not a run directory (kge output, a results folder's other files)
+        if not os.path.isfile(os.path.join(run_dir, util.CONFIG_FILE)):  # kge output, a results folder's other files
+            print(f"note: left out {run_dir}: not a run directory of main.py (no {util.CONFIG_FILE})")
+            continue
         config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
         path = os.path.join(run_dir, "eval_all.json")
         history = os.path.join(run_dir, "history.json")
@@ -253,21 +254,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", nargs="+", required=True, metavar="RUN_DIR", help="run directories to tabulate")
     p.add_argument("--out", default="results", help="where comparison.md and comparison.csv go")
+    p.add_argument("--force", action="store_true",
+                   help="replace a comparison.md or comparison.csv in --out that this repo did not write")
     args = p.parse_args()
     try:
+        outputs = util.OutputFolder(args.out, args.force).check(["comparison.md", "comparison.csv",
+                                                                 "comparison_seeds.csv"])
         table = compare(args.compare)
+        text = comparison_markdown(table)
+        grouped = group_seeds(table)
+        written = ["comparison.md", "comparison.csv"]
+        if (grouped["seeds"] > 1).any():
+            text = "## Mean over seeds\n\n" + seeds_markdown(grouped) + "\n\n## Every run\n\n" + text
+            outputs.write("comparison_seeds.csv", util.csv_bytes(grouped))
+            written.append("comparison_seeds.csv")
+        outputs.write("comparison.md", (text + "\n").encode("utf-8"))
+        outputs.write("comparison.csv", util.csv_bytes(table))
     except (FileNotFoundError, util.CheckpointError) as e:
         raise SystemExit(f"error: {e}")
-    os.makedirs(args.out, exist_ok=True)
-    text = comparison_markdown(table)
-    grouped = group_seeds(table)
-    written = ["comparison.md", "comparison.csv"]
-    if (grouped["seeds"] > 1).any():
-        text = "## Mean over seeds\n\n" + seeds_markdown(grouped) + "\n\n## Every run\n\n" + text
-        util.write_csv(os.path.join(args.out, "comparison_seeds.csv"), grouped)
-        written.append("comparison_seeds.csv")
-    util.atomic_write(os.path.join(args.out, "comparison.md"), (text + "\n").encode("utf-8"))
-    util.write_csv(os.path.join(args.out, "comparison.csv"), table)
     print(text)
     print(f"wrote {', '.join(os.path.join(args.out, name) for name in written)}")
 

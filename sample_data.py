@@ -188,25 +188,27 @@ def knowledge_base(lang):
     return facts
 
 
-def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, progress=True):
+def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, progress=True, force=False):
     """Writes out_dir/data.csv, out_dir/image/ and out_dir/triples.csv (the knowledge base, for kge.py); returns the
-    number of rows."""
+    number of rows. A file there that this repo did not write is never replaced, unless force (util.OutputFolder)."""
     from tqdm import tqdm
 
+    names = [f"image/scene_{i:05d}.jpg" for i in range(n_images)]
+    outputs = util.OutputFolder(out_dir, force).check(["data.csv", "triples.csv"] + names)
     rng = random.Random(seed)
-    image_dir = os.path.join(out_dir, "image")
-    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "image"), exist_ok=True)
     rows = []
-    for i in tqdm(range(n_images), desc="sample images", disable=not progress):
+    for i, name in enumerate(tqdm(names, desc="sample images", disable=not progress)):
         image, objects = draw_scene(rng)
-        name = f"scene_{i:05d}.jpg"
-        image.save(os.path.join(image_dir, name), quality=JPEG_QUALITY)
+        image.save(os.path.join(out_dir, name), quality=JPEG_QUALITY)
         # Half the questions type A, half type B (alternating by image when the count is odd); distinct per image.
         n_a = (questions_per_image + i % 2) // 2
         families = rng.sample(TYPE_A, n_a) + rng.sample(TYPE_B, questions_per_image - n_a)
         for family in families:
-            rows.append({"image": name, **make_question(family, objects, rng, lang), "lang": lang})
+            rows.append({"image": os.path.basename(name), **make_question(family, objects, rng, lang), "lang": lang})
+    outputs.record(names)
     columns = ["image", "question", "answer", "question_type", "triple", "abstract", "lang"]
-    util.write_csv(os.path.join(out_dir, "data.csv"), pd.DataFrame(rows, columns=columns))
-    util.write_csv(os.path.join(out_dir, "triples.csv"), pd.DataFrame(knowledge_base(lang), columns=["h", "r", "t"]))
+    outputs.write("data.csv", util.csv_bytes(pd.DataFrame(rows, columns=columns)))
+    triples = pd.DataFrame(knowledge_base(lang), columns=["h", "r", "t"])
+    outputs.write("triples.csv", util.csv_bytes(triples))
     return len(rows)

@@ -26,8 +26,8 @@ import util
 from focal import build_loss, triple_loss
 from model import (SCRATCH, attach_run_knowledge, build_model, forward, load_tokenizer, predict, run_config,
                    small_text_config, train_tokenizer)
-from vqa_dataset import (DataError, EpochSampler, ImageCache, ImageFiles, ShardSampler, VQADataset,
-                         build_answer_vocab, knowledge_text, load_data, make_loader, select_rows)
+from vqa_dataset import (SPLIT_FILE, DataError, EpochSampler, ImageCache, ImageFiles, ShardSampler, VQADataset,
+                         build_answer_vocab, knowledge_text, load_data, make_loader, select_rows, split_table)
 
 
 @dataclass
@@ -124,7 +124,8 @@ def setup(args):
 
 def load_training_data(args, rt):
     with util.main_process_first():  # rank 0 makes split.csv and the image check cache; the others read them
-        df, skipped = load_data(args.data_dir, args.skip_bad, progress=rt.is_main)
+        # a resumed run keeps the split it started with
+        df, skipped = load_data(args.data_dir, args.skip_bad, progress=rt.is_main, run_dir=args.resume)
     train_df = select_rows(df, "train", args.train_data, lang=args.lang)
     valid_df = select_rows(df, "valid", args.train_data, lang=args.lang)
     if len(train_df) == 0 or len(valid_df) == 0:
@@ -248,6 +249,9 @@ def start_or_resume(args, rt, data):
         tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
         model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
         util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), data.answers)
+        # the run's own split, so that it is evaluated on its test rows whatever happens to the data's split later
+        util.write_csv(os.path.join(run_dir, SPLIT_FILE),
+                       split_table(pd.concat([data.all_rows, data.skipped]).sort_values("row")))
         config["data_stats"] = {"train": len(data.train), "valid": len(data.valid), "answers": len(data.answers),
                                 "valid_unknown_answers": int((~data.valid["answer"].isin(set(data.answers))).sum()),
                                 "skipped_rows": len(data.skipped)}

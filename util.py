@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import random
@@ -186,12 +187,20 @@ def atomic_write(path, data):
             f.write(data)
 
 
+def json_bytes(obj):
+    return json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+def csv_bytes(df):
+    return df.to_csv(index=False).encode("utf-8")
+
+
 def write_json(path, obj):
-    atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8"))
+    atomic_write(path, json_bytes(obj))
 
 
 def write_csv(path, df):
-    atomic_write(path, df.to_csv(index=False).encode("utf-8"))
+    atomic_write(path, csv_bytes(df))
 
 
 def read_json(path, required=()):
@@ -208,6 +217,89 @@ def read_json(path, required=()):
         raise CheckpointError(f"{path} lacks the key(s) {', '.join(missing)}; it was not written by main.py, or was "
                               f"edited: restore it from a copy of the run.")
     return value
+
+
+WRITTEN_FILE = ".vqa_nia_written.json"  # in a folder a user may own: the files this repo wrote there
+
+
+class UserFileError(CheckpointError):
+    """An output that would replace a file this repo did not write (a user's own, or one edited since)."""
+
+
+def fingerprint(path):
+    """What a file holds, for telling the files this repo wrote from a user's: a link's target, else the size,
+    modification time and SHA-256 of the content (a copy keeps the content, an edit changes it)."""
+    st = os.lstat(path)
+    if os.path.islink(path):
+        return {"link": os.readlink(path)}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+class OutputFolder:
+    """A folder a user may own (a data folder, an --out) that a script writes into. A file there that this repo did
+    not write, or one edited since, is never replaced: check() names it before any work is done, unless force.
+    Every file written is recorded with its fingerprint in the folder's WRITTEN_FILE. force=None: the script has no
+    --force option."""
+
+    def __init__(self, folder, force=None, option="--out"):
+        existing = os.path.abspath(folder)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UserFileError(f"{option} {folder}: {existing} is a file, not a folder; give a folder (it is made if "
+                                f"missing).")
+        self.folder, self.force, self.option = folder, force, option
+        path = os.path.join(folder, WRITTEN_FILE)
+        self.written = read_json(path) if os.path.isfile(path) else {}
+
+    def ours(self, name):
+        """Whether folder/name is missing or is a file this repo wrote there, unchanged since."""
+        path = os.path.join(self.folder, name)
+        if not os.path.lexists(path):
+            return True
+        saved = self.written.get(name)
+        if saved is None or os.path.isdir(path):
+            return False
+        if "link" in saved:
+            return os.path.islink(path) and os.readlink(path) == saved["link"]
+        st = os.lstat(path)
+        if os.path.islink(path) or st.st_size != saved["size"]:
+            return False
+        return st.st_mtime_ns == saved["mtime_ns"] or fingerprint(path)["sha256"] == saved["sha256"]
+
+    def check(self, names):
+        """Raises UserFileError naming the files among names that exist and are not this repo's (unless force),
+        and any that are folders."""
+        foreign = [os.path.join(self.folder, n) for n in names if not self.ours(n)]
+        folders = [p for p in foreign if os.path.isdir(p)]
+        if folders:
+            raise UserFileError(f"{len(folders)} path(s) this would write are folders: {', '.join(folders[:5])}. "
+                                f"Move them away or give another {self.option}.")
+        if foreign and not self.force:
+            way = "" if self.force is None else ", or add --force to replace them"
+            raise UserFileError(f"{len(foreign)} file(s) this would write exist and were not written by this repo (or "
+                                f"were edited since), and it never replaces a user's file: {', '.join(foreign[:5])}"
+                                f"{' ...' if len(foreign) > 5 else ''}. Move them away or give another "
+                                f"{self.option}{way}.")
+        return self
+
+    def write(self, name, data):
+        """Writes bytes to folder/name (atomically) and records it."""
+        self.check([name])
+        path = os.path.join(self.folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, data)
+        self.record([name])
+
+    def record(self, names):
+        """Records files this repo has just written into the folder."""
+        for name in names:
+            self.written[name] = fingerprint(os.path.join(self.folder, name))
+        write_json(os.path.join(self.folder, WRITTEN_FILE), self.written)
 
 
 def try_writing_in(directory):
@@ -355,18 +447,23 @@ def read_pickled_weights(path):
     return state
 
 
-def load_state(model, state, path):
-    """Loads a state dict into model; any difference in names or shapes is a clear error."""
+def state_mismatch(model, state):
+    """How a state dict differs from the model's in names and shapes ('' when it fits)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                 if k in state and state[k].shape != v.shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{label} {names[:5]}{' ...' if len(names) > 5 else ''}" for label, names in
-                    [("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", reshaped)] if names]
-        raise CheckpointError(f"{path} does not match the model built from its config.json: " + "; ".join(problems)
-                              + ". Use the config.json that was saved with these weights.")
+    return "; ".join(f"{label} {names[:5]}{' ...' if len(names) > 5 else ''}" for label, names in
+                     [("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", reshaped)] if names)
+
+
+def load_state(model, state, path):
+    """Loads a state dict into model; any difference in names or shapes is a clear error."""
+    problems = state_mismatch(model, state)
+    if problems:
+        raise CheckpointError(f"{path} does not match the model built from its config.json: {problems}. Use the "
+                              f"config.json that was saved with these weights.")
     model.load_state_dict(state)
 
 
@@ -374,6 +471,11 @@ def load_weights(model, path, config=None, answers=None):
     """Loads weights from .safetensors, or from a .pt/.pth/.bin state dict read with weights_only=True."""
     if path.endswith(".safetensors"):
         state, metadata = read_safetensors(path)
+        foreign = "model_config" not in metadata and state_mismatch(model, state)  # main.py's weights all have it
+        if foreign:
+            raise CheckpointError(f"{path} is not a weights file of this repo: it lacks the model_config that main.py "
+                                  f"saves in every weights file, and its tensors are not this model's ({foreign}). "
+                                  f"Give the .safetensors weights a run of main.py wrote.")
         check_metadata(metadata, config, answers, path)
     elif path.endswith(PICKLE_SUFFIXES):
         state = read_pickled_weights(path)

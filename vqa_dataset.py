@@ -3,6 +3,8 @@
 data_dir/data.csv columns: image (path under data_dir/image/), question, answer, and optionally
 question_type (A|B), triple (head|relation|tail), abstract, split (train|valid|test), lang (ko|en).
 """
+import csv
+import difflib
 import functools
 import hashlib
 import io
@@ -22,6 +24,8 @@ import util
 
 REQUIRED_COLUMNS = ["image", "question", "answer"]
 OPTIONAL_COLUMNS = ["question_type", "triple", "abstract", "split", "lang"]
+# cleaned up as text when read (clean_text): every column but image, a path, which is used exactly as written
+TEXT_COLUMNS = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c != "image"]
 SPLITS = ("train", "valid", "test")
 SPLIT_FILE = "split.csv"  # written next to data.csv when the data has no split column
 SPLIT_FOLDS = 10  # test one fold, valid one, train the other eight: 8:1:1
@@ -34,34 +38,125 @@ class DataError(Exception):
 
 
 def read_csv(path):
-    """A CSV in UTF-8 (with or without BOM) or CP949/EUC-KR, as strings; any other encoding is a clear error."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    """A CSV file as strings, with its header checked: every column named once, no white space around a name, no
+    repeated header line, at least one row. Any fault is a DataError naming the file, line and fix."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: give the path of a CSV file.") from None
+    except OSError as e:
+        what = "is a folder, not a CSV file" if os.path.isdir(path) else f"cannot be read ({e.strerror})"
+        raise DataError(f"{path} {what}: give the path of a CSV file.") from None
+    text = decode(raw, path)
+    if "\x00" in text:
+        raise DataError(f"{path}: the text holds NUL characters (UTF-16?); re-save the file as UTF-8.")
+    if not text.strip():
+        raise DataError(f"{path}: the file has no rows (it is empty or holds only blank lines, {len(raw)} bytes): it "
+                        f"needs a header line and rows; see the README's data format, or build the sample with "
+                        f"`python download.py --sample`.")
+    try:
+        header = next(row for row in csv.reader(io.StringIO(text)) if row)
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, csv.Error) as e:
+        raise DataError(f"{path}: not a well-formed CSV ({e}). Check the quoting on that line.") from None
+    check_header(header, df, path)
+    return df
+
+
+def check_header(header, df, path):
+    """The header faults pandas would let through: a repeated name (read as 'answer.1'), white space around a name
+    (' split' is not the column split), the header line again among the rows (two exports concatenated), no rows."""
+    repeated = sorted({name for name in header if name and header.count(name) > 1})  # pandas names '' Unnamed: N
+    if repeated:
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once (columns "
+                        f"{[i + 1 for i, name in enumerate(header) if name in repeated]}); rename or remove the extra "
+                        f"one, so that it is clear which one is meant.")
+    padded = [name for name in header if name != name.strip()]
+    if padded:
+        raise DataError(f"{path}: column name(s) {padded} have white space around them, so they are not the columns "
+                        f"they look like; rename them to {[name.strip() for name in padded]}.")
+    again = (df.values == np.array(header, dtype=object)).all(axis=1) if len(df.columns) == len(header) else []
+    if np.any(again):
+        raise DataError(f"{path}: {row_numbers(np.flatnonzero(again) + 2)} repeat the header line (two files joined "
+                        f"into one?); delete them (the header is row 1).")
+    if df.empty:
+        raise DataError(f"{path}: the file has no rows, only its header line {header}.")
+
+
+def decode(raw, path):
+    """The text of a CSV file: UTF-8 (with or without BOM), else CP949/EUC-KR (Korean exports from Windows tools),
+    said, where that reading is plausible Korean. Says when UTF-8 text looks double-encoded (mojibake), before
+    the clean-up of questions and answers makes it irreparable."""
     try:
         text = raw.decode("utf-8-sig")
+        warn_double_encoded(text, path)
+        return text
     except UnicodeDecodeError as utf8_error:
         try:
-            text = raw.decode("cp949")  # a superset of EUC-KR: Korean exports from Windows tools
+            text = raw.decode("cp949")
         except UnicodeDecodeError:
             line = raw[:utf8_error.start].count(b"\n") + 1
             raise DataError(f"{path}: the text is neither UTF-8 nor CP949/EUC-KR (undecodable byte "
                             f"{raw[utf8_error.start]:#04x} on line {line}). Re-save the file as UTF-8.") from None
-    if "\x00" in text:
-        raise DataError(f"{path}: the text holds NUL characters (UTF-16?); re-save the file as UTF-8.")
-    if not text.strip():
-        raise DataError(f"{path} is empty ({len(raw)} bytes): it needs a header line and rows; see the README's "
-                        f"data format, or build the sample with `python download.py --sample`.")
-    try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.ParserError as e:
-        raise DataError(f"{path}: not a well-formed CSV ({e}). Check the quoting on that line.") from None
+    check_cp949_reading(text, raw, path)
+    print(f"note: {path} is not UTF-8; read it as CP949/EUC-KR (Korean Windows)")
+    return text
 
 
-def read_data(data_dir):
-    """data_dir/data.csv with every canonical column, its spreadsheet row number, category and split filled.
+def ks_x_1001(char):
+    """Whether a character read as CP949 is in KS X 1001 (EUC-KR: both bytes from 0xA1): the 2,350 Hangul syllables
+    of everyday Korean, hanja, symbols. CP949 adds the other 8,822 syllables, which Korean text rarely holds but
+    Latin-1 letters followed by ASCII give ('Ä' 'r' read as '훣')."""
+    code = char.encode("cp949")
+    return len(code) == 1 or min(code) >= 0xA1
+
+
+def check_cp949_reading(text, raw, path):
+    """Refuses a CP949 reading that is no Korean text: most of its non-ASCII characters outside KS X 1001, as a
+    Latin-1 file's 'Ärger' read as CP949 gives '훣ger'."""
+    wide = [c for c in text if ord(c) > 127]
+    rare = {c for c in wide if not ks_x_1001(c)}
+    count = sum(c in rare for c in wide)
+    if count <= 0.1 * len(wide):
+        return
+    lines = text.split("\n")
+    number = next(n for n, line in enumerate(lines) if rare & set(line))
+    latin = raw.decode("cp1252", errors="replace").split("\n")[number]
+    raise DataError(f"{path}: the text is not UTF-8, and read as CP949 (Korean Windows) {count} of its {len(wide)} "
+                    f"non-ASCII characters are rare Hangul no Korean text would hold (line {number + 1}: "
+                    f"{lines[number].strip()[:60]!r}); read as Latin-1/Windows-1252 that line is "
+                    f"{latin.strip()[:60]!r}. Re-save the file as UTF-8.")
+
+
+def warn_double_encoded(text, path):
+    """Warns of lines that are UTF-8 which was read as Latin-1/Windows-1252 and saved as UTF-8 again (mojibake:
+    '이미지' as 'ì\x9d´ë¯¸ì§\x80'), with the first one's repair."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.search("[\u0080-\u00ff]", line):
+            for codec in ("cp1252", "latin-1"):
+                try:
+                    found.append((number, line, line.encode(codec).decode("utf-8")))
+                    break
+                except UnicodeError:
+                    continue
+    if found:
+        number, line, repaired = found[0]
+        print(f"warning: {path}: {len(found)} line(s) look double-encoded (UTF-8 read as Latin-1 and saved again), "
+              f"line {number} first: {line[:60]!r} would read {repaired[:60]!r}. Re-export the file as UTF-8 once "
+              f"(or repair it, e.g. with ftfy) before using it: the clean-up of questions and answers cannot undo it.")
+
+
+def read_data(data_dir, run_dir=None):
+    """data_dir/data.csv with every canonical column, its spreadsheet row number, category and split filled: the
+    split of the run in run_dir (only the rows it holds), else the data's own (its split column or split.csv).
 
     Row-level problems are left for validate(); only problems with the whole file raise here."""
     path = os.path.join(data_dir, "data.csv")
+    if os.path.isfile(data_dir):
+        raise DataError(f"--data_dir {data_dir} is a file, not a folder: give the folder that holds data.csv and "
+                        f"image/.")
     if not os.path.isfile(path):
         raise DataError(f"{path} not found. Build the sample with `python download.py --sample` "
                         f"(then use --data_dir data/sample or --preset sample), import your data with "
@@ -75,11 +170,13 @@ def read_data(data_dir):
         if column not in df.columns:
             df[column] = ""
     before = df[["question", "answer"]].copy()
-    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+    for column in TEXT_COLUMNS:
         df[column] = normalize_text(df[column])
     df.attrs["normalized_rows"] = int((df[["question", "answer"]] != before).any(axis=1).sum())
     df.insert(0, "row", np.arange(2, len(df) + 2))  # as a spreadsheet shows it: the header is row 1
     derive_columns(df)
+    if run_dir is not None:
+        return apply_run_split(df, run_dir, data_dir)
     if (df["split"] == "").all():
         df["split"] = _load_or_make_split(data_dir, df)
     return df
@@ -163,22 +260,30 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
         mask = mask & (problems == "")
         problems[mask] = text[mask] if isinstance(text, pd.Series) else text
 
+    df = df.assign(image=use_unicode_twins(df["image"], image_dir, path))
     flag(df["question"] == "", "column question is empty (or only white space and invisible characters)")
     flag(df["answer"] == "", "column answer is empty")
-    flag(df["image"] == "", "column image is empty")
+    flag(df["image"].str.strip() == "", "column image is empty (or only white space)")
+    for column in ("question", "answer"):
+        flag(df[column].map(is_placeholder), f"column {column} is " + df[column].map(repr) + ", a missing-value "
+             "placeholder, not a value")
     flag(~df["image"].map(inside_image_dir), "column image is an absolute path or leaves the image folder ('..'); "
          "image paths are relative to the image folder")
     flag(~df["question_type"].isin(["A", "B"]), "column question_type is not A or B")
     no_split = (df["split"] == "").all()  # read_data makes the seeded split for such data
     flag(~df["split"].isin(SPLITS) & ~no_split, f"column split is not one of {', '.join(SPLITS)}")
     flag(~df["triple"].map(well_formed_triples), "column triple is not head|relation|tail (several joined by ';')")
+    placeholders = df["triple"].map(placeholder_part)
+    flag(placeholders != "", "column triple has " + placeholders.map(repr) + ", a missing-value placeholder, as a "
+         "head, relation or tail")
     keys = ["image", "question", "answer"]
     first_row = df.groupby(keys, sort=False)["row"].transform("first")
     flag(df.duplicated(keys), "duplicate of row " + first_row.astype(str))
     names = df.loc[problems == "", "image"].unique()  # never open a path that leaves the image folder
     checked = check_images(data_dir, names, progress=progress, image_dir=image_dir)
     faults = df["image"].map(lambda name: checked.get(name, ""))  # rows with other problems were not opened
-    flag(faults != "", "column image: " + df["image"].map(lambda name: os.path.join(image_dir, name)) + " " + faults)
+    flag(faults != "", "column image: " + df["image"].map(lambda name: visible(os.path.join(image_dir, name))) + " "
+         + faults)
 
     bad = problems != ""
     skipped = df[bad].assign(problem=problems[bad])
@@ -198,6 +303,87 @@ def inside_image_dir(name):
         and not re.match(r"^[A-Za-z]:[\\/]|^[\\/]", name)
 
 
+# missing-value markers of spreadsheets and pandas (its default na_values) and a dash: never a real answer or entity
+PLACEHOLDERS = {"nan", "-nan", "none", "null", "n/a", "na", "<na>", "#n/a", "#na", "#n/a n/a", "-"}
+
+
+def is_placeholder(text):
+    return text.strip().lower() in PLACEHOLDERS
+
+
+def placeholder_part(cell):
+    """The first head, relation or tail of a triple cell that is a missing-value placeholder ('' if none)."""
+    try:
+        return next((part for triple in parse_triples(cell) for part in triple if is_placeholder(part)), "")
+    except ValueError:
+        return ""  # a malformed cell is reported as such
+
+
+def unicode_twin(image_dir, name):
+    """The name's twin in the other Unicode form (NFC or NFD: a Mac writes file names in NFD) where only the twin
+    is on disk; None where the name itself is there, or no twin is."""
+    if not inside_image_dir(name) or os.path.lexists(os.path.join(image_dir, name)):
+        return None
+    twins = {unicodedata.normalize(form, name) for form in ("NFC", "NFD")} - {name}
+    return next((twin for twin in twins if os.path.lexists(os.path.join(image_dir, twin))), None)
+
+
+def use_unicode_twins(images, image_dir, source):
+    """The image names, each one that is not on disk as written but in its other Unicode form replaced by the name
+    on disk; says so. Paths are otherwise used exactly as written."""
+    twins = {name: twin for name in images.unique() if (twin := unicode_twin(image_dir, name))}
+    if not twins:
+        return images
+    name, twin = next(iter(twins.items()))
+    print(f"note: {source}: {len(twins)} image name(s) are on disk in another Unicode form than written; the files "
+          f"on disk are used (e.g. {visible(name)}: {name_difference(name, twin)})")
+    return images.map(lambda n: twins.get(n, n))
+
+
+def unicode_form(text):
+    return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, text)), "mixed")
+
+
+def code_points(text):
+    return " ".join(f"U+{ord(c):04X} {unicodedata.name(c, '')}".strip() for c in text) or "nothing"
+
+
+def name_difference(written, found):
+    """How two names that look alike differ, for messages: their Unicode forms, or the code points that differ."""
+    if unicodedata.normalize("NFC", written) == unicodedata.normalize("NFC", found):
+        return f"the same letters in another Unicode form ({unicode_form(written)} as written, " \
+               f"{unicode_form(found)} on disk)"
+    if written.casefold() == found.casefold():
+        return "the same letters in another case"
+    opcodes = difflib.SequenceMatcher(None, written, found, autojunk=False).get_opcodes()
+    return "; ".join(f"{code_points(written[i:j])} at character {i + 1} as written, {code_points(found[k:l])} on disk"
+                     for tag, i, j, k, l in opcodes if tag != "equal")
+
+
+def lookalike(image_dir, name, listings):
+    """'; the folder holds NAME, ...' for a missing image whose name differs from a file's beside it only in white
+    space, invisible characters, Unicode form or case, with how they differ; '' when there is none. listings:
+    {folder: {key: names}} of the folders read so far."""
+    def key(text):
+        return "".join(clean_text(text).split()).casefold()
+
+    folder = os.path.join(image_dir, os.path.dirname(name))
+    if folder not in listings:
+        listings[folder] = {}
+        for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+            listings[folder].setdefault(key(entry), []).append(entry)
+    base = os.path.basename(name)
+    found = listings[folder].get(key(base), [])
+    return f"; the folder holds {visible(found[0])}, which differs from it: {name_difference(base, found[0])}" \
+        if found else ""
+
+
+def visible(name):
+    """A name as it can be told apart in a message: quoted, with escapes, where it holds white space other than
+    single spaces, invisible characters or decomposed (NFD) letters."""
+    return repr(name) if clean_text(name) != name or not name.isprintable() else name
+
+
 def well_formed_triples(text):
     try:
         parse_triples(text)
@@ -206,9 +392,10 @@ def well_formed_triples(text):
         return False
 
 
-def load_data(data_dir, skip_bad=False, progress=True):
-    """read_data + validate: (good rows, skipped rows); says how many rows were skipped and which."""
-    df = read_data(data_dir)
+def load_data(data_dir, skip_bad=False, progress=True, run_dir=None):
+    """read_data + validate: (good rows, skipped rows); says how many rows were skipped and which. run_dir: a run
+    whose split is used (read_data)."""
+    df = read_data(data_dir, run_dir)
     if df.attrs["normalized_rows"] and progress:
         print(f"{data_dir}/data.csv: normalised the text of {df.attrs['normalized_rows']} rows (Unicode NFC, "
               f"invisible characters, white space); answers that differed only so are now one answer")
@@ -265,13 +452,13 @@ def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None)
     from tqdm import tqdm
 
     image_dir = image_dir or os.path.join(data_dir, "image")
-    result, todo = {}, []
+    result, todo, listings = {}, [], {}
     cache = None
     for name in names:
         try:
             stat = os.stat(os.path.join(image_dir, name))
         except FileNotFoundError:
-            result[name] = "does not exist"
+            result[name] = "does not exist" + lookalike(image_dir, name, listings)
             continue
         except OSError as e:
             result[name] = f"cannot be read ({e.strerror})"
@@ -356,22 +543,104 @@ def make_split(df, seed=0, n_folds=SPLIT_FOLDS):
     return np.where(fold == 0, "test", np.where(fold == 1, "valid", "train")).astype(object)
 
 
+def split_table(df):
+    """What a split.csv holds: each row's image, question and split."""
+    return df[["image", "question", "split"]]
+
+
+def nfc_images(df):
+    """The image column in NFC, for matching rows: a Mac's NFD name and its NFC twin are one file."""
+    return df["image"].map(lambda name: unicodedata.normalize("NFC", name)).values
+
+
+def split_keys(df):
+    """Keys that match a saved split's rows to data.csv's: the image (nfc_images), the question, and which repeat of
+    that pair the row is, so that repeated pairs match one to one."""
+    images = nfc_images(df)
+    repeats = df.groupby([images, df["question"].values]).cumcount().values
+    return list(zip(images, df["question"].values, repeats))
+
+
+def match_split(df, saved):
+    """(each row's label in a saved split, '' for the rows it does not hold; the labels of its rows df lacks)."""
+    labels = dict(zip(split_keys(saved), saved["split"]))
+    keys = split_keys(df)
+    return np.array([labels.get(k, "") for k in keys], dtype=object), [labels[k] for k in labels.keys() - set(keys)]
+
+
 def _load_or_make_split(data_dir, df):
-    """Reuses data_dir/split.csv (or, for a read-only data folder, the one in its cache_dir) when it matches the data
-    row for row, so every script sees one test set."""
-    path = os.path.join(data_dir, SPLIT_FILE)
-    if not os.path.isfile(path) and not _writable(data_dir):
-        path = os.path.join(cache_dir(data_dir), SPLIT_FILE)
+    """The data's split, from data_dir/split.csv (or, for a read-only data folder, the one in its cache_dir), so that
+    every script and run sees one test set. It is made once and never changed after: rows added to data.csv later
+    are added to it (extend_split), and each of its rows keeps its label. A split.csv this repo did not write is
+    not changed at all."""
+    folder = data_dir
+    if not os.path.isfile(os.path.join(data_dir, SPLIT_FILE)) and not _writable(data_dir):
+        folder = cache_dir(data_dir)
+    path = os.path.join(folder, SPLIT_FILE)
     if os.path.isfile(path):
-        saved = pd.read_csv(path, dtype=str, keep_default_na=False)
-        if len(saved) == len(df) and (saved["image"].values == df["image"].values).all() \
-                and (saved["question"].values == df["question"].values).all():
-            return saved["split"].values
-        print(f"{path} does not match data.csv any more (rows changed); making a new split.")
-    split = make_split(df)
-    util.write_csv(path, pd.DataFrame({"image": df["image"], "question": df["question"], "split": split}))
-    print(f"made a seeded split by image {dict(pd.Series(split).value_counts())} and wrote it to {path}")
+        split, gone = match_split(df, pd.read_csv(path, dtype=str, keep_default_na=False))
+        if (split != "").all() and not gone:
+            return split
+    outputs = util.OutputFolder(folder, option="--data_dir")
+    if not os.path.isfile(path):
+        split = make_split(df)
+        print(f"made a seeded split by image {pd.Series(split).value_counts().to_dict()} and wrote it to {path}")
+    elif outputs.ours(SPLIT_FILE):
+        split = extend_split(df, split, gone, path)
+    else:
+        raise DataError(f"{path} does not match {data_dir}/data.csv ({(split == '').sum()} rows are not in it, "
+                        f"{len(gone)} of its rows are not in data.csv), and it was not written by this repo (or was "
+                        f"edited since), so it is not changed: add those rows to it, give data.csv a split column, "
+                        f"or move it away to make a new split.")
+    outputs.write(SPLIT_FILE, util.csv_bytes(split_table(df.assign(split=split))))
     return split
+
+
+def extend_split(df, split, gone, path):
+    """A saved split with the rows it lacks ('') added: rows on an image it holds join that image's split, the rows
+    of new images get a seeded split by image; says what was added."""
+    new = split == ""
+    images = nfc_images(df)
+    image_split = pd.Series(split[~new], index=images[~new]).groupby(level=0).first()
+    split = np.where(new, pd.Series(images).map(image_split).fillna("").values, split).astype(object)
+    fresh = split == ""
+    if fresh.any():
+        split[fresh] = make_split(df[fresh].reset_index(drop=True))
+    print(f"{path}: {new.sum()} rows of data.csv are new since the split was made; {new.sum() - fresh.sum()} of them, "
+          f"on images it holds, join their image's split, and {fresh.sum()} on new images are split by image "
+          f"{pd.Series(split[fresh]).value_counts().to_dict()}; {len(gone)} of its rows are no longer in data.csv. "
+          f"Every other row keeps its split.")
+    return split
+
+
+def apply_run_split(df, run_dir, data_dir):
+    """The rows of df that the run in run_dir holds in its split (run_dir/split.csv, saved when it started), each with
+    the run's label: rows added to data.csv since are left out, and an edited split column or split.csv never moves
+    a row; said. A run of an earlier version, which saved no split, gets the data's own."""
+    path = os.path.join(run_dir, SPLIT_FILE)
+    if not os.path.isfile(path):
+        print(f"note: {run_dir} has no {SPLIT_FILE} (it was trained by an earlier version), so the data's own split "
+              f"is used (its split column or split.csv): the run's, unless its rows changed since")
+        if (df["split"] == "").all():
+            df["split"] = _load_or_make_split(data_dir, df)
+        return df
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    split, gone = match_split(df, saved)
+    kept = split != ""
+    if not kept.any():
+        raise DataError(f"{data_dir}/data.csv holds none of the {len(saved)} rows {run_dir} was trained and evaluated "
+                        f"on (its {SPLIT_FILE}): is it the run's data? (--data_dir)")
+    moved = int((kept & (df["split"].values != "") & (df["split"].values != split)).sum())
+    notes = []
+    if not kept.all():
+        notes.append(f"{(~kept).sum()} rows of data.csv are not in it (added since) and are left out")
+    if gone:
+        notes.append(f"{len(gone)} of its rows are no longer in data.csv {pd.Series(gone).value_counts().to_dict()}")
+    if moved:
+        notes.append(f"{moved} rows keep the run's split where data.csv's split column now says another")
+    if notes:
+        print(f"note: the split {run_dir} was trained with ({path}) is used: " + "; ".join(notes))
+    return df[kept].assign(split=split[kept]).reset_index(drop=True)
 
 
 def select_rows(df, split=None, train_data="all", infer_data="all", lang="bi"):
@@ -613,10 +882,13 @@ def collate(batch, pad_id):
             "copy": torch.stack(copy)}
 
 
-def read_test_split(config, data_dir=None):
-    """(data_dir, the test split's rows for a run's train_data and lang) from the run's data or data_dir."""
+def read_test_split(config, run_dir, data_dir=None):
+    """(data_dir, the test rows of a run's split for its train_data and lang) from the run's data or data_dir, with
+    image names as they are on disk (use_unicode_twins)."""
     data_dir = data_dir or config["data_dir"]
-    return data_dir, select_rows(read_data(data_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
+    test = select_rows(read_data(data_dir, run_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
+    names = use_unicode_twins(test["image"], os.path.join(data_dir, "image"), os.path.join(data_dir, "data.csv"))
+    return data_dir, test.assign(image=names)
 
 
 class EpochSampler(DistributedSampler):

@@ -15,8 +15,9 @@ from PIL import Image
 
 import download
 import main
+import util
 import vqa_dataset
-from conftest import ROOT, TINY_TRAIN, run_script
+from conftest import ROOT, TINY_TRAIN, run_main, run_script
 from vqa_dataset import DataError, ImageCache, check_image, load_data, load_image, read_data, to_rgb, validate
 
 
@@ -67,9 +68,80 @@ def test_import_never_replaces_a_users_file_but_renews_its_own_links(tmp_path):
     own.mkdir(parents=True)
     mine = jpeg(own / "a.jpg", colour=(9, 9, 9))
     before = mine.read_bytes()
-    with pytest.raises(DataError, match="never replaces a user's file"):
+    with pytest.raises(util.UserFileError, match="never replaces a user's file"):
         download.import_csv([str(csv)], [], str(tmp_path / "img1"), str(tmp_path / "mine"))
     assert not mine.is_symlink() and mine.read_bytes() == before
+
+
+# what each script writes into a folder a user may own, and a command line that writes it there
+OUTPUTS = {"sample": ["data.csv", "triples.csv", "image/scene_00000.jpg"], "import": ["data.csv", "image/a.jpg"],
+           "zip": ["image/a.jpg"], "kge": ["settings.json", "embeddings.safetensors"],
+           "report": ["comparison.md", "comparison.csv"]}
+
+
+def writing_command(script, source, out, sample_dir, trained_run):
+    source.mkdir()
+    jpeg(source / "a.jpg")
+    pd.DataFrame([{"image": "a.jpg", "question": "q", "answer": "a"}]).to_csv(source / "data.csv", index=False)
+    zip_of(source / "image.zip", {"image/a.jpg": (source / "a.jpg").read_bytes()})
+    import kge
+    import report
+
+    return {"sample": (download, "--sample", "--n_images", 2, "--out", out),
+            "import": (download, "--from_csv", source / "data.csv", "--image_dir", source, "--out", out),
+            "zip": (download, "--zip", source / "image.zip", "--data_dir", out),
+            "kge": (kge, "--triples", sample_dir / "triples.csv", "--out", out, "--dim", 8, "--epochs", 1, "--device",
+                    "cpu"),
+            "report": (report, "--compare", trained_run, "--out", out)}[script]
+
+
+@pytest.mark.parametrize("script", sorted(OUTPUTS))
+def test_no_script_replaces_a_file_it_did_not_write(script, tmp_path, sample_dir, trained_run):
+    """A user's data.csv (triples.csv, image, kge file, comparison) in the output folder is refused by name before
+    any work and left as it is; --force replaces it; a file the script wrote is replaced on a rerun, until it is
+    edited: then it is the user's."""
+    module, *args = writing_command(script, tmp_path / "source", tmp_path / "out", sample_dir, trained_run)
+    for name in OUTPUTS[script]:
+        (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / name).write_bytes(b"a user's own " + name.encode())
+    message = run_main(module, *args)
+    assert message.startswith("error: ") and "never replaces a user's file" in message and "--force" in message
+    assert str(tmp_path / "out" / OUTPUTS[script][0]) in message
+    assert all((tmp_path / "out" / n).read_bytes() == b"a user's own " + n.encode() for n in OUTPUTS[script])
+    assert run_main(module, *args, "--force") == ""
+    assert all((tmp_path / "out" / n).read_bytes() != b"a user's own " + n.encode() for n in OUTPUTS[script])
+    assert run_main(module, *args) == ""  # its own files: replaced
+    edited = tmp_path / "out" / OUTPUTS[script][0]
+    edited.write_bytes(edited.read_bytes() + b"\n")
+    assert "never replaces a user's file" in run_main(module, *args)
+    assert edited.read_bytes().endswith(b"\n")
+
+
+def test_a_data_folder_that_is_a_file_is_named_as_such(tmp_path, monkeypatch):
+    (tmp_path / "data.csv").write_text("image,question,answer\na.jpg,q,a\n")
+    import kge
+
+    with pytest.raises(DataError, match="--data_dir .* is a file, not a folder"):
+        read_data(tmp_path / "data.csv")
+    message = run_main(kge, "--data_dir", tmp_path / "data.csv", "--out", tmp_path / "kge")
+    assert message.startswith("error: --data_dir") and "is a file, not a folder" in message
+
+
+@pytest.mark.parametrize("case", ["a folder", "a missing file", "kge --out a file"])
+def test_paths_of_the_wrong_kind_are_clear_errors_before_any_work(case, tmp_path, sample_dir, capsys):
+    import kge
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "existing.txt").write_text("a user's file")
+    if case == "kge --out a file":
+        message = run_main(kge, "--data_dir", sample_dir, "--out", tmp_path / "existing.txt", "--epochs", 1)
+        assert "--out" in message and "is a file, not a folder" in message
+        assert "training on" not in capsys.readouterr().out  # refused before the training, not after it
+    else:
+        given = tmp_path / ("img" if case == "a folder" else "missing.csv")
+        message = run_main(download, "--from_csv", given, "--image_dir", tmp_path / "img", "--out", tmp_path / "out")
+        assert message.startswith(f"error: {given} ") and ("is a folder" if case == "a folder" else "not found") in message
+    assert message.startswith("error: ") and (tmp_path / "existing.txt").read_text() == "a user's file"
 
 
 def test_validation_refuses_image_paths_outside_the_image_folder_without_opening_them(tmp_path, monkeypatch):
@@ -292,8 +364,10 @@ def test_a_read_only_data_folder_is_evaluated_with_its_caches_elsewhere(trained_
     inference.main()
     out = capsys.readouterr().out
     assert "cannot be written, so its caches and generated split go to" in out and "test accuracy" in out
+    assert list((tmp_path / "user_cache").rglob("images_*.npy"))
+    read_data(data)  # the data's own split (inference took the run's): made in the user's cache too
+    assert list((tmp_path / "user_cache").rglob("split.csv"))
     assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before  # nothing written there
-    assert list((tmp_path / "user_cache").rglob("split.csv")) and list((tmp_path / "user_cache").rglob("images_*.npy"))
 
 
 def test_an_empty_data_csv_is_a_clear_error(tmp_path):
@@ -364,12 +438,17 @@ def test_archives_that_are_empty_imageless_or_damaged_are_refused_and_leave_noth
     assert left == []  # nothing half-written, no marker
 
 
-def test_unpacking_over_existing_images_warns_with_the_count(tmp_path, capsys):
+def test_unpacking_over_existing_images_refuses_a_users_and_replaces_its_own(tmp_path, capsys):
     (tmp_path / "data" / "image").mkdir(parents=True)
     (tmp_path / "data" / "image" / "a.jpg").write_bytes(b"old")
-    download.unpack(str(zip_of(tmp_path / "a.zip", {"image/a.jpg": b"new", "image/b.jpg": b"b"})), str(tmp_path / "data"))
+    archive = str(zip_of(tmp_path / "a.zip", {"image/a.jpg": b"new", "image/b.jpg": b"b"}))
+    with pytest.raises(util.UserFileError, match="never replaces a user's file"):
+        download.unpack(archive, str(tmp_path / "data"))
+    assert (tmp_path / "data" / "image" / "a.jpg").read_bytes() == b"old"
+    download.unpack(archive, str(tmp_path / "data"), force=True)
     assert "1 of the archive's 2 files are in" in capsys.readouterr().out
     assert (tmp_path / "data" / "image" / "a.jpg").read_bytes() == b"new"
+    download.unpack(archive, str(tmp_path / "data"))  # its own files now
 
 
 def test_free_space_is_checked_on_the_target_file_system(tmp_path, monkeypatch):
@@ -417,3 +496,157 @@ def test_the_makefile_makes_a_venv_outside_one_and_names_python3_venv(tmp_path):
     shutil.copy(ROOT / "Makefile", work / "Makefile")
     made = subprocess.run(["make", ".venv/ready", f"SYSTEM_PYTHON={fake}"], cwd=work, capture_output=True, text=True)
     assert made.returncode != 0 and "python3-venv" in made.stdout + made.stderr and not (work / ".venv").exists()
+
+
+# ---------------------------------------------------------------- paths are not text
+
+EXACT_NAMES = ["two  spaces.jpg", " leading.jpg", "trailing .jpg", "no\u00a0break.jpg", "tab\there.jpg",
+               "zero\u200bwidth.jpg", unicodedata.normalize("NFD", "고양이.jpg"), "plain.jpg"]
+
+
+def test_image_paths_are_used_exactly_as_written(tmp_path, capsys):
+    """Names with runs of spaces, leading or trailing spaces, non-breaking spaces, tabs, zero-width characters or in
+    NFD are found as written, by training and by the importer, which writes them unchanged; a name whose file is on
+    disk only in the other Unicode form uses that file and says so."""
+    rows = [{"image": name, "question": f"q{i}", "answer": "a"} for i, name in enumerate(EXACT_NAMES)]
+    rows.append({"image": unicodedata.normalize("NFC", "고양이.jpg"), "question": "nfc", "answer": "b"})
+    data = data_dir(tmp_path / "data", rows, EXACT_NAMES)
+    good, skipped = load_data(data, progress=False)
+    assert len(skipped) == 0 and good["image"].tolist() == EXACT_NAMES + [EXACT_NAMES[6]]
+    assert "1 image name(s) are on disk in another Unicode form than written" in capsys.readouterr().out
+    download.import_csv([str(data / "data.csv")], [], str(data / "image"), str(tmp_path / "out"))
+    imported = pd.read_csv(tmp_path / "out" / "data.csv", dtype=str, keep_default_na=False)
+    assert imported["image"].tolist() == EXACT_NAMES + [EXACT_NAMES[6]]
+    assert all(os.path.isfile(tmp_path / "out" / "image" / name) for name in EXACT_NAMES)
+
+
+def test_a_missing_image_names_its_lookalike_and_how_they_differ(tmp_path):
+    rows = [{"image": "plain\u200b.jpg", "question": "q1", "answer": "a"},
+            {"image": "plain .jpg", "question": "q2", "answer": "a"}]
+    data = data_dir(tmp_path, rows, ["plain.jpg"])
+    with pytest.raises(DataError) as error:
+        load_data(data, progress=False)
+    assert "row 2: column image: '" in str(error.value)  # quoted, with escapes: it is not what it looks like
+    assert "the folder holds plain.jpg, which differs from it: U+200B ZERO WIDTH SPACE at character 6" in str(error.value)
+    assert "U+0020 SPACE at character 6 as written, nothing on disk" in str(error.value)
+
+
+def test_unpacking_writes_names_in_nfc_and_says_so(tmp_path, capsys):
+    nfd = unicodedata.normalize("NFD", "고양이.jpg")
+    download.unpack(str(zip_of(tmp_path / "mac.zip", {f"image/{nfd}": b"x", "image/a.jpg": b"y"})), str(tmp_path / "data"))
+    nfc = unicodedata.normalize("NFC", "고양이.jpg")
+    assert sorted(os.listdir(tmp_path / "data" / "image")) == sorted([nfc, "a.jpg", download.UNPACKED_MARKER])
+    assert "1 of the archive's file names are in NFD" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- encodings
+
+def test_the_encoding_is_said_and_an_implausible_korean_reading_refused(tmp_path, capsys):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("image,question,answer\na.jpg,Was ist das?,Ärger\nb.jpg,Und das?,Äpfel\n".encode("latin-1"))
+    with pytest.raises(DataError) as error:
+        vqa_dataset.read_csv(latin)
+    assert "read as CP949" in str(error.value) and "'a.jpg,Was ist das?,Ärger'" in str(error.value)
+    assert "Re-save the file as UTF-8" in str(error.value)
+    korean = tmp_path / "korean.csv"
+    korean.write_bytes("image,question,answer\na.jpg,이 동물은?,고양이\nb.jpg,똠방각하는?,사람\n".encode("cp949"))
+    assert vqa_dataset.read_csv(korean)["answer"].tolist() == ["고양이", "사람"]
+    assert "is not UTF-8; read it as CP949/EUC-KR" in capsys.readouterr().out
+
+
+def test_double_encoded_utf8_is_warned_of_with_its_repair(tmp_path, capsys):
+    twice = "image,question,answer\na.jpg,이미지 속 동물은?,고양이\n".encode("utf-8").decode("cp1252", "replace")
+    mojibake = "image,question,answer\na.jpg,이미지 속 동물은?,고양이\n".encode("utf-8").decode("latin-1")
+    for text in (twice, mojibake):
+        (tmp_path / "data.csv").write_text(text, encoding="utf-8")
+        vqa_dataset.read_csv(tmp_path / "data.csv")
+    out = capsys.readouterr().out
+    assert "1 line(s) look double-encoded" in out and "would read 'a.jpg,이미지 속 동물은?,고양이'" in out
+
+
+# ---------------------------------------------------------------- headers and values
+
+@pytest.mark.parametrize("text, message", [
+    ("image,question,answer,answer\na.jpg,q,x,y\n", "names column(s) ['answer'] more than once (columns [3, 4])"),
+    ("image,question,answer,split \na.jpg,q,x,test\n", "column name(s) ['split '] have white space around them"),
+    ("image,question,answer\na.jpg,q,x\nimage,question,answer\nb.jpg,q,y\n", "row 3 repeat the header line"),
+    ("image,question,answer\n", "the file has no rows, only its header line"),
+    ("\n\n  \n", "the file has no rows (it is empty or holds only blank lines"),
+])
+def test_header_faults_pandas_lets_through_are_named(text, message, tmp_path):
+    (tmp_path / "data.csv").write_text(text)
+    with pytest.raises(DataError) as error:
+        read_data(tmp_path)
+    assert message in str(error.value)
+    assert not (tmp_path / "split.csv").exists()
+
+
+def test_empty_column_names_are_not_repeated_names(tmp_path):
+    (tmp_path / "data.csv").write_text("image,question,answer,,\na.jpg,q,x,,\n")  # a spreadsheet's empty columns
+    assert vqa_dataset.read_csv(tmp_path / "data.csv")["answer"].tolist() == ["x"]
+
+
+def test_missing_value_placeholders_are_row_faults_not_answers_or_entities(tmp_path):
+    placeholders = ["nan", "None", "N/A", "NA", "null", "#N/A", "-"]
+    rows = [{"image": "a.jpg", "question": f"q{i}", "answer": p, "triple": ""} for i, p in enumerate(placeholders)]
+    rows += [{"image": "a.jpg", "question": "qt", "answer": "x", "triple": "고양이|class|NULL"},
+             {"image": "a.jpg", "question": "ok", "answer": "x", "triple": "고양이|class|포유류"}]
+    data = data_dir(tmp_path / "data", rows, ["a.jpg"])
+    with pytest.raises(DataError) as error:
+        load_data(data, progress=False)
+    for row, p in enumerate(placeholders, start=2):
+        assert f"row {row}: column answer is {p!r}, a missing-value placeholder" in str(error.value)
+    assert "row 9: column triple has 'NULL', a missing-value placeholder" in str(error.value)
+    good, skipped = load_data(data, skip_bad=True, progress=False)
+    assert good["question"].tolist() == ["ok"] and len(skipped) == 8
+    import kge
+
+    (tmp_path / "triples.csv").write_text("h,r,t\n고양이,class,포유류\n개,class,N/A\n")
+    with pytest.raises(DataError, match="row 3, column t: a missing-value placeholder"):
+        kge.read_triples_csv(str(tmp_path / "triples.csv"))
+
+
+# ---------------------------------------------------------------- archives
+
+@pytest.mark.parametrize("entries, unpacked", [
+    ({"VQA_NIA/data/image/a.jpg": b"a", "VQA_NIA/data/image/sub/b.jpg": b"b", "VQA_NIA/README.md": b"r"},
+     ["a.jpg", "sub/b.jpg"]),
+    ({"image/a.jpg": b"a", "readme.txt": b"r"}, ["a.jpg"]),
+    ({"image/a.jpg": b"a", "__MACOSX/image/._a.jpg": b"j", "image/.DS_Store": b"j"}, ["a.jpg"]),
+])
+def test_an_archives_image_folder_is_found_and_junk_left_out_with_a_word(entries, unpacked, tmp_path, capsys):
+    download.unpack(str(zip_of(tmp_path / "a.zip", entries)), str(tmp_path / "data"))
+    image_dir = tmp_path / "data" / "image"
+    assert sorted(str(p.relative_to(image_dir)) for p in image_dir.rglob("*") if p.is_file()) == \
+        sorted(unpacked + [".unpacked"])
+    assert f"left out {len(entries) - len(unpacked)} of the archive's entries" in capsys.readouterr().out
+
+
+def test_an_archive_holding_only_an_archive_names_it(tmp_path):
+    inner = zip_of(tmp_path / "image.zip", {"image/a.jpg": b"a"})
+    with pytest.raises(DataError, match="it holds the archive image.zip: unpack that one instead"):
+        download.unpack(str(zip_of(tmp_path / "outer.zip", {"image.zip": inner.read_bytes()})), str(tmp_path / "data"))
+
+
+# ---------------------------------------------------------------- runs
+
+def test_a_safetensors_file_main_py_did_not_write_is_named_as_such(trained_run, tmp_path):
+    from safetensors.torch import save_file
+
+    from model import load_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    weights = run_dir / "infer_model_99.0.safetensors"  # the one inference takes: the highest score
+    save_file({"encoder.weight": __import__("torch").zeros(2, 2)}, str(weights))
+    with pytest.raises(util.CheckpointError, match="is not a weights file of this repo") as error:
+        load_run(str(run_dir))
+    assert "config.json" not in str(error.value)
+
+
+def test_report_compare_says_which_folders_are_not_runs(trained_run, tmp_path, capsys):
+    import report
+
+    (tmp_path / "kge").mkdir()
+    assert run_main(report, "--compare", trained_run, tmp_path / "kge", "--out", tmp_path / "out") == ""
+    assert f"left out {tmp_path / 'kge'}: not a run directory of main.py" in capsys.readouterr().out

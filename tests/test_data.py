@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 import sample_data
-from vqa_dataset import SPLIT_FILE, DataError, build_answer_vocab, make_split, read_data, select_rows
+from vqa_dataset import SPLIT_FILE, SPLITS, DataError, build_answer_vocab, make_split, read_data, select_rows
 
 
 def write_csv(path, rows):
@@ -75,15 +75,26 @@ def test_sample_split_has_no_image_in_two_splits(sample_dir):
     assert (read_data(sample_dir).groupby("image")["split"].nunique() == 1).all()
 
 
-def test_split_is_remade_when_rows_change(tmp_path, sample_dir):
+def test_the_split_is_never_changed_only_extended_by_new_rows(tmp_path, sample_dir, capsys):
+    """Rows reordered, removed or added: every row keeps its label; a new row on an image the split holds joins
+    that image's split, new images are split by image. A split.csv this repo did not write is never changed."""
     rows = pd.read_csv(sample_dir / "data.csv", dtype=str, keep_default_na=False)
     write_csv(tmp_path, rows)
-    first = read_data(tmp_path)
-    write_csv(tmp_path, rows.iloc[::-1])
-    second = read_data(tmp_path)
-    assert len(first) == len(second)
-    assert not (second["image"].values == first["image"].values).all()
-    assert pd.read_csv(tmp_path / SPLIT_FILE)["image"].tolist() == second["image"].tolist()
+    first = read_data(tmp_path).set_index(["image", "question"])["split"]
+    test_image = first[first == "test"].index[0][0]
+    added = pd.DataFrame({"image": [test_image, "new.jpg"], "question": ["another question", "q"], "answer": "a"})
+    write_csv(tmp_path, pd.concat([rows.iloc[:0:-1], added]))  # reversed, the first row gone, two rows added
+    second = read_data(tmp_path).set_index(["image", "question"])["split"]
+    assert (second.loc[first.index[1:]] == first.iloc[1:]).all()
+    assert second[(test_image, "another question")] == "test" and second[("new.jpg", "q")] in SPLITS
+    assert "2 rows of data.csv are new since the split was made" in capsys.readouterr().out
+    saved = pd.read_csv(tmp_path / SPLIT_FILE, dtype=str).set_index(["image", "question"])["split"]
+    assert saved.sort_index().equals(second.sort_index())
+
+    (tmp_path / SPLIT_FILE).write_text("image,question,split\na.jpg,q,test\n")  # a user's own
+    with pytest.raises(DataError, match="was not written by this repo .* so it is not changed"):
+        read_data(tmp_path)
+    assert (tmp_path / SPLIT_FILE).read_text() == "image,question,split\na.jpg,q,test\n"
 
 
 def test_explicit_split_and_categories(tmp_path):

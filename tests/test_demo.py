@@ -121,7 +121,7 @@ def page(browser, demo_url):
 def run(trained_run):
     """(model, tokenizer, config, answers, test rows, data_dir) for the expected answers."""
     model, tokenizer, config, answers, _ = load_run(str(trained_run), "cpu")
-    data_dir, test = read_test_split(config)
+    data_dir, test = read_test_split(config, trained_run)
     return model, tokenizer, config, answers, test, data_dir
 
 
@@ -181,7 +181,7 @@ def test_a_knowledge_run_takes_and_shows_knowledge(browser, knowledge_runs, know
     from playwright.sync_api import expect
 
     model, tokenizer, config, answers, _ = load_run(str(knowledge_runs[knowledge]), "cpu")
-    data_dir, test = read_test_split(config)
+    data_dir, test = read_test_split(config, knowledge_runs[knowledge])
     index = next(i for i, triple in enumerate(test["triple"].head(N_SAMPLES)) if triple)
     row = test.iloc[index]
     image_path = os.path.join(data_dir, "image", row["image"])

@@ -186,3 +186,36 @@ def test_real_formats_train_and_evaluate_end_to_end(tmp_path, name, rows):
     result = run_script("inference.py", "--results_dir", results)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test accuracy (all)" in result.stdout
+
+
+def test_a_question_in_two_splits_is_refused_and_shared_images_are_reported(tmp_path, capsys):
+    """Across all its input files: a test question also in the training file is a split leak, refused with both
+    files and rows (with --skip_bad its training copy is left out, so the test set stays whole); a row repeated in
+    another file is a duplicate; a test image that is also a training image, with other questions, is counted."""
+    header = ",img_name,question,h,r,t,answer"
+    (tmp_path / "train.csv").write_text(header + ",fold\n0,a.jpg,What is it?,Cat,class,Mammal,mammal,2\n"
+                                        "1,b.jpg,Which flower?,Rose,family,Rosaceae,rosaceae,3\n"
+                                        "2,c.jpg,Which bird?,Crow,order,Passeriformes,passerine,1\n")
+    (tmp_path / "test.csv").write_text(header + "\n0,a.jpg,What is it?,Cat,class,Mammal,mammal\n"
+                                       "1,b.jpg,What colour is it?,Rose,colour,Red,red\n"
+                                       "2,d.jpg,Which tool?,Horn,class,Brass,brass\n")
+    placeholder_images(tmp_path / "img", ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    args = [str(tmp_path / "train.csv")], [str(tmp_path / "test.csv")], str(tmp_path / "img"), str(tmp_path / "out")
+    with pytest.raises(DataError) as error:
+        download.import_csv(*args)
+    assert "1 put a question on an image into two splits" in str(error.value)
+    assert f"{tmp_path / 'train.csv'} row 2: the same image and question is in the test split too, " \
+           f"{tmp_path / 'test.csv'} row 2" in str(error.value)
+    assert not (tmp_path / "out" / "data.csv").exists()
+    assert download.import_csv(*args, skip_bad=True) == 5
+    df = read_data(tmp_path / "out")
+    assert df.loc[df["image"] == "a.jpg", "split"].tolist() == ["test"]
+    assert pd.read_csv(tmp_path / "out" / "skipped_rows.csv")["source_row"].tolist() == [2]
+    assert "warning: 1 test images (1 test rows) are training images too" in capsys.readouterr().out
+
+    with pytest.raises(DataError, match="train.csv is given twice"):
+        download.import_csv([str(tmp_path / "train.csv")], [str(tmp_path / "train.csv")], *args[2:])
+    (tmp_path / "copy.csv").write_bytes((tmp_path / "train.csv").read_bytes())
+    with pytest.raises(DataError, match=f"copy.csv row 3: duplicate of {tmp_path / 'train.csv'} row 3"):
+        download.import_csv([str(tmp_path / "train.csv"), str(tmp_path / "copy.csv")], [], str(tmp_path / "img"),
+                            str(tmp_path / "out2"))

@@ -1,9 +1,11 @@
 """inference.py and inference_each.py run as a user would run them, on a tiny trained run."""
 import json
+import shutil
 
 import pandas as pd
 from PIL import Image
 
+import util
 from conftest import run_script
 from vqa_dataset import read_data, select_rows
 
@@ -130,3 +132,46 @@ def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp
     assert result.returncode == 0, result.stderr[-2000:]
     for rank, (text, prob) in enumerate(top, 1):
         assert f"  {rank}. {text:<20} {100 * prob:6.2f}%" in result.stdout
+
+
+def test_a_run_is_evaluated_on_its_own_split_after_rows_are_added(trained_run, sample_dir, tmp_path):
+    """Rows added to data.csv after training, here new questions on training images, do not enter the run's test
+    set, and the data's split.csv is left as it was: inference.py, inference_each.py and the demo take the test rows
+    the run saved in its run directory."""
+    import demo
+    from vqa_dataset import read_test_split
+
+    run_dir, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(trained_run, run_dir)
+    data.mkdir()
+    (data / "image").symlink_to(sample_dir / "image")
+    for name in ("data.csv", "split.csv", util.WRITTEN_FILE):  # a copy of the data the run was trained on
+        shutil.copy(sample_dir / name, data / name)
+    split_before = (data / "split.csv").read_bytes()
+    original = read_data(sample_dir)
+    run_test = select_rows(original, "test")
+    train_images = original.loc[original["split"] == "train", "image"].unique()[:20]
+    added = pd.DataFrame({"image": train_images, "question": [f"새 질문 {i}" for i in range(20)], "answer": "빨간색"})
+    rows = pd.read_csv(sample_dir / "data.csv", dtype=str, keep_default_na=False)
+    pd.concat([rows, added]).to_csv(data / "data.csv", index=False)
+
+    result = run_script("inference.py", "--model_path", run_dir, "--data_dir", data)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "20 rows of data.csv are not in it (added since) and are left out" in result.stdout
+    predictions = pd.read_csv(run_dir / "predictions_all.csv", dtype=str, keep_default_na=False)
+    assert sorted(predictions["question"] + predictions["image"]) == sorted(run_test["question"] + run_test["image"])
+    assert (data / "split.csv").read_bytes() == split_before
+    config = json.loads((run_dir / "config.json").read_text())
+    _, test = read_test_split(config, run_dir, data)
+    assert test["question"].tolist() == run_test["question"].tolist()
+    assert [s[2] for s in demo.load_samples(config, run_dir, data, 5)] == run_test["question"].tolist()[:5]
+
+
+def test_a_run_of_an_earlier_version_is_evaluated_on_the_datas_split(trained_run, sample_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / "split.csv").unlink()  # runs before this version saved no split
+    result = run_script("inference.py", "--model_path", run_dir, "--data_dir", sample_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained by an earlier version" in result.stdout
+    assert json.loads((run_dir / "eval_all.json").read_text())["n"] == len(select_rows(read_data(sample_dir), "test"))

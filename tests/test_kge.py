@@ -125,7 +125,7 @@ def bad_inputs(tmp_path):
     yield tmp_path / "empty.csv", ["empty.csv", "empty"]
     yield write_csv(tmp_path / "hole.csv", ["h", "r", "t"], [("a", "r", "b"), ("c", "", "d")]), \
         ["hole.csv", "row 3", "column r"]
-    yield write_csv(tmp_path / "header.csv", ["h", "r", "t"], []), ["header.csv", "no triples"]
+    yield write_csv(tmp_path / "header.csv", ["h", "r", "t"], []), ["header.csv", "the file has no rows"]
     yield tmp_path / "absent.csv", ["absent.csv", "not found"]
 
 

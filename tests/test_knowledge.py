@@ -123,6 +123,8 @@ def test_rows_without_knowledge_pass_through_unchanged(fusion):
 
 def test_ideal_uses_the_gold_triples():
     model = tiny_model("ideal").eval()
+    with torch.no_grad():  # as after training: mul's projection starts at the constant 1
+        model.injection.project.weight.normal_()
     ids, mask, image, triples = tiny_batch()
     base = model(ids, mask, image, triples)["answer"]
     other = triples.clone()
@@ -135,6 +137,8 @@ def test_unseen_parts_use_the_unknown_vector():
     vocab = tiny_vocab("ideal")
     assert vocab.ids("apple|is|red;zebra|is|striped", 3) == [[0, 0, 0], [-1, 0, -1], [kn.ABSENT] * 3]
     model = tiny_model("ideal").eval()
+    with torch.no_grad():  # as after training: mul's projection starts at the constant 1
+        model.injection.project.weight.normal_()
     ids, mask, image, triples = tiny_batch()  # row 3: an unseen relation
     code, present = model.codes(triples)
     expected = torch.cat([model.codes.head_kge[4], model.codes.relation_unknown, model.codes.tail_kge[0]])
