@@ -5,6 +5,7 @@ paired with the question as words (gel_text, Link-Tuning's idea).
 
 model.VQAModel is the skeleton that calls into these; train.py and model.load_run build them from a run's files.
 """
+import math
 import os
 
 import torch
@@ -39,13 +40,15 @@ def embeds(mode):
 
 class KnowledgeVocab:
     """The heads, relations and tails the model knows, each its own vocabulary (as GEL-VQA's), from the triples of the
-    train and valid rows. In the modes that predict a triple the relations end with NO_KNOWLEDGE, the class of rows
-    without one, so that such rows (type A) can be told apart and pass without knowledge. A part outside the
-    vocabulary has id -1."""
+    train and valid rows: the triple heads' classes. In the modes that predict a triple the relations end with
+    NO_KNOWLEDGE, the class of rows without one, so that such rows (type A) can be told apart and pass without
+    knowledge. extended() appends names past the classes (from the knowledge base and the KG embeddings), which a
+    triple can name though no train or valid row does. A name outside the vocabulary has id -1."""
 
-    def __init__(self, heads, relations, tails):
+    def __init__(self, heads, relations, tails, classes=None):
         self.parts = (list(heads), list(relations), list(tails))
         self.index = [{name: i for i, name in enumerate(names)} for names in self.parts]
+        self.classes = list(classes or self.sizes)  # per part: how many of its names are the heads' classes
 
     @classmethod
     def from_rows(cls, df, predicting):
@@ -58,7 +61,14 @@ class KnowledgeVocab:
         return cls(saved["heads"], saved["relations"], saved["tails"])
 
     def to_json(self):
-        return dict(zip(("heads", "relations", "tails"), self.parts))
+        """The classes (what the weights depend on); the extension is made again where the run is loaded."""
+        return {key: names[:n] for key, names, n in zip(("heads", "relations", "tails"), self.parts, self.classes)}
+
+    def extended(self, heads=(), relations=(), tails=()):
+        """This vocabulary with the given names it lacks appended to each part, ids from its classes on."""
+        parts = [names + [n for n in dict.fromkeys(extra) if n not in known]
+                 for names, extra, known in zip(self.parts, (heads, relations, tails), self.index)]
+        return KnowledgeVocab(*parts, classes=self.classes)
 
     @property
     def sizes(self):
@@ -101,17 +111,6 @@ def training_kb(df):
     return list(dict.fromkeys(t for cell in df["triple"] for t in parse_triples(cell)))
 
 
-def kb_ids(triples, vocab):
-    """[K, 3] vocabulary ids of the KB triples whose head, relation and tail are all in the vocabulary (a prediction
-    can only name those), and how many were left out."""
-    ids = [vocab.triple_ids(t) for t in triples]
-    usable = [row for row in ids if min(row) >= 0]
-    if not usable:
-        raise DataError(f"none of the {len(triples)} knowledge-base triples has its head, relation and tail all in "
-                        f"the vocabulary of the training triples; give the KB of this data (--kb).")
-    return torch.tensor(usable, dtype=torch.long), len(ids) - len(usable)
-
-
 def write_kb(path, triples):
     import pandas as pd
 
@@ -121,78 +120,99 @@ def write_kb(path, triples):
 
 
 def load_run_knowledge(run_dir, config):
-    """(vocabularies, KB triples or None) of a knowledge run, from its knowledge.json and (for --kb_constrained)
-    kb.csv; (None, None) for a run without knowledge."""
+    """(vocabularies, KB triples or None, KG-embedding names or None) of a knowledge run, from its knowledge.json
+    and (for --kb_constrained or --answer_from_kb) kb.csv; (None, None, None) for a run without knowledge."""
     import util
 
     if not has_vocab(config.get("knowledge", "none")):
-        return None, None
+        return None, None, None
     path = os.path.join(run_dir, VOCAB_FILE)
     saved = util.read_json(path)
     if "heads" not in saved:
         raise util.CheckpointError(f"{path} was written by an earlier version of main.py (one entity vocabulary for "
                                    f"heads and tails); train the run again with this version.")
-    if not config.get("kb_constrained"):
-        return KnowledgeVocab.from_json(saved), None
+    vocab, names = KnowledgeVocab.from_json(saved), saved.get("kge_names")
+    if not uses_kb(config):
+        return vocab, None, names
     path = os.path.join(run_dir, KB_FILE)
     if not os.path.isfile(path):
-        raise util.CheckpointError(f"{path} not found: a --kb_constrained run keeps the knowledge base it was trained "
-                                   f"with there; restore it from a copy of the run.")
-    kb = [tuple(t) for t in read_csv(path)[["h", "r", "t"]].itertuples(index=False)]
-    return KnowledgeVocab.from_json(saved), kb
+        raise util.CheckpointError(f"{path} not found: a run with --kb_constrained or --answer_from_kb keeps the "
+                                   f"knowledge base it was trained with there; restore it from a copy of the run.")
+    return vocab, read_kb(path), names
+
+
+def uses_kb(config):
+    return bool(config.get("kb_constrained") or config.get("answer_from_kb"))
 
 
 # ---------------------------------------------------------------- KG-embedding codes and how they enter
 
-def code_tables(kge_embeddings, vocab, centre_and_normalise):
-    """The KG embeddings of the vocabulary's heads, relations and tails ([n, width] each, in vocabulary order), a mask
-    of the rows the embeddings lack (they take the learned unknown vector), and those names. With
-    centre_and_normalise (film, concat), rows are centred on their table's mean and L2-normalised: ConvKB's codes
-    then differ by direction rather than by a shared offset."""
-    import kge
-
-    tables, missing, names = [], [], []
-    for part, (matrix, to_id) in zip(vocab.parts, [(kge_embeddings.entity, kge_embeddings.entity_to_id),
-                                                   (kge_embeddings.relation, kge_embeddings.relation_to_id),
-                                                   (kge_embeddings.entity, kge_embeddings.entity_to_id)]):
-        table, lacking = kge.lookup(matrix, to_id, part)
-        known = ~lacking
-        if centre_and_normalise and known.any():
-            table[known] = nn.functional.normalize(table[known] - table[known].mean(0), dim=-1)
-        tables.append(table)
-        missing.append(lacking)
-        names += [name for name, gone in zip(part, lacking.tolist()) if gone and name != NO_KNOWLEDGE]
-    return tables, missing, names
-
-
 class KnowledgeCodes(nn.Module):
-    """[head; relation; tail] KG-embedding codes of triples given as vocabulary ids. The tables are frozen buffers,
-    saved with the weights; a part outside the vocabulary, or one the KG embeddings lack, takes a learned unknown
-    vector of its slot (rather than zeros, which would blank a third of the code)."""
+    """[head; relation; tail] KG-embedding codes of triples given as vocabulary ids.
 
-    def __init__(self, sizes, widths):
+    The KG embeddings' entity and relation tables are frozen buffers, saved with the weights (their names in
+    knowledge.json). attach() looks up each (extended) vocabulary name in them; a name they lack is embedded from its
+    relations where the knowledge base links it to entities they hold (the mean of those entities' rows), else it
+    takes a learned unknown vector of its slot, as does a part outside the vocabulary (rather than zeros, which would
+    blank a third of the code). With centre_and_normalise (film, concat) rows are centred on their table's mean and
+    L2-normalised: ConvKB's codes then differ by direction rather than by a shared offset."""
+
+    SLOTS = ("head", "relation", "tail")
+
+    def __init__(self, kge_sizes, widths, centre_and_normalise=False):
         super().__init__()
         entity, relation = widths
-        for slot, n, width in zip(("head", "relation", "tail"), sizes, (entity, relation, entity)):
-            self.register_buffer(f"{slot}_kge", torch.zeros(n, width))
-            self.register_buffer(f"{slot}_missing", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("entity_kge", torch.zeros(kge_sizes[0], entity))
+        self.register_buffer("relation_kge", torch.zeros(kge_sizes[1], relation))
+        for slot, width in zip(self.SLOTS, (entity, relation, entity)):
             setattr(self, f"{slot}_unknown", nn.Parameter(torch.zeros(width)))
+            self.register_buffer(f"{slot}_table", torch.zeros(0, width), persistent=False)
+            self.register_buffer(f"{slot}_missing", torch.zeros(0, dtype=torch.bool), persistent=False)
+        self.centre_and_normalise = centre_and_normalise
         self.width = 2 * entity + relation
 
-    def fill(self, tables, missing):
+    def fill(self, embeddings):
+        """The KG embeddings' tables (a kge.KGE); returns their names, rows in order, for knowledge.json."""
         with torch.no_grad():
-            for slot, table, lacking in zip(("head", "relation", "tail"), tables, missing):
-                getattr(self, f"{slot}_kge").copy_(table)
-                getattr(self, f"{slot}_missing").copy_(lacking)
+            self.entity_kge.copy_(embeddings.entity)
+            self.relation_kge.copy_(embeddings.relation)
+        return {"entities": sorted(embeddings.entity_to_id, key=embeddings.entity_to_id.get),
+                "relations": sorted(embeddings.relation_to_id, key=embeddings.relation_to_id.get)}
+
+    def build_tables(self, vocab, kge_names, kb=None):
+        """Each slot's rows for the vocabulary's names (attach); returns the names left without a row."""
+        lacking = []
+        for slot, names, part in zip(self.SLOTS, vocab.parts, ("entities", "relations", "entities")):
+            matrix = self.entity_kge if part == "entities" else self.relation_kge
+            row_of = {name: i for i, name in enumerate(kge_names[part])}
+            rows = [self.row(name, matrix, row_of, kb if part == "entities" else None) for name in names]
+            missing = torch.tensor([r is None for r in rows], dtype=torch.bool)
+            table = torch.stack([r if r is not None else torch.zeros(matrix.shape[1]) for r in rows]) if rows else \
+                matrix[:0]
+            if self.centre_and_normalise:
+                table = torch.nn.functional.normalize(table - matrix.mean(0), dim=-1)
+            setattr(self, f"{slot}_table", table.to(matrix.device))
+            setattr(self, f"{slot}_missing", missing.to(matrix.device))
+            lacking += [name for name, gone in zip(names, missing.tolist()) if gone and name != NO_KNOWLEDGE]
+        return lacking
+
+    @staticmethod
+    def row(name, matrix, row_of, kb):
+        """A name's row; for an entity the KG embeddings lack, the mean row of the entities the KB links it to."""
+        if name in row_of:
+            return matrix[row_of[name]].float()
+        linked = [row_of[other] for h, _, t in kb or () for other in ((t,) if h == name else (h,) if t == name else ())
+                  if other in row_of]
+        return matrix[linked].float().mean(0) if linked else None
 
     def forward(self, triples):
         """(code [B, width] averaged over a row's triples, present [B]: whether the row has a triple) of triples
         [B, slots, 3]."""
         present = triples[..., 0] != ABSENT  # [B, slots]
         parts = []
-        for i, slot in enumerate(("head", "relation", "tail")):
+        for i, slot in enumerate(self.SLOTS):
             ids = triples[..., i]
-            table, missing = getattr(self, f"{slot}_kge"), getattr(self, f"{slot}_missing")
+            table, missing = getattr(self, f"{slot}_table"), getattr(self, f"{slot}_missing")
             safe = ids.clamp(min=0)
             unknown = (ids < 0) | missing[safe]
             parts.append(torch.where(unknown[..., None], getattr(self, f"{slot}_unknown").to(table.dtype),
@@ -286,14 +306,17 @@ class TripleHeads(nn.Module):
         return {"h": (h + back_h) / 2, "r": (r + back_r) / 2, "t": (t + back_t) / 2}
 
 
-def choose_triple(out, kb=None, no_knowledge=None):
-    """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB ([K, 3] ids), the KB
-    triple with the highest product of their probabilities. A predicted NO_KNOWLEDGE relation gives
+def choose_triple(out, kb=None, no_knowledge=None, vocab=None):
+    """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB ([K, 3] ids of the
+    extended vocabulary), the KB triple with the highest product of their probabilities, a name past the heads'
+    classes taking the uniform probability of its part (1 / classes). A predicted NO_KNOWLEDGE relation gives
     (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
     logp = [out[k].detach().float().log_softmax(-1) for k in "hrt"]
     if kb is None:
         triple = torch.stack([p.argmax(-1) for p in logp], -1)
     else:
+        logp = [torch.nn.functional.pad(p, (0, n - p.shape[-1]), value=-math.log(p.shape[-1]))
+                for p, n in zip(logp, vocab.sizes)]
         score = logp[0][:, kb[:, 0]] + logp[1][:, kb[:, 1]] + logp[2][:, kb[:, 2]]  # [B, K]
         triple = kb[score.argmax(-1)]
     if no_knowledge is not None:
@@ -345,17 +368,34 @@ class TripleText:
 
 # ---------------------------------------------------------------- a run's model, its metrics
 
-def attach(model, vocab, tokenizer, max_token, kb_triples=None):
-    """Gives a model what its weights do not hold: its vocabularies, the KB triples as ids (kb_triples, for
-    --kb_constrained; returns how many of them the vocabulary cannot name) and, for gel_text, the pairing of
-    questions with predicted triples."""
-    model.vocab = vocab
-    dropped = 0
+def attach(model, vocab, tokenizer, max_token, kb_triples=None, kge_names=None):
+    """Gives a model what its weights do not hold: its vocabulary, extended by the names of the knowledge base
+    (kb_triples, for --kb_constrained and --answer_from_kb) and of the KG embeddings (kge_names) that no train or
+    valid row has; the KB triples as ids; the KG codes of every name (KnowledgeCodes.build_tables); and, for
+    gel_text, the pairing of questions with predicted triples. Returns the names without a KG code."""
     if kb_triples is not None:
-        model.kb, dropped = kb_ids(kb_triples, vocab)
+        vocab = vocab.extended(*zip(*kb_triples))
+    if kge_names is not None:
+        vocab = vocab.extended(kge_names["entities"], kge_names["relations"], kge_names["entities"])
+    model.vocab = vocab
+    if kb_triples is not None:
+        model.kb = kb_ids(kb_triples, vocab)
     if model.knowledge == "gel_text":
         model.triple_text = TripleText(tokenizer, vocab, max_token)
-    return dropped
+    return model.codes.build_tables(vocab, kge_names, kb_triples) if embeds(model.knowledge) else []
+
+
+def kb_ids(kb_triples, vocab):
+    """[K, 3] ids of the KB triples in a vocabulary extended by their names."""
+    return torch.tensor([vocab.triple_ids(t) for t in kb_triples], dtype=torch.long).reshape(-1, 3)
+
+
+def beyond_classes(kb_triples, vocab):
+    """How many KB triples name a head, relation or tail that is none of the heads' classes (no train or valid row
+    has it): reachable only through the knowledge base."""
+    def within(triple):
+        return all(0 <= i < n for i, n in zip(vocab.triple_ids(triple), vocab.classes))
+    return sum(not within(t) for t in kb_triples)
 
 
 def triple_hits(predicted, gold):

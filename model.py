@@ -169,8 +169,8 @@ class VQAModel(nn.Module):
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
-                 knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
-                 triple_head="independent", answer_from_kb=False):
+                 knowledge="none", knowledge_sizes=(0, 0, 0), kge_sizes=(0, 0), kge_widths=(0, 0),
+                 knowledge_fusion="mul", triple_head="independent", answer_from_kb=False):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -204,7 +204,7 @@ class VQAModel(nn.Module):
         self.vocab, self.triple_text = None, None
         self.register_buffer("kb", None, persistent=False)
         if kn.embeds(knowledge):
-            self.codes = kn.KnowledgeCodes(knowledge_sizes, kge_widths)
+            self.codes = kn.KnowledgeCodes(kge_sizes, kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
         if kn.predicts(knowledge):
             self.triple_heads = kn.TripleHeads(triple_head, dim_h, knowledge_sizes)
@@ -222,7 +222,7 @@ class VQAModel(nn.Module):
         out, extra = {}, None
         if kn.predicts(self.knowledge):
             out = self.triple_heads(self.hidden(fused), self.hidden(text_f[0]))
-            out["triple"] = kn.choose_triple(out, self.kb, self.no_knowledge)
+            out["triple"] = kn.choose_triple(out, self.kb, self.no_knowledge, self.vocab)
             triples = out["triple"][:, None]
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, out["triple"])
@@ -313,7 +313,7 @@ def build_model(config, text_config=None, from_sources=False):
     return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"],
                     **{k: config[k] for k in HEAD_OPTIONS}, **knowledge,
                     knowledge_sizes=tuple(config.get("knowledge_sizes", (0, 0, 0))),
-                    kge_widths=tuple(config.get("kge_widths", (0, 0))))
+                    kge_sizes=tuple(config.get("kge_sizes", (0, 0))), kge_widths=tuple(config.get("kge_widths", (0, 0))))
 
 
 # what inference reads from a run's config.json
@@ -343,11 +343,17 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
     return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
 
 
-def attach_run_knowledge(model, run_dir, config, tokenizer):
-    """Gives a knowledge run's model what its weights do not hold (knowledge.attach), from the run's files."""
-    vocab, kb = kn.load_run_knowledge(run_dir, config)
+def attach_run_knowledge(model, run_dir, config, tokenizer, kb_path=None):
+    """Gives a knowledge run's model what its weights do not hold (knowledge.attach), from the run's files; kb_path: a
+    knowledge base to use instead of the run's own (--kb)."""
+    vocab, kb, kge_names = kn.load_run_knowledge(run_dir, config)
+    if kb_path is not None:
+        if not kn.uses_kb(config):
+            raise util.UsageError(f"--kb {kb_path}: {run_dir} uses no knowledge base (it was trained without "
+                                  f"--kb_constrained and --answer_from_kb).")
+        kb = kn.read_kb(kb_path)
     if vocab is not None:
-        kn.attach(model, vocab, tokenizer, config["max_token"], kb)
+        kn.attach(model, vocab, tokenizer, config["max_token"], kb, kge_names)
 
 
 def autocast(device, precision):

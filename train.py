@@ -163,19 +163,17 @@ def make_loaders(args, rt, data, tokenizer, vocab=None):
 
 # ---------------------------------------------------------------- model, optimizer, start or resume
 
-def initial_model(config, tokenizer, vocab=None, kb=None):
+def initial_model(config, tokenizer, vocab=None, kb=None, kge_names=None):
     """The model training starts from: encoders from their sources, or a scratch text encoder sized to the tokenizer;
-    in the modes that inject KG embeddings, those of the vocabulary from config's kge_dir; the vocabulary and KB
-    attached (knowledge.attach)."""
+    in the modes that inject KG embeddings, the tables of config's kge_dir; the vocabulary, KB and KG codes attached
+    (knowledge.attach)."""
     scratch = config["text_model"] == SCRATCH
     text_config = small_text_config(len(tokenizer), config["max_token"], **config["scratch_text"]) if scratch else None
     model = build_model(config, text_config, from_sources=True)
     if vocab is not None:
         if kn.embeds(config["knowledge"]):
-            tables, missing, _ = kn.code_tables(load_kge_dir(config["kge_dir"]), vocab,
-                                                centre_and_normalise=config["knowledge_fusion"] != "mul")
-            model.codes.fill(tables, missing)
-        kn.attach(model, vocab, tokenizer, config["max_token"], kb)
+            model.codes.fill(load_kge_dir(config["kge_dir"]))
+        kn.attach(model, vocab, tokenizer, config["max_token"], kb, kge_names)
     return model
 
 
@@ -188,39 +186,46 @@ def load_kge_dir(kge_dir):
 
 def knowledge_config(args, config, data, rt):
     """For the modes with a knowledge vocabulary: (the vocabularies of the train and valid rows' triples, the KB
-    triples for --kb_constrained or None), and in config their sizes and the KG embeddings' widths; says which
-    entries the embeddings lack (they take the learned unknown vector)."""
+    triples for --kb_constrained and --answer_from_kb or None, the KG embeddings' names or None), and in config
+    their sizes and widths; says which names the embeddings lack."""
     if not kn.has_vocab(args.knowledge):
-        return None, None
+        return None, None, None
     rows = pd.concat([data.train, data.valid])
     vocab = kn.KnowledgeVocab.from_rows(rows, kn.predicts(args.knowledge))
     if not vocab.parts[0]:
         raise DataError(f"--knowledge {args.knowledge}: the train and valid rows of {args.data_dir}/data.csv hold no "
                         f"triples.")
-    config.update(knowledge_sizes=vocab.sizes, kge_widths=[0, 0])
-    message = f"knowledge: {' / '.join(map(str, vocab.sizes))} heads / relations / tails in the train and valid triples"
-    if kn.embeds(args.knowledge):
-        embeddings = load_kge_dir(args.kge_dir)
-        _, _, missing = kn.code_tables(embeddings, vocab, centre_and_normalise=False)
-        config.update(kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]],
-                      knowledge_missing_in_kge=len(missing))
-        message += (f"; KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths "
-                    f"{config['kge_widths']})" + (f"; {len(missing)} names are not in them and take the unknown "
-                                                 f"vector: {missing[:5]}" if missing else ""))
-    rt.log(message)
-    return vocab, knowledge_base(args, rows, vocab, config, rt) if args.kb_constrained else None
+    config.update(knowledge_sizes=vocab.sizes)
+    rt.log(f"knowledge: {' / '.join(map(str, vocab.sizes))} heads / relations / tails in the train and valid triples")
+    kb = knowledge_base(args, rows, vocab, config, rt) if kn.uses_kb(vars(args)) else None
+    if not kn.embeds(args.knowledge):
+        return vocab, kb, None
+    embeddings = load_kge_dir(args.kge_dir)
+    names = {"entities": sorted(embeddings.entity_to_id, key=embeddings.entity_to_id.get),
+             "relations": sorted(embeddings.relation_to_id, key=embeddings.relation_to_id.get)}
+    config.update(kge_sizes=[len(names["entities"]), len(names["relations"])],
+                  kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]])
+    lacking = [n for part, names_ in zip(vocab.parts, (names["entities"], names["relations"], names["entities"]))
+               for n in part if n not in set(names_) and n != kn.NO_KNOWLEDGE]
+    config["knowledge_missing_in_kge"] = len(lacking)
+    rt.log(f"KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths {config['kge_widths']}, "
+           f"{config['kge_sizes'][0]} entities)" + (f"; {len(lacking)} vocabulary names are not in them: embedded "
+                                                    f"from their KB relations, else the unknown vector: {lacking[:5]}"
+                                                    if lacking else ""))
+    return vocab, kb, names
 
 
 def knowledge_base(args, rows, vocab, config, rt):
-    """The KB triples a --kb_constrained prediction snaps to: --kb, else the data's triples.csv, else the distinct
+    """The KB triples of --kb_constrained and --answer_from_kb: --kb, else the data's triples.csv, else the distinct
     triples of the train and valid rows."""
     default = os.path.join(args.data_dir, "triples.csv")
     source = args.kb or (default if os.path.isfile(default) else None)
     triples = kn.read_kb(source) if source else kn.training_kb(rows)
-    _, dropped = kn.kb_ids(triples, vocab)
-    config["kb_triples"] = len(triples) - dropped
+    beyond = kn.beyond_classes(triples, vocab)
+    config["kb_triples"] = len(triples)
     rt.log(f"knowledge base: {len(triples)} triples from {source or 'the train and valid rows'}"
-           + (f"; {dropped} of them name a part outside the vocabulary and cannot be predicted" if dropped else ""))
+           + (f"; {beyond} of them name a head, relation or tail no train or valid row has (predicted only through "
+              f"the knowledge base)" if beyond else ""))
     return triples
 
 
@@ -238,12 +243,13 @@ def start_or_resume(args, rt, data):
     else:
         tokenizer = load_tokenizer(args.text_model)
     config = run_config(args, len(data.answers), rt.world_size)
-    vocab, kb = knowledge_config(args, config, data, rt)
-    model = initial_model(config, tokenizer, vocab, kb)
+    vocab, kb, kge_names = knowledge_config(args, config, data, rt)
+    model = initial_model(config, tokenizer, vocab, kb, kge_names)
     run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if rt.is_main else None)
     if rt.is_main:
         if vocab is not None:
-            util.write_json(os.path.join(run_dir, kn.VOCAB_FILE), {**vocab.to_json(), "kge_dir": args.kge_dir})
+            util.write_json(os.path.join(run_dir, kn.VOCAB_FILE),
+                            {**vocab.to_json(), "kge_dir": args.kge_dir, "kge_names": kge_names})
         if kb is not None:
             kn.write_kb(os.path.join(run_dir, kn.KB_FILE), kb)
         tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))

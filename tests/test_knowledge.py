@@ -3,6 +3,7 @@ constraint, their losses and inputs, short runs of each, a resumed cascade run, 
 alone, and the comparison over seeds."""
 import itertools
 import json
+import math
 import shutil
 import signal
 
@@ -35,16 +36,26 @@ def tiny_tokenizer():
     return train_tokenizer(["what is the animal", " ".join(w for names in NAMES for w in names)], vocab_size=50)
 
 
+def tiny_kge():
+    """Random KG embeddings of the tiny vocabulary's entities and relations (a kge.KGE, as kge.load_kge gives)."""
+    import kge
+
+    entities = NAMES[0] + NAMES[2] + ["zebra"]  # zebra: known to the embeddings, in no training triple
+    relations = NAMES[1][:-1]
+    torch.manual_seed(2)
+    return kge.KGE(torch.randn(len(entities), WIDTHS[0]), torch.randn(len(relations), WIDTHS[1]),
+                   {e: i for i, e in enumerate(entities)}, {r: i for i, r in enumerate(relations)}, {})
+
+
 def tiny_model(knowledge, kb=None, **options):
     """test_model's tiny model with the given knowledge mode and options, its KG codes random, vocabulary attached."""
     sizes = tiny_vocab(knowledge).sizes if kn.has_vocab(knowledge) else (0, 0, 0)
-    model = test_model.tiny_model(knowledge=knowledge, knowledge_sizes=sizes, kge_widths=WIDTHS, **options)
-    if kn.embeds(knowledge):
-        torch.manual_seed(2)
-        tables = [torch.randn(n, w) for n, w in zip(sizes, (WIDTHS[0], WIDTHS[1], WIDTHS[0]))]
-        model.codes.fill(tables, [torch.zeros(n, dtype=torch.bool) for n in sizes])
+    embeddings = tiny_kge()
+    model = test_model.tiny_model(knowledge=knowledge, knowledge_sizes=sizes, kge_widths=WIDTHS,
+                                  kge_sizes=(len(embeddings.entity), len(embeddings.relation)), **options)
+    names = model.codes.fill(embeddings) if kn.embeds(knowledge) else None
     if kn.has_vocab(knowledge):
-        kn.attach(model, tiny_vocab(knowledge), tiny_tokenizer(), 16, kb)
+        kn.attach(model, tiny_vocab(knowledge), tiny_tokenizer(), 16, kb, names)
     return model
 
 
@@ -83,7 +94,7 @@ def test_every_mode_and_option_runs_forward_and_backward(knowledge, options):
     assert [n for n, p in model.named_parameters() if p.grad is None] == []  # DistributedDataParallel needs them all
     if kn.embeds(knowledge):
         assert not any(n.endswith("_kge") for n, _ in model.named_parameters())  # frozen: buffers, saved with weights
-        assert {"codes.head_kge", "codes.relation_kge", "codes.tail_kge"} <= {n for n, _ in model.named_buffers()}
+        assert {"codes.entity_kge", "codes.relation_kge"} <= set(model.state_dict())  # saved with the weights
 
 
 def baseline_and(knowledge, **options):
@@ -141,7 +152,7 @@ def test_unseen_parts_use_the_unknown_vector():
         model.injection.project.weight.normal_()
     ids, mask, image, triples = tiny_batch()  # row 3: an unseen relation
     code, present = model.codes(triples)
-    expected = torch.cat([model.codes.head_kge[4], model.codes.relation_unknown, model.codes.tail_kge[0]])
+    expected = torch.cat([model.codes.head_table[4], model.codes.relation_unknown, model.codes.tail_table[0]])
     assert torch.equal(code[3], expected) and present.tolist() == [True, True, False, True]
     before = model(ids, mask, image, triples)["answer"]
     with torch.no_grad():
@@ -162,7 +173,7 @@ def test_gel_ignores_the_gold_triples_and_uses_its_prediction():
     assert torch.equal(model(ids, mask, image, triples)["answer"], model(ids, mask, image, triples.flip(0))["answer"])
     out = model(ids, mask, image, triples)
     with torch.no_grad():  # the predicted head's KG embedding moves the answer
-        model.codes.head_kge[out["triple"][0, 0]] += 3
+        model.codes.head_table[out["triple"][0, 0]] += 3
     assert not torch.allclose(out["answer"][0], model(ids, mask, image, triples)["answer"][0])
 
 
@@ -182,18 +193,20 @@ def test_cascade_conditions_the_relation_on_the_head():
 
 def test_the_kb_constraint_only_ever_yields_kb_triples():
     vocab = tiny_vocab("gel")
-    kb, dropped = kn.kb_ids(KB + [("zebra", "is", "striped")], vocab)
-    assert dropped == 1 and kb.tolist() == [vocab.triple_ids(t) for t in KB]
+    kb_triples = KB + [("zebra", "is", "striped")]  # names no training row has: ids past the heads' classes
+    extended = vocab.extended(*zip(*kb_triples))
+    kb = kn.kb_ids(kb_triples, extended)
+    assert kb.tolist()[-1] == [5, 0, 6] and kn.beyond_classes(kb_triples, extended) == 1
     torch.manual_seed(0)
     for _ in range(20):
         out = {k: torch.randn(64, n) * 3 for k, n in zip("hrt", SIZES)}
-        chosen = kn.choose_triple(out, kb)
+        chosen = kn.choose_triple(out, kb, vocab=extended)
         assert {tuple(t) for t in chosen.tolist()} <= {tuple(t) for t in kb.tolist()}
-        free = kn.choose_triple(out)
-        best = [max(range(len(kb)), key=lambda k: sum(out[p][i].log_softmax(-1)[kb[k, j]] for j, p in enumerate("hrt")))
-                for i in range(64)]
-        assert chosen.tolist() == kb[best].tolist()  # the most probable KB triple
-        assert not torch.equal(chosen, free)
+        logp = [torch.cat([out[p].log_softmax(-1), torch.full((64, n - SIZES[i]), -math.log(SIZES[i]))], -1)
+                for i, (p, n) in enumerate(zip("hrt", extended.sizes))]
+        best = [max(range(len(kb)), key=lambda k: sum(logp[j][i, kb[k, j]] for j in range(3))) for i in range(64)]
+        assert chosen.tolist() == kb[best].tolist()  # the most probable KB triple, a new name at 1 / classes
+        assert not torch.equal(chosen, kn.choose_triple(out))
 
 
 def test_gel_text_reads_only_its_predicted_triple():
@@ -276,7 +289,7 @@ def test_the_vocabularies_are_separate_and_built_from_train_and_valid(sample_dir
     rt = train.setup(args)
     data = train.load_training_data(args, rt)
     config = run_config(args, len(data.answers))
-    vocab, kb = train.knowledge_config(args, config, data, rt)
+    vocab, kb, kge_names = train.knowledge_config(args, config, data, rt)
     rows = pd.concat([data.train, data.valid])
     triples = [t for cell in rows["triple"] if cell for t in [cell.split("|")]]
     assert vocab.parts[0] == sorted({t[0] for t in triples}) and vocab.parts[2] == sorted({t[2] for t in triples})
@@ -292,8 +305,8 @@ def test_gel_runs_one_forward_per_step(sample_dir, kge_dir):
     data = train.load_training_data(args, rt)
     tokenizer = train_tokenizer(list(data.train["question"]))
     config = run_config(args, len(data.answers))
-    vocab, kb = train.knowledge_config(args, config, data, rt)
-    model = train.initial_model(config, tokenizer, vocab, kb)
+    vocab, kb, kge_names = train.knowledge_config(args, config, data, rt)
+    model = train.initial_model(config, tokenizer, vocab, kb, kge_names)
     loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
     calls = []
     model.text_encoder.register_forward_hook(lambda *a: calls.append(1))
