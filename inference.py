@@ -23,8 +23,8 @@ def add_predictions(df, result, vocab):
     where the run predicts one, the predicted triple ('' for a prediction of no knowledge)."""
     df["prediction"], df["confidence"] = result["answer"], result["confidence"]
     df["correct"] = result["right"].numpy()
-    if "path" in result:
-        df["answered_from"] = [kn.PATHS[i] for i in result["path"].tolist()]
+    if "source" in result:
+        df["answered_from"] = [kn.SOURCES[i] for i in result["source"].tolist()]
     if "triple" in result:
         names = [vocab.names(ids) for ids in result["triple"].tolist()]  # None: no knowledge predicted
         df["predicted_triple"] = [format_triples([n]) if n else "" for n in names]

@@ -75,8 +75,8 @@ def main():
         print(f"predicted knowledge: {' | '.join(top.triple) if top.triple else '(none)'}"
               + (f"  (gold: {triple})" if triple else ""))
     for rank, (text, prob) in enumerate(top, 1):
-        path = top.paths[rank - 1] if top.paths else "vocabulary"
-        print(f"  {rank}. {text:<20} {100 * prob:6.2f}%" + ("" if path == "vocabulary" else f"  (the triple's {path})"))
+        source = top.sources[rank - 1] if top.sources else "vocabulary"
+        print(f"  {rank}. {text:<20} {100 * prob:6.2f}%" + ("" if source == "vocabulary" else f"  (copied: {source})"))
     if args.save_png:
         import plots  # matplotlib only when asked
 

@@ -209,11 +209,22 @@ def train(triples, args, device):
                              negative_sampler="bernoulli", negative_sampler_kwargs={"num_negs_per_pos": args.num_negs})
     start = time.time()
     loop.train(triples_factory=train_part, num_epochs=args.epochs, batch_size=args.batch_size, use_tqdm=True)
-    report = {"train_seconds": round(time.time() - start, 2), "train_triples": train_part.num_triples}
+    report = {"train_seconds": round(time.time() - start, 2), "train_triples": train_part.num_triples,
+              "interaction": {"name": type(model.interaction).__name__,
+                              "kwargs": interaction_kwargs(model.interaction, args)}}
     if held_out is not None:
         report["metrics"] = link_prediction(model, train_part, held_out, device, args.dim)
-    return (real_rows(model.entity_representations[0]), real_rows(model.relation_representations[0]),
-            dict(factory.entity_to_id), dict(factory.relation_to_id), report)
+    tensors = {"entity": real_rows(model.entity_representations[0]),
+               "relation": real_rows(model.relation_representations[0]),
+               **{f"interaction.{k}": v.detach().cpu().contiguous() for k, v in model.interaction.state_dict().items()}}
+    return tensors, dict(factory.entity_to_id), dict(factory.relation_to_id), report
+
+
+def interaction_kwargs(interaction, args):
+    """What rebuilds the scoring function (PyKEEN's interaction) without PyKEEN's pickled model."""
+    if args.model == "convkb":
+        return {"embedding_dim": args.dim, "num_filters": CONVKB_FILTERS}
+    return {"p": interaction.p, "power_norm": interaction.power_norm}
 
 
 def link_prediction(model, train_part, held_out, device, dim):
@@ -251,11 +262,11 @@ def settings(args, device, source, entity, relation, report, num_triples):
 OUTPUT_FILES = [EMBEDDINGS_FILE, ENTITY_IDS_FILE, RELATION_IDS_FILE, SETTINGS_FILE]
 
 
-def save_kge(outputs, entity, relation, entity_to_id, relation_to_id, run_settings):
+def save_kge(outputs, tensors, entity_to_id, relation_to_id, run_settings):
     """Writes the output files into outputs, a util.OutputFolder checked before the training."""
     from safetensors.torch import save
 
-    outputs.write(EMBEDDINGS_FILE, save({"entity": entity, "relation": relation}))
+    outputs.write(EMBEDDINGS_FILE, save(tensors))
     outputs.write(ENTITY_IDS_FILE, util.json_bytes(entity_to_id))
     outputs.write(RELATION_IDS_FILE, util.json_bytes(relation_to_id))
     outputs.write(SETTINGS_FILE, util.json_bytes(run_settings))
@@ -268,6 +279,28 @@ class KGE:
     entity_to_id: dict
     relation_to_id: dict
     settings: dict
+    interaction: dict = None  # the scoring function's tensors (ConvKB's convolution and linear layer)
+
+    def entity_names(self):
+        return sorted(self.entity_to_id, key=self.entity_to_id.get)
+
+    def tail_scores(self, heads, relations):
+        """[B, n_entities] link-prediction scores of every entity as the tail of (head, relation) (entity and
+        relation ids, [B] each), by the model's own scoring function, rebuilt from the saved tensors (PyKEEN's
+        interaction class, no pickle)."""
+        from pykeen.nn.modules import interaction_resolver
+
+        if not self.settings.get("interaction"):
+            raise util.CheckpointError("these KG embeddings were written by an earlier kge.py, without their scoring "
+                                       "function; train them again to predict links.")
+        spec = self.settings["interaction"]
+        scoring = interaction_resolver.make(spec["name"], **spec["kwargs"])
+        scoring.load_state_dict(self.interaction or {})
+        entity, relation = self.entity, self.relation
+        if self.settings.get("complex"):  # stored as the real view: re and im interleaved
+            entity, relation = (torch.view_as_complex(x.reshape(len(x), -1, 2).contiguous()) for x in (entity, relation))
+        with torch.no_grad():
+            return scoring(entity[heads][:, None], relation[relations][:, None], entity[None])
 
 
 def _read_json(path):
@@ -285,7 +318,8 @@ def load_kge(directory):
     kge = KGE(entity=tensors.get("entity"), relation=tensors.get("relation"),
               entity_to_id=_read_json(os.path.join(directory, ENTITY_IDS_FILE)),
               relation_to_id=_read_json(os.path.join(directory, RELATION_IDS_FILE)),
-              settings=_read_json(os.path.join(directory, SETTINGS_FILE)))
+              settings=_read_json(os.path.join(directory, SETTINGS_FILE)),
+              interaction={k[len("interaction."):]: v for k, v in tensors.items() if k.startswith("interaction.")})
     for key, ids_file in (("entity", ENTITY_IDS_FILE), ("relation", RELATION_IDS_FILE)):
         rows, ids = getattr(kge, key), getattr(kge, f"{key}_to_id")
         if rows is None:
@@ -316,8 +350,9 @@ def main(argv=None):
             raise util.UsageError(f"--device {args.device}: no CUDA GPU is available; use --device cpu.")
         outputs = util.OutputFolder(args.out, args.force).check(OUTPUT_FILES)  # before the training, not after
         triples, source = load_triples(args)
-        entity, relation, entity_to_id, relation_to_id, report = train(triples, args, device)
-        save_kge(outputs, entity, relation, entity_to_id, relation_to_id,
+        tensors, entity_to_id, relation_to_id, report = train(triples, args, device)
+        entity, relation = tensors["entity"], tensors["relation"]
+        save_kge(outputs, tensors, entity_to_id, relation_to_id,
                  settings(args, device, source, entity, relation, report, len(triples)))
     except (DataError, util.CheckpointError, util.UsageError) as e:
         sys.exit(f"error: {e}")

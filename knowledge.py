@@ -19,6 +19,7 @@ TRIPLE_HEADS = ["independent", "cascade"]
 ABSENT = -2  # a triple slot of a row with fewer triples (or none); -1 is a part outside the vocabulary
 NO_KNOWLEDGE = "(no knowledge)"  # the relation class of rows without a triple, in the modes that predict one
 VOCAB_FILE = "knowledge.json"  # a knowledge run's vocabularies
+KGE_DIR = "kge"  # in a knowledge run's directory: the KG embeddings it was trained with (kge.py's files)
 KB_FILE = "kb.csv"  # the knowledge base a run was trained with (h, r, t), in its run directory
 
 
@@ -120,8 +121,10 @@ def write_kb(path, triples):
 
 
 def load_run_knowledge(run_dir, config):
-    """(vocabularies, KB triples or None, KG-embedding names or None) of a knowledge run, from its knowledge.json
-    and (for --kb_constrained or --answer_from_kb) kb.csv; (None, None, None) for a run without knowledge."""
+    """(vocabularies, KB triples or None, KG embeddings or None) of a knowledge run, from its knowledge.json, kb.csv
+    (for --kb_constrained and --answer_from_kb) and kge/ (the KG embeddings it was trained with);
+    (None, None, None) for a run without knowledge."""
+    import kge
     import util
 
     if not has_vocab(config.get("knowledge", "none")):
@@ -131,14 +134,28 @@ def load_run_knowledge(run_dir, config):
     if "heads" not in saved:
         raise util.CheckpointError(f"{path} was written by an earlier version of main.py (one entity vocabulary for "
                                    f"heads and tails); train the run again with this version.")
-    vocab, names = KnowledgeVocab.from_json(saved), saved.get("kge_names")
+    embeddings = kge.load_kge(os.path.join(run_dir, KGE_DIR)) if os.path.isdir(os.path.join(run_dir, KGE_DIR)) else None
+    if embeds(config["knowledge"]) and embeddings is None:
+        raise util.CheckpointError(f"{run_dir} has no {KGE_DIR}/, the KG embeddings its model reads; restore it from a "
+                                   f"copy of the run.")
     if not uses_kb(config):
-        return vocab, None, names
+        return KnowledgeVocab.from_json(saved), None, embeddings
     path = os.path.join(run_dir, KB_FILE)
     if not os.path.isfile(path):
         raise util.CheckpointError(f"{path} not found: a run with --kb_constrained or --answer_from_kb keeps the "
                                    f"knowledge base it was trained with there; restore it from a copy of the run.")
-    return vocab, read_kb(path), names
+    return KnowledgeVocab.from_json(saved), read_kb(path), embeddings
+
+
+def save_run_kge(run_dir, kge_dir):
+    """A copy of the KG embeddings (kge.py's files) in the run directory, which then needs no --kge_dir to be used."""
+    import kge
+    import util
+
+    os.makedirs(os.path.join(run_dir, KGE_DIR), exist_ok=True)
+    for name in kge.OUTPUT_FILES:
+        with open(os.path.join(kge_dir, name), "rb") as f:
+            util.atomic_write(os.path.join(run_dir, KGE_DIR, name), f.read())
 
 
 def uses_kb(config):
@@ -150,20 +167,18 @@ def uses_kb(config):
 class KnowledgeCodes(nn.Module):
     """[head; relation; tail] KG-embedding codes of triples given as vocabulary ids.
 
-    The KG embeddings' entity and relation tables are frozen buffers, saved with the weights (their names in
-    knowledge.json). attach() looks up each (extended) vocabulary name in them; a name they lack is embedded from its
-    relations where the knowledge base links it to entities they hold (the mean of those entities' rows), else it
-    takes a learned unknown vector of its slot, as does a part outside the vocabulary (rather than zeros, which would
-    blank a third of the code). With centre_and_normalise (film, concat) rows are centred on their table's mean and
-    L2-normalised: ConvKB's codes then differ by direction rather than by a shared offset."""
+    attach() looks up each (extended) vocabulary name in the KG embeddings the run was trained with (a copy is in
+    its directory) into frozen tables; a name they lack is embedded from its relations where the knowledge base links
+    it to entities they hold (the mean of those entities' rows), else it takes a learned unknown vector of its slot,
+    as does a part outside the vocabulary (rather than zeros, which would blank a third of the code). With
+    centre_and_normalise (film, concat) rows are centred on their table's mean and L2-normalised: ConvKB's codes then
+    differ by direction rather than by a shared offset."""
 
     SLOTS = ("head", "relation", "tail")
 
-    def __init__(self, kge_sizes, widths, centre_and_normalise=False):
+    def __init__(self, widths, centre_and_normalise=False):
         super().__init__()
         entity, relation = widths
-        self.register_buffer("entity_kge", torch.zeros(kge_sizes[0], entity))
-        self.register_buffer("relation_kge", torch.zeros(kge_sizes[1], relation))
         for slot, width in zip(self.SLOTS, (entity, relation, entity)):
             setattr(self, f"{slot}_unknown", nn.Parameter(torch.zeros(width)))
             self.register_buffer(f"{slot}_table", torch.zeros(0, width), persistent=False)
@@ -171,28 +186,20 @@ class KnowledgeCodes(nn.Module):
         self.centre_and_normalise = centre_and_normalise
         self.width = 2 * entity + relation
 
-    def fill(self, embeddings):
-        """The KG embeddings' tables (a kge.KGE); returns their names, rows in order, for knowledge.json."""
-        with torch.no_grad():
-            self.entity_kge.copy_(embeddings.entity)
-            self.relation_kge.copy_(embeddings.relation)
-        return {"entities": sorted(embeddings.entity_to_id, key=embeddings.entity_to_id.get),
-                "relations": sorted(embeddings.relation_to_id, key=embeddings.relation_to_id.get)}
-
-    def build_tables(self, vocab, kge_names, kb=None):
+    def build_tables(self, vocab, embeddings, kb=None):
         """Each slot's rows for the vocabulary's names (attach); returns the names left without a row."""
         lacking = []
-        for slot, names, part in zip(self.SLOTS, vocab.parts, ("entities", "relations", "entities")):
-            matrix = self.entity_kge if part == "entities" else self.relation_kge
-            row_of = {name: i for i, name in enumerate(kge_names[part])}
-            rows = [self.row(name, matrix, row_of, kb if part == "entities" else None) for name in names]
+        for slot, names in zip(self.SLOTS, vocab.parts):
+            matrix, row_of = (embeddings.relation, embeddings.relation_to_id) if slot == "relation" else \
+                (embeddings.entity, embeddings.entity_to_id)
+            rows = [self.row(name, matrix, row_of, kb if slot != "relation" else None) for name in names]
             missing = torch.tensor([r is None for r in rows], dtype=torch.bool)
-            table = torch.stack([r if r is not None else torch.zeros(matrix.shape[1]) for r in rows]) if rows else \
-                matrix[:0]
+            table = torch.stack([r if r is not None else torch.zeros(matrix.shape[1]) for r in rows])
             if self.centre_and_normalise:
-                table = torch.nn.functional.normalize(table - matrix.mean(0), dim=-1)
-            setattr(self, f"{slot}_table", table.to(matrix.device))
-            setattr(self, f"{slot}_missing", missing.to(matrix.device))
+                table = torch.nn.functional.normalize(table - matrix.float().mean(0), dim=-1)
+            device = self.head_unknown.device
+            setattr(self, f"{slot}_table", table.to(device))
+            setattr(self, f"{slot}_missing", missing.to(device))
             lacking += [name for name, gone in zip(names, missing.tolist()) if gone and name != NO_KNOWLEDGE]
         return lacking
 
@@ -306,17 +313,22 @@ class TripleHeads(nn.Module):
         return {"h": (h + back_h) / 2, "r": (r + back_r) / 2, "t": (t + back_t) / 2}
 
 
+def log_probs(out, vocab):
+    """The heads' log probabilities over the extended vocabulary: a name past the classes gets 1 / classes."""
+    return [torch.nn.functional.pad(p, (0, n - p.shape[-1]), value=-math.log(p.shape[-1]))
+            for p, n in zip((out[k].detach().float().log_softmax(-1) for k in "hrt"), vocab.sizes)]
+
+
 def choose_triple(out, kb=None, no_knowledge=None, vocab=None):
     """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB ([K, 3] ids of the
     extended vocabulary), the KB triple with the highest product of their probabilities, a name past the heads'
     classes taking the uniform probability of its part (1 / classes). A predicted NO_KNOWLEDGE relation gives
     (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
-    logp = [out[k].detach().float().log_softmax(-1) for k in "hrt"]
     if kb is None:
+        logp = [out[k].detach().float().log_softmax(-1) for k in "hrt"]
         triple = torch.stack([p.argmax(-1) for p in logp], -1)
     else:
-        logp = [torch.nn.functional.pad(p, (0, n - p.shape[-1]), value=-math.log(p.shape[-1]))
-                for p, n in zip(logp, vocab.sizes)]
+        logp = log_probs(out, vocab)
         score = logp[0][:, kb[:, 0]] + logp[1][:, kb[:, 1]] + logp[2][:, kb[:, 2]]  # [B, K]
         triple = kb[score.argmax(-1)]
     if no_knowledge is not None:
@@ -368,21 +380,23 @@ class TripleText:
 
 # ---------------------------------------------------------------- a run's model, its metrics
 
-def attach(model, vocab, tokenizer, max_token, kb_triples=None, kge_names=None):
+def attach(model, vocab, tokenizer, max_token, kb_triples=None, embeddings=None):
     """Gives a model what its weights do not hold: its vocabulary, extended by the names of the knowledge base
-    (kb_triples, for --kb_constrained and --answer_from_kb) and of the KG embeddings (kge_names) that no train or
-    valid row has; the KB triples as ids; the KG codes of every name (KnowledgeCodes.build_tables); and, for
-    gel_text, the pairing of questions with predicted triples. Returns the names without a KG code."""
+    (kb_triples, for --kb_constrained and --answer_from_kb) and of the KG embeddings (a kge.KGE) that no train or
+    valid row has; the KB triples as ids; the KG embeddings and the codes of every name
+    (KnowledgeCodes.build_tables); and, for gel_text, the pairing of questions with predicted triples. Returns the
+    names without a KG code."""
     if kb_triples is not None:
         vocab = vocab.extended(*zip(*kb_triples))
-    if kge_names is not None:
-        vocab = vocab.extended(kge_names["entities"], kge_names["relations"], kge_names["entities"])
-    model.vocab = vocab
+    if embeddings is not None:
+        entities = embeddings.entity_names()
+        vocab = vocab.extended(entities, sorted(embeddings.relation_to_id, key=embeddings.relation_to_id.get), entities)
+    model.vocab, model.kge = vocab, embeddings
     if kb_triples is not None:
         model.kb = kb_ids(kb_triples, vocab)
     if model.knowledge == "gel_text":
         model.triple_text = TripleText(tokenizer, vocab, max_token)
-    return model.codes.build_tables(vocab, kge_names, kb_triples) if embeds(model.knowledge) else []
+    return model.codes.build_tables(vocab, embeddings, kb_triples) if embeds(model.knowledge) else []
 
 
 def kb_ids(kb_triples, vocab):
@@ -408,7 +422,8 @@ def triple_hits(predicted, gold):
 
 # ---------------------------------------------------------------- answers copied from the knowledge (--answer_from_kb)
 
-PATHS = ["vocabulary", "head", "tail"]  # where an answer comes from: the answer classifier or a copied name
+PATHS = ["vocabulary", "head", "tail"]  # the copy gate's choices: the answer classifier, or a copied name
+SOURCES = PATHS + ["inferred tail"]  # where an answer came from: a copied tail may be inferred by link prediction
 
 
 def answer_key(text):
@@ -429,12 +444,42 @@ def copy_targets(df):
 
 
 def copy_candidates(model, out, df):
-    """Per row, the (head, tail) names an answer may be copied from, or None: the triple the model predicted, or
-    for ideal the row's gold triple."""
-    if predicts(model.knowledge):
-        names = [model.vocab.names(ids) for ids in out["triple"].tolist()]
-        return [(n[0], n[2]) if n else None for n in names]
-    return [(t[0][0], t[0][2]) if t else None for t in map(parse_triples, df["triple"])]
+    """Per row, the (head, tail, whether the tail is inferred) names an answer may be copied from, or None: for ideal
+    the row's gold triple; else the predicted triple's head, and its tail as the knowledge base gives it: the
+    --kb_constrained choice's own, else the KB tail of the predicted head and relation that the tail head finds
+    most probable, else (the KB has no tail for them) the KG embeddings' best-scoring tail, inferred by link
+    prediction, or without KG embeddings the tail head's own, also marked inferred."""
+    if not predicts(model.knowledge):
+        return [(t[0][0], t[0][2], False) if t else None for t in map(parse_triples, df["triple"])]
+    vocab, triples = model.vocab, out["triple"].tolist()
+    if model.kb is None or model.kb_constrained:
+        return [(vocab.parts[0][h], vocab.parts[2][t], False) if h >= 0 else None for h, _, t in triples]
+    tails = {}
+    for h, r, t in model.kb.tolist():
+        tails.setdefault((h, r), []).append(t)
+    tail_logp = log_probs(out, vocab)[2]
+    rows = []
+    for row, (h, r, t) in enumerate(triples):
+        if h < 0:
+            rows.append(None)
+        elif (h, r) in tails:
+            best = max(tails[h, r], key=lambda i: float(tail_logp[row, i]))
+            rows.append((vocab.parts[0][h], vocab.parts[2][best], False))
+        else:
+            rows.append((vocab.parts[0][h], link_prediction(model.kge, vocab.parts[0][h], vocab.parts[1][r]) or
+                         vocab.parts[2][t], True))
+    return rows
+
+
+def link_prediction(embeddings, head, relation):
+    """The KG embeddings' best-scoring tail of (head, relation) other than the head, or None without them or where
+    they lack the head or relation."""
+    if embeddings is None or head not in embeddings.entity_to_id or relation not in embeddings.relation_to_id:
+        return None
+    h = embeddings.entity_to_id[head]
+    scores = embeddings.tail_scores(torch.tensor([h]), torch.tensor([embeddings.relation_to_id[relation]]))[0]
+    scores[h] = -math.inf
+    return embeddings.entity_names()[int(scores.argmax())]
 
 
 class AnswerChooser:
@@ -450,8 +495,8 @@ class AnswerChooser:
             self.index.setdefault(answer_key(answer), i)
 
     def choose(self, probs, gate_logits, candidates, top_k):
-        """Per row [(answer, probability, path)] of its top_k answers, path the largest share of the answer's
-        probability (PATHS)."""
+        """Per row [(answer, probability, source)] of its top_k answers, source (SOURCES) the path with the largest
+        share of the answer's probability; candidates: per row (head, tail, tail inferred) or None."""
         gates = gate_logits.float().softmax(-1).tolist()
         tops = probs.topk(min(top_k + 2, probs.shape[-1]), dim=-1)
         rows = []
@@ -461,16 +506,22 @@ class AnswerChooser:
             shares = {}  # answer -> probability from each path
             for p, i in zip(tops.values[row].tolist(), tops.indices[row].tolist()):
                 shares[self.answers[i]] = [gate[0] * p, 0.0, 0.0]
-            for path, name in zip((1, 2), names or ()):
+            for path, name in zip((1, 2), names[:2] if names else ()):
                 i = self.index.get(answer_key(name))
                 answer = self.answers[i] if i is not None else name
                 share = shares.setdefault(answer, [gate[0] * float(probs[row, i]) if i is not None else 0.0, 0.0, 0.0])
                 share[path] += gate[path]
             ranked = sorted(shares.items(), key=lambda item: -sum(item[1]))[:top_k]
-            rows.append([(answer, sum(share), max(range(3), key=share.__getitem__)) for answer, share in ranked])
+            inferred = bool(names and names[2])
+            rows.append([(answer, sum(share), self.source(share, inferred)) for answer, share in ranked])
         return rows
 
+    @staticmethod
+    def source(share, inferred):
+        path = max(range(len(PATHS)), key=share.__getitem__)
+        return SOURCES.index("inferred tail") if inferred and PATHS[path] == "tail" else path
 
-def copied_right(answer, path, gold):
+
+def copied_right(answer, source, gold):
     """A vocabulary answer is right when it is the gold answer; a copied name when it has its answer_key."""
-    return answer == gold if path == 0 else answer_key(answer) == answer_key(gold)
+    return answer == gold if SOURCES[source] == "vocabulary" else answer_key(answer) == answer_key(gold)

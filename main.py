@@ -103,7 +103,9 @@ def build_parser(suppress_defaults=False):
              "words, or the abstract); ideal: the gold triple's KG embeddings (an upper bound); gel: GEL-VQA, which "
              "predicts the triple and uses its KG embeddings; gel_text: the predicted triple as words, paired with "
              "the question (two text-encoder passes)")
-    add("--kge_dir", default=None, help="KG embeddings from kge.py, for --knowledge ideal and gel")
+    add("--kge_dir", default=None,
+        help="KG embeddings from kge.py: what --knowledge ideal and gel inject, and with --answer_from_kb what "
+             "predicts a tail the knowledge base lacks (a copy is kept in the run directory)")
     add("--knowledge_fusion", default="mul", choices=kn.FUSIONS,
         help="how the KG embeddings enter the fused feature f (ideal, gel): mul (GEL-VQA's f * k), film "
              "(f * (1 + gamma(k)) + beta(k)) or concat ([f; P(k)]); film and concat start as the baseline")

@@ -169,8 +169,8 @@ class VQAModel(nn.Module):
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
-                 knowledge="none", knowledge_sizes=(0, 0, 0), kge_sizes=(0, 0), kge_widths=(0, 0),
-                 knowledge_fusion="mul", triple_head="independent", answer_from_kb=False):
+                 knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
+                 triple_head="independent", answer_from_kb=False, kb_constrained=False):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -199,12 +199,13 @@ class VQAModel(nn.Module):
                                                batch_first=True, norm_first=True)
             self.fusion_encoder = nn.TransformerEncoder(layer, n_transformer_layers, enable_nested_tensor=False)
         self.knowledge = knowledge
-        # set where a run's model is made (knowledge.attach): the vocabularies, the KB triples as ids (for
-        # --kb_constrained) and the pairing of questions with predicted triples (gel_text)
-        self.vocab, self.triple_text = None, None
+        # set where a run's model is made (knowledge.attach): the vocabularies, the KG embeddings, the KB triples as
+        # ids (--kb_constrained, --answer_from_kb) and the pairing of questions with predicted triples (gel_text)
+        self.vocab, self.kge, self.triple_text = None, None, None
         self.register_buffer("kb", None, persistent=False)
+        self.kb_constrained = kb_constrained
         if kn.embeds(knowledge):
-            self.codes = kn.KnowledgeCodes(kge_sizes, kge_widths, centre_and_normalise=knowledge_fusion != "mul")
+            self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
         if kn.predicts(knowledge):
             self.triple_heads = kn.TripleHeads(triple_head, dim_h, knowledge_sizes)
@@ -222,7 +223,8 @@ class VQAModel(nn.Module):
         out, extra = {}, None
         if kn.predicts(self.knowledge):
             out = self.triple_heads(self.hidden(fused), self.hidden(text_f[0]))
-            out["triple"] = kn.choose_triple(out, self.kb, self.no_knowledge, self.vocab)
+            out["triple"] = kn.choose_triple(out, self.kb if self.kb_constrained else None, self.no_knowledge,
+                                             self.vocab)
             triples = out["triple"][:, None]
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, out["triple"])
@@ -309,11 +311,11 @@ def build_model(config, text_config=None, from_sources=False):
     image_encoder = build_image_encoder(image_source, pretrained=from_sources and config["pretrained"],
                                         **config["image_model_kwargs"])
     knowledge = {k: config.get(k, util.LATER_OPTIONS.get(k))
-                 for k in ("knowledge", "knowledge_fusion", "triple_head", "answer_from_kb")}
+                 for k in ("knowledge", "knowledge_fusion", "triple_head", "answer_from_kb", "kb_constrained")}
     return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"],
                     **{k: config[k] for k in HEAD_OPTIONS}, **knowledge,
                     knowledge_sizes=tuple(config.get("knowledge_sizes", (0, 0, 0))),
-                    kge_sizes=tuple(config.get("kge_sizes", (0, 0))), kge_widths=tuple(config.get("kge_widths", (0, 0))))
+                    kge_widths=tuple(config.get("kge_widths", (0, 0))))
 
 
 # what inference reads from a run's config.json
@@ -346,14 +348,14 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
 def attach_run_knowledge(model, run_dir, config, tokenizer, kb_path=None):
     """Gives a knowledge run's model what its weights do not hold (knowledge.attach), from the run's files; kb_path: a
     knowledge base to use instead of the run's own (--kb)."""
-    vocab, kb, kge_names = kn.load_run_knowledge(run_dir, config)
+    vocab, kb, embeddings = kn.load_run_knowledge(run_dir, config)
     if kb_path is not None:
         if not kn.uses_kb(config):
             raise util.UsageError(f"--kb {kb_path}: {run_dir} uses no knowledge base (it was trained without "
                                   f"--kb_constrained and --answer_from_kb).")
         kb = kn.read_kb(kb_path)
     if vocab is not None:
-        kn.attach(model, vocab, tokenizer, config["max_token"], kb, kge_names)
+        kn.attach(model, vocab, tokenizer, config["max_token"], kb, embeddings)
 
 
 def autocast(device, precision):
@@ -375,11 +377,11 @@ def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc
     """dict(loss, accuracy, n, loss_sum, n_loss, correct, pred [N, top_k] and prob [N, top_k] of the answer
     classifier, answer and confidence [N] the final answer and its probability, right [N] whether it is right,
     index [N], and in the modes that predict a triple, triple [N, 3], the predicted ids; with --answer_from_kb,
-    path [N], where each answer came from (knowledge.PATHS)). The classifier's label -1 (an answer outside the
+    source [N], where each answer came from (knowledge.SOURCES)). The classifier's label -1 (an answer outside the
     vocabulary) adds no loss; only a copied name can get it right."""
     model.eval()
     chooser = kn.AnswerChooser(loader.dataset.answers) if getattr(model, "copy_gate", None) is not None else None
-    parts, loss_sum, n_loss = {k: [] for k in ("pred", "prob", "index", "triple", "path", "right")}, 0.0, 0
+    parts, loss_sum, n_loss = {k: [] for k in ("pred", "prob", "index", "triple", "source", "right")}, 0.0, 0
     answers, confidence = [], []
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
         out = forward(model, batch, device, precision)
@@ -400,8 +402,8 @@ def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc
             chosen = [row[0] for row in chooser.choose(probs, out["gate"], kn.copy_candidates(model, out, rows), 1)]
             answers += [a for a, _, _ in chosen]
             confidence += [p for _, p, _ in chosen]
-            parts["path"].append(torch.tensor([path for _, _, path in chosen]))
-            parts["right"].append(torch.tensor([kn.copied_right(a, path, gold) for (a, _, path), gold
+            parts["source"].append(torch.tensor([source for _, _, source in chosen]))
+            parts["right"].append(torch.tensor([kn.copied_right(a, source, gold) for (a, _, source), gold
                                                 in zip(chosen, rows["answer"])]))
         if "triple" in out:
             parts["triple"].append(out["triple"].cpu())
@@ -416,9 +418,9 @@ def predict(model, loader, device, precision="fp32", loss_fn=None, top_k=1, desc
 
 class Answers(list):
     """[(answer, probability)], best first; .triple is the predicted (head, relation, tail) of a run that predicts
-    one (None for a prediction of no knowledge); .paths where each answer came from (knowledge.PATHS)."""
+    one (None for a prediction of no knowledge); .sources where each answer came from (knowledge.SOURCES)."""
     triple = None
-    paths = None
+    sources = None
 
 
 @torch.no_grad()
@@ -444,7 +446,7 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
     if "gate" in out:
         chosen = kn.AnswerChooser(answers).choose(probs, out["gate"], kn.copy_candidates(model, out, row), top_k)[0]
         top = Answers((a, p) for a, p, _ in chosen)
-        top.paths = [kn.PATHS[path] for _, _, path in chosen]
+        top.sources = [kn.SOURCES[source] for _, _, source in chosen]
     else:
         prob, index = probs[0].topk(min(top_k, len(answers)))
         top = Answers((answers[i], p) for i, p in zip(index.tolist(), prob.tolist()))

@@ -163,17 +163,14 @@ def make_loaders(args, rt, data, tokenizer, vocab=None):
 
 # ---------------------------------------------------------------- model, optimizer, start or resume
 
-def initial_model(config, tokenizer, vocab=None, kb=None, kge_names=None):
+def initial_model(config, tokenizer, vocab=None, kb=None, embeddings=None):
     """The model training starts from: encoders from their sources, or a scratch text encoder sized to the tokenizer;
-    in the modes that inject KG embeddings, the tables of config's kge_dir; the vocabulary, KB and KG codes attached
-    (knowledge.attach)."""
+    the vocabulary, KB and KG embeddings attached (knowledge.attach)."""
     scratch = config["text_model"] == SCRATCH
     text_config = small_text_config(len(tokenizer), config["max_token"], **config["scratch_text"]) if scratch else None
     model = build_model(config, text_config, from_sources=True)
     if vocab is not None:
-        if kn.embeds(config["knowledge"]):
-            model.codes.fill(load_kge_dir(config["kge_dir"]))
-        kn.attach(model, vocab, tokenizer, config["max_token"], kb, kge_names)
+        kn.attach(model, vocab, tokenizer, config["max_token"], kb, embeddings)
     return model
 
 
@@ -186,8 +183,8 @@ def load_kge_dir(kge_dir):
 
 def knowledge_config(args, config, data, rt):
     """For the modes with a knowledge vocabulary: (the vocabularies of the train and valid rows' triples, the KB
-    triples for --kb_constrained and --answer_from_kb or None, the KG embeddings' names or None), and in config
-    their sizes and widths; says which names the embeddings lack."""
+    triples for --kb_constrained and --answer_from_kb or None, the KG embeddings or None), and in config their sizes
+    and widths; says which names the embeddings lack."""
     if not kn.has_vocab(args.knowledge):
         return None, None, None
     rows = pd.concat([data.train, data.valid])
@@ -198,21 +195,19 @@ def knowledge_config(args, config, data, rt):
     config.update(knowledge_sizes=vocab.sizes)
     rt.log(f"knowledge: {' / '.join(map(str, vocab.sizes))} heads / relations / tails in the train and valid triples")
     kb = knowledge_base(args, rows, vocab, config, rt) if kn.uses_kb(vars(args)) else None
-    if not kn.embeds(args.knowledge):
+    if not args.kge_dir:  # gel_text reads no KG embeddings; with --answer_from_kb they predict missing tails
         return vocab, kb, None
     embeddings = load_kge_dir(args.kge_dir)
-    names = {"entities": sorted(embeddings.entity_to_id, key=embeddings.entity_to_id.get),
-             "relations": sorted(embeddings.relation_to_id, key=embeddings.relation_to_id.get)}
-    config.update(kge_sizes=[len(names["entities"]), len(names["relations"])],
-                  kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]])
-    lacking = [n for part, names_ in zip(vocab.parts, (names["entities"], names["relations"], names["entities"]))
-               for n in part if n not in set(names_) and n != kn.NO_KNOWLEDGE]
+    config.update(kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]])
+    lacking = [n for part, known in zip(vocab.parts, (embeddings.entity_to_id, embeddings.relation_to_id,
+                                                      embeddings.entity_to_id))
+               for n in part if n not in known and n != kn.NO_KNOWLEDGE]
     config["knowledge_missing_in_kge"] = len(lacking)
     rt.log(f"KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths {config['kge_widths']}, "
-           f"{config['kge_sizes'][0]} entities)" + (f"; {len(lacking)} vocabulary names are not in them: embedded "
-                                                    f"from their KB relations, else the unknown vector: {lacking[:5]}"
-                                                    if lacking else ""))
-    return vocab, kb, names
+           f"{len(embeddings.entity_to_id)} entities)" + (f"; {len(lacking)} vocabulary names are not in them: "
+                                                         f"embedded from their KB relations, else the unknown vector: "
+                                                         f"{lacking[:5]}" if lacking else ""))
+    return vocab, kb, embeddings
 
 
 def knowledge_base(args, rows, vocab, config, rt):
@@ -243,13 +238,14 @@ def start_or_resume(args, rt, data):
     else:
         tokenizer = load_tokenizer(args.text_model)
     config = run_config(args, len(data.answers), rt.world_size)
-    vocab, kb, kge_names = knowledge_config(args, config, data, rt)
-    model = initial_model(config, tokenizer, vocab, kb, kge_names)
+    vocab, kb, embeddings = knowledge_config(args, config, data, rt)
+    model = initial_model(config, tokenizer, vocab, kb, embeddings)
     run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if rt.is_main else None)
     if rt.is_main:
         if vocab is not None:
-            util.write_json(os.path.join(run_dir, kn.VOCAB_FILE),
-                            {**vocab.to_json(), "kge_dir": args.kge_dir, "kge_names": kge_names})
+            util.write_json(os.path.join(run_dir, kn.VOCAB_FILE), {**vocab.to_json(), "kge_dir": args.kge_dir})
+        if embeddings is not None:
+            kn.save_run_kge(run_dir, args.kge_dir)
         if kb is not None:
             kn.write_kb(os.path.join(run_dir, kn.KB_FILE), kb)
         tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))

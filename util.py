@@ -356,8 +356,7 @@ def positive(kind=float):
 # What the weights depend on: saved inside every weights file, so that a file and a config.json / answers.json that
 # do not belong together are caught by name rather than as a shape error or, worse, silently wrong answers.
 MODEL_KEYS = ["num_answers", "image_arch", "image_model_kwargs", "img_size", "dim_h", "use_transformer_layer",
-              "n_transformer_layers", "n_heads", "text_pool", "ablate", "knowledge", "knowledge_sizes", "kge_sizes",
-              "kge_widths",
+              "n_transformer_layers", "n_heads", "text_pool", "ablate", "knowledge", "knowledge_sizes", "kge_widths",
               "knowledge_fusion", "triple_head", "answer_from_kb"]
 
 

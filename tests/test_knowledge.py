@@ -50,12 +50,9 @@ def tiny_kge():
 def tiny_model(knowledge, kb=None, **options):
     """test_model's tiny model with the given knowledge mode and options, its KG codes random, vocabulary attached."""
     sizes = tiny_vocab(knowledge).sizes if kn.has_vocab(knowledge) else (0, 0, 0)
-    embeddings = tiny_kge()
-    model = test_model.tiny_model(knowledge=knowledge, knowledge_sizes=sizes, kge_widths=WIDTHS,
-                                  kge_sizes=(len(embeddings.entity), len(embeddings.relation)), **options)
-    names = model.codes.fill(embeddings) if kn.embeds(knowledge) else None
+    model = test_model.tiny_model(knowledge=knowledge, knowledge_sizes=sizes, kge_widths=WIDTHS, **options)
     if kn.has_vocab(knowledge):
-        kn.attach(model, tiny_vocab(knowledge), tiny_tokenizer(), 16, kb, names)
+        kn.attach(model, tiny_vocab(knowledge), tiny_tokenizer(), 16, kb, tiny_kge())
     return model
 
 
@@ -94,7 +91,7 @@ def test_every_mode_and_option_runs_forward_and_backward(knowledge, options):
     assert [n for n, p in model.named_parameters() if p.grad is None] == []  # DistributedDataParallel needs them all
     if kn.embeds(knowledge):
         assert not any(n.endswith("_kge") for n, _ in model.named_parameters())  # frozen: buffers, saved with weights
-        assert {"codes.entity_kge", "codes.relation_kge"} <= set(model.state_dict())  # saved with the weights
+        assert not any("kge" in n or "_table" in n for n in model.state_dict())  # in the run's kge/, not weights
 
 
 def baseline_and(knowledge, **options):
@@ -244,9 +241,12 @@ def test_a_copied_name_outside_the_vocabulary_can_be_the_right_answer():
     chooser = kn.AnswerChooser(answers)
     probs = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 3)
     gate = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])  # copy head, copy tail, vocabulary
-    rows = chooser.choose(probs, gate, [("ARENA", "Araceae"), ("Arena", "Araceae"), ("Arena", "Araceae")], top_k=2)
+    rows = chooser.choose(probs, gate, [("ARENA", "Araceae", False), ("Arena", "Araceae", False),
+                                        ("Arena", "Araceae", False)], top_k=2)
     assert [row[0][0] for row in rows] == ["arena", "Araceae", "red"]
-    assert [kn.PATHS[row[0][2]] for row in rows] == ["head", "tail", "vocabulary"]
+    assert [kn.SOURCES[row[0][2]] for row in rows] == ["head", "tail", "vocabulary"]
+    inferred = chooser.choose(probs[1:2], gate[1:2], [("Arena", "Araceae", True)], top_k=1)[0][0]
+    assert kn.SOURCES[inferred[2]] == "inferred tail"
     assert sum(p for _, p, _ in rows[0]) <= 1 + 1e-6 and rows[0][0][1] > 0.9
     assert kn.copied_right("Araceae", 2, "araceae") and not kn.copied_right("Araceae", 0, "araceae")
     no_triple = chooser.choose(probs[:1], gate[:1], [None], top_k=1)[0][0]
@@ -289,7 +289,7 @@ def test_the_vocabularies_are_separate_and_built_from_train_and_valid(sample_dir
     rt = train.setup(args)
     data = train.load_training_data(args, rt)
     config = run_config(args, len(data.answers))
-    vocab, kb, kge_names = train.knowledge_config(args, config, data, rt)
+    vocab, kb, embeddings = train.knowledge_config(args, config, data, rt)
     rows = pd.concat([data.train, data.valid])
     triples = [t for cell in rows["triple"] if cell for t in [cell.split("|")]]
     assert vocab.parts[0] == sorted({t[0] for t in triples}) and vocab.parts[2] == sorted({t[2] for t in triples})
@@ -305,8 +305,8 @@ def test_gel_runs_one_forward_per_step(sample_dir, kge_dir):
     data = train.load_training_data(args, rt)
     tokenizer = train_tokenizer(list(data.train["question"]))
     config = run_config(args, len(data.answers))
-    vocab, kb, kge_names = train.knowledge_config(args, config, data, rt)
-    model = train.initial_model(config, tokenizer, vocab, kb, kge_names)
+    vocab, kb, embeddings = train.knowledge_config(args, config, data, rt)
+    model = train.initial_model(config, tokenizer, vocab, kb, embeddings)
     loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
     calls = []
     model.text_encoder.register_forward_hook(lambda *a: calls.append(1))
