@@ -479,6 +479,9 @@ def main():
     p.add_argument("--lang", default="ko", choices=["ko", "en"], help="sample: language of the questions")
     p.add_argument("--n_images", type=util.at_least(1), default=3200, help="sample: number of images (4 questions each)")
     p.add_argument("--seed", type=int, default=0, help="sample: random seed")
+    p.add_argument("--held_out_facts", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample: gem facts in the knowledge base that only test questions ask, with answers no "
+                        "training answer is (--no-held_out_facts: the earlier sample, question for question)")
     p.add_argument("--from_csv", nargs="+", default=None,
                    help="import these CSVs (BOK-VQA, NIA-style or canonical; several for bilingual data)")
     p.add_argument("--test_csv", nargs="+", default=[], help="import: CSVs whose rows become the test split")
@@ -495,7 +498,8 @@ def main():
             import sample_data
 
             out = args.out or os.path.join(args.data_dir, "sample" if args.lang == "ko" else "sample_en")
-            n = sample_data.generate(out, n_images=args.n_images, lang=args.lang, seed=args.seed, force=args.force)
+            n = sample_data.generate(out, n_images=args.n_images, lang=args.lang, seed=args.seed, force=args.force,
+                                     held_out_facts=args.held_out_facts)
             print(f"wrote {n} questions on {args.n_images} images to {out}/data.csv and {out}/image/")
         elif args.from_csv:
             if not args.image_dir:

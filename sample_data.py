@@ -8,6 +8,12 @@ only by a property that varies between images, so a question-only model cannot d
 Written in the canonical format of this repo: <out>/data.csv and <out>/image/*.jpg, and the knowledge base as
 <out>/triples.csv (h, r, t), for kge.py. Triple questions carry their triple as BOK-VQA does: the head is what the
 image shows (a colour or shape), the relation what the question asks, the tail the fact.
+
+Held-out facts (the default; held_out_facts=False gives the earlier sample, question for question): the knowledge
+base also holds the gem of every colour, but train and valid questions ask only for the gems of red, blue and
+green; test questions also ask for those of the HELD_OUT colours, facts no training question uses, whose answers
+are no training answer. Such a sample has its split (by image, 8:1:1) in data.csv, since which questions an image
+gets depends on its split.
 """
 import math
 import os
@@ -68,7 +74,13 @@ OBJECT_OF_SHAPE = {  # shape -> (ko, en, abstract ko, abstract en)
     "star": ("불가사리", "starfish", "별 모양은 다섯 개의 뾰족한 끝을 가지며, 불가사리가 대표적인 별 모양의 생물이다.",
              "A star shape has five points; a starfish is the typical star-shaped creature."),
 }
+GEM_OF_COLOUR = {  # colour -> (ko, en)
+    "red": ("루비", "ruby"), "blue": ("사파이어", "sapphire"), "green": ("에메랄드", "emerald"),
+    "yellow": ("토파즈", "topaz"), "purple": ("자수정", "amethyst"), "orange": ("호박", "amber"),
+}
+HELD_OUT = ("yellow", "purple", "orange")  # their gems: in the knowledge base, asked in test questions only
 RELATION_NAMES = {"fruit": ("대표 과일", "typical fruit"), "vertices": ("꼭짓점 수", "number of vertices"),
+                  "gem": ("대표 보석", "typical gem"), "colour_of_gem": ("보석의 색", "colour of the gem"),
                   "symbol": ("상징", "symbolizes"), "object": ("대표 물건", "typical object"),
                   # the inverse facts: every entity of the knowledge base then occurs in two triples
                   "colour_of_fruit": ("색", "colour"), "shape_with_vertices": ("꼭짓점 수가 같은 도형", "shape with that many vertices"),
@@ -81,6 +93,7 @@ QUESTION_TEMPLATES = {
         "count": "도형은 몇 개?",
         "leftmost": "가장 왼쪽 도형의 색깔은?",
         "fruit_of_shape": "{shape}과 같은 색의 과일은?",
+        "gem_of_shape": "{shape}과 같은 색의 보석은?",
         "vertices_of_colour": "{colour} 도형의 꼭짓점 수는?",
         "symbol_of_shape": "{shape}의 색이 상징하는 것은?",
         "object_of_colour": "{colour} 도형과 같은 모양의 물건은?",
@@ -91,6 +104,7 @@ QUESTION_TEMPLATES = {
         "count": "How many shapes are there?",
         "leftmost": "What colour is the leftmost shape?",
         "fruit_of_shape": "Which fruit has the colour of the {shape}?",
+        "gem_of_shape": "Which gem has the colour of the {shape}?",
         "vertices_of_colour": "How many vertices does the {colour} shape have?",
         "symbol_of_shape": "What does the colour of the {shape} symbolize?",
         "object_of_colour": "Which object has the shape of the {colour} one?",
@@ -98,6 +112,8 @@ QUESTION_TEMPLATES = {
 }
 TYPE_A = ["colour_of_shape", "shape_of_colour", "count", "leftmost"]
 TYPE_B = ["fruit_of_shape", "vertices_of_colour", "symbol_of_shape", "object_of_colour"]
+TYPE_B_WITH_GEMS = TYPE_B + ["gem_of_shape"]
+VALID_FRACTION = TEST_FRACTION = 0.1
 
 
 def _polygon(shape, cx, cy, r):
@@ -156,6 +172,9 @@ def make_question(family, objects, rng, lang):
     elif family == "fruit_of_shape":
         answer = FRUIT_OF_COLOUR[obj["colour"]][li]
         triple = f"{colour_name}|{RELATION_NAMES['fruit'][li]}|{answer}"
+    elif family == "gem_of_shape":
+        answer = GEM_OF_COLOUR[obj["colour"]][li]
+        triple = f"{colour_name}|{RELATION_NAMES['gem'][li]}|{answer}"
     elif family == "vertices_of_colour":
         answer = VERTICES_OF_SHAPE[obj["shape"]]
         triple = f"{shape_name}|{RELATION_NAMES['vertices'][li]}|{answer}"
@@ -171,9 +190,9 @@ def make_question(family, objects, rng, lang):
             "triple": triple, "abstract": abstract}
 
 
-def knowledge_base(lang):
+def knowledge_base(lang, held_out_facts=True):
     """Every fact of the sample as (head, relation, tail): the triples its questions carry, the facts its abstract
-    texts state, and the inverse of each."""
+    texts state, with held_out_facts the gem of every colour, and the inverse of each."""
     k, li = (1, 0) if lang == "ko" else (2, 1)
     names = {key: RELATION_NAMES[key][li] for key in RELATION_NAMES}
     facts = []
@@ -185,17 +204,48 @@ def knowledge_base(lang):
         facts += [(COLOURS[colour][k], names["symbol"], symbol[li]), (symbol[li], names["colour_of_symbol"], COLOURS[colour][k])]
     for shape, thing in OBJECT_OF_SHAPE.items():
         facts += [(SHAPES[shape][li], names["object"], thing[li]), (thing[li], names["shape_of_object"], SHAPES[shape][li])]
+    for colour, gem in GEM_OF_COLOUR.items() if held_out_facts else ():
+        facts += [(COLOURS[colour][k], names["gem"], gem[li]), (gem[li], names["colour_of_gem"], COLOURS[colour][k])]
     return facts
 
 
-def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, progress=True, force=False):
+def image_split(rng):
+    """train, valid or test for one image (8:1:1)."""
+    draw = rng.random()
+    return "test" if draw < TEST_FRACTION else "valid" if draw < TEST_FRACTION + VALID_FRACTION else "train"
+
+
+def gem_objects(objects, split):
+    """The objects a gem question may ask about: never a HELD_OUT colour outside the test split; in a test image one
+    of those where there is one, so that the held-out facts are asked."""
+    held_out = [o for o in objects if o["colour"] in HELD_OUT]
+    return (held_out or objects) if split == "test" else [o for o in objects if o["colour"] not in HELD_OUT]
+
+
+def image_questions(objects, families, rng, lang, split=None):
+    """The rows of one image's question families; a gem question without an object to ask about (split) becomes a
+    question of a type B family the image has not got."""
+    rows = []
+    for family in families:
+        candidates = gem_objects(objects, split) if family == "gem_of_shape" else objects
+        if not candidates:
+            family = rng.choice([f for f in TYPE_B if f not in families])
+            candidates = objects
+        rows.append(make_question(family, candidates, rng, lang))
+    return rows
+
+
+def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, progress=True, force=False,
+             held_out_facts=True):
     """Writes out_dir/data.csv, out_dir/image/ and out_dir/triples.csv (the knowledge base, for kge.py); returns the
-    number of rows. A file there that this repo did not write is never replaced, unless force (util.OutputFolder)."""
+    number of rows. held_out_facts: the gem questions and facts, and the split in data.csv (the module's docstring).
+    A file there that this repo did not write is never replaced, unless force (util.OutputFolder)."""
     from tqdm import tqdm
 
     names = [f"image/scene_{i:05d}.jpg" for i in range(n_images)]
     outputs = util.OutputFolder(out_dir, force).check(["data.csv", "triples.csv"] + names)
     rng = random.Random(seed)
+    split_rng = random.Random(f"split {seed}")  # its own stream: the other draws stay those of the earlier sample
     os.makedirs(os.path.join(out_dir, "image"), exist_ok=True)
     rows = []
     for i, name in enumerate(tqdm(names, desc="sample images", disable=not progress)):
@@ -203,12 +253,14 @@ def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, p
         image.save(os.path.join(out_dir, name), quality=JPEG_QUALITY)
         # Half the questions type A, half type B (alternating by image when the count is odd); distinct per image.
         n_a = (questions_per_image + i % 2) // 2
-        families = rng.sample(TYPE_A, n_a) + rng.sample(TYPE_B, questions_per_image - n_a)
-        for family in families:
-            rows.append({"image": os.path.basename(name), **make_question(family, objects, rng, lang), "lang": lang})
+        families = rng.sample(TYPE_A, n_a) + rng.sample(TYPE_B_WITH_GEMS if held_out_facts else TYPE_B,
+                                                         questions_per_image - n_a)
+        split = image_split(split_rng) if held_out_facts else None
+        for row in image_questions(objects, families, rng, lang, split):
+            rows.append({"image": os.path.basename(name), **row, "lang": lang, **({"split": split} if split else {})})
     outputs.record(names)
     columns = ["image", "question", "answer", "question_type", "triple", "abstract", "lang"]
-    outputs.write("data.csv", util.csv_bytes(pd.DataFrame(rows, columns=columns)))
-    triples = pd.DataFrame(knowledge_base(lang), columns=["h", "r", "t"])
+    outputs.write("data.csv", util.csv_bytes(pd.DataFrame(rows, columns=columns + (["split"] if held_out_facts else []))))
+    triples = pd.DataFrame(knowledge_base(lang, held_out_facts), columns=["h", "r", "t"])
     outputs.write("triples.csv", util.csv_bytes(triples))
     return len(rows)

@@ -54,7 +54,8 @@ def test_split_is_seeded_stratified_and_reused(sample_dir):
 def test_split_keeps_images_and_language_versions_together(tmp_path):
     """No image, and no Korean/English version of one question, spans two splits; the split stays stratified."""
     for lang in ("ko", "en"):  # the same scenes and question families in both languages
-        sample_data.generate(str(tmp_path / lang), n_images=200, lang=lang, seed=1, progress=False)
+        sample_data.generate(str(tmp_path / lang), n_images=200, lang=lang, seed=1, progress=False,
+                             held_out_facts=False)
     ko, en = (pd.read_csv(tmp_path / lang / "data.csv", dtype=str, keep_default_na=False) for lang in ("ko", "en"))
     assert (ko["image"] == en["image"]).all()
     bilingual = pd.concat([ko.assign(pair=range(len(ko))), en.assign(pair=range(len(en)))], ignore_index=True)
@@ -69,6 +70,28 @@ def test_split_keeps_images_and_language_versions_together(tmp_path):
     frequent = df["answer"].value_counts()
     for answer in frequent[frequent >= 100].index:  # stratified as far as the images allow
         assert set(df.loc[df["answer"] == answer, "split"]) == {"train", "valid", "test"}
+
+
+def test_the_samples_held_out_facts_are_never_in_training_questions(tmp_path):
+    """The knowledge base holds every colour's gem; train and valid questions ask only for some of them, test
+    questions also for the others, whose answers no training question has; without held-out facts the sample is
+    the earlier one."""
+    sample_data.generate(str(tmp_path / "new"), n_images=400, seed=2, progress=False)
+    df = read_data(tmp_path / "new")
+    kb = set(pd.read_csv(tmp_path / "new" / "triples.csv").itertuples(index=False, name=None))
+    held_out = {(sample_data.COLOURS[c][1], sample_data.RELATION_NAMES["gem"][0], sample_data.GEM_OF_COLOUR[c][0])
+                for c in sample_data.HELD_OUT}
+    assert held_out <= kb
+    training = df[df["split"] != "test"]
+    assert not set(training["triple"]) & {"|".join(t) for t in held_out}
+    assert not set(training["answer"]) & {t for _, _, t in held_out}
+    test = df[df["split"] == "test"]
+    asked = test["triple"].isin({"|".join(t) for t in held_out})
+    assert 0.15 < asked.sum() / (test["category"] == "triple").sum() < 0.45  # about a quarter of its triple rows
+    assert (df.groupby("image")["split"].nunique() == 1).all()
+    sample_data.generate(str(tmp_path / "old"), n_images=400, seed=2, progress=False, held_out_facts=False)
+    old = pd.read_csv(tmp_path / "old" / "data.csv", dtype=str)
+    assert "split" not in old and not old["question"].str.contains("보석").any()
 
 
 def test_sample_split_has_no_image_in_two_splits(sample_dir):
