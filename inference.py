@@ -40,6 +40,10 @@ def main():
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--batch_size", type=util.at_least(1), default=256, help="batch size")
     p.add_argument("--num_workers", type=util.at_least(0), default=0, help="DataLoader worker processes")
+    p.add_argument("--kb", default=None,
+                   help="a knowledge base CSV (h, r, t) instead of the one the run was trained with (its kb.csv), for "
+                        "runs with --kb_constrained or --answer_from_kb: facts edited or added there change the "
+                        "answers without training again")
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, ...; the precision is the run's (--precision of main.py) on this device")
     p.add_argument("--skip_bad", action="store_true",
@@ -48,7 +52,7 @@ def main():
 
     try:
         device = util.pick_device(args.device)
-        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
+        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir, args.kb)
         precision = util.pick_precision(device, config.get("precision", "auto"))
         data_dir = args.data_dir or config["data_dir"]
         data = read_data(data_dir, run_dir)
@@ -74,7 +78,8 @@ def main():
     unknown = int((~df["answer"].isin(answer_to_id)).sum())
     summary = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": report.accuracy_table(df),
                "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
-               "split": args.split, "infer_data": args.infer_data, "knowledge": config.get("knowledge", "none")}
+               "split": args.split, "infer_data": args.infer_data, "knowledge": config.get("knowledge", "none"),
+               "kb": args.kb or (os.path.join(run_dir, kn.KB_FILE) if kn.uses_kb(config) else None)}
     if "predicted_triple" in df:
         summary["triple_accuracy"] = report.triple_accuracy(df)
         summary["unseen_triples"] = dataset.unseen()

@@ -25,6 +25,10 @@ def main():
     p.add_argument("--seed", type=int, default=None, help="seed for picking the random test sample")
     p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
+    p.add_argument("--kb", default=None,
+                   help="a knowledge base CSV (h, r, t) instead of the one the run was trained with (its kb.csv), for "
+                        "runs with --kb_constrained or --answer_from_kb: facts edited or added there change the "
+                        "answers without training again")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--triple", default="",
                    help="with --image and --question, for runs with --knowledge text or ideal: the question's knowledge "
@@ -43,7 +47,7 @@ def main():
             png = util.OutputFolder(os.path.dirname(args.save_png) or ".", args.force, "--save_png")
             png.check([os.path.basename(args.save_png)])
         device = util.pick_device(args.device)
-        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir)
+        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir, args.kb)
         gold, triple, abstract = None, args.triple, args.abstract
         if args.image is not None:
             image_path, question = args.image, args.question

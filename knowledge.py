@@ -320,17 +320,19 @@ def log_probs(out, vocab):
 
 
 def choose_triple(out, kb=None, no_knowledge=None, vocab=None):
-    """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB ([K, 3] ids of the
-    extended vocabulary), the KB triple with the highest product of their probabilities, a name past the heads'
-    classes taking the uniform probability of its part (1 / classes). A predicted NO_KNOWLEDGE relation gives
-    (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
+    """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB (a KnowledgeBase of the
+    extended vocabulary), the KB triple with the highest product of the head's, the relation's and the tail's
+    probability, the tail's taken among the KB's tails of that head and relation (p(t | h, r, KB)): a fact's tail
+    comes from the knowledge base, so that an edited or added fact is found as readily as a trained one. A name past
+    the heads' classes takes the uniform probability of its part (1 / classes). A predicted NO_KNOWLEDGE relation
+    gives (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
     if kb is None:
         logp = [out[k].detach().float().log_softmax(-1) for k in "hrt"]
         triple = torch.stack([p.argmax(-1) for p in logp], -1)
     else:
         logp = log_probs(out, vocab)
-        score = logp[0][:, kb[:, 0]] + logp[1][:, kb[:, 1]] + logp[2][:, kb[:, 2]]  # [B, K]
-        triple = kb[score.argmax(-1)]
+        score = logp[0][:, kb.ids[:, 0]] + logp[1][:, kb.ids[:, 1]] + kb.tail_given_pair(logp[2])  # [B, K]
+        triple = kb.ids[score.argmax(-1)]
     if no_knowledge is not None:
         none = logp[1].argmax(-1) == no_knowledge
         triple = torch.where(none[:, None], torch.tensor([ABSENT, no_knowledge, ABSENT], device=triple.device), triple)
@@ -393,15 +395,31 @@ def attach(model, vocab, tokenizer, max_token, kb_triples=None, embeddings=None)
         vocab = vocab.extended(entities, sorted(embeddings.relation_to_id, key=embeddings.relation_to_id.get), entities)
     model.vocab, model.kge = vocab, embeddings
     if kb_triples is not None:
-        model.kb = kb_ids(kb_triples, vocab)
+        model.kb = KnowledgeBase(kb_triples, vocab).to(next(model.parameters()).device)
     if model.knowledge == "gel_text":
         model.triple_text = TripleText(tokenizer, vocab, max_token)
     return model.codes.build_tables(vocab, embeddings, kb_triples) if embeds(model.knowledge) else []
 
 
-def kb_ids(kb_triples, vocab):
-    """[K, 3] ids of the KB triples in a vocabulary extended by their names."""
-    return torch.tensor([vocab.triple_ids(t) for t in kb_triples], dtype=torch.long).reshape(-1, 3)
+class KnowledgeBase(nn.Module):
+    """A knowledge base as ids of a vocabulary extended by its names: ids [K, 3], and which (head, relation) pair
+    each triple has (pair [K]), on the model's device."""
+
+    def __init__(self, kb_triples, vocab):
+        super().__init__()
+        ids = torch.tensor([vocab.triple_ids(t) for t in kb_triples], dtype=torch.long).reshape(-1, 3)
+        self.register_buffer("ids", ids, persistent=False)
+        self.register_buffer("pair", torch.unique(ids[:, :2], dim=0, return_inverse=True)[1], persistent=False)
+
+    def tail_given_pair(self, tail_logp):
+        """[B, K] log p(t | h, r, KB): the tail's log probability ([B, n_tails]) normalised over the KB's tails of its
+        triple's head and relation."""
+        logp = tail_logp[:, self.ids[:, 2]]
+        index = self.pair.expand_as(logp)
+        groups = int(self.pair.max()) + 1 if len(self.pair) else 0
+        peak = logp.new_full((len(logp), groups), -math.inf).scatter_reduce(1, index, logp, "amax")
+        total = logp.new_zeros(len(logp), groups).scatter_add(1, index, (logp - peak.gather(1, index)).exp())
+        return logp - (total.log() + peak).gather(1, index)
 
 
 def beyond_classes(kb_triples, vocab):
@@ -455,7 +473,7 @@ def copy_candidates(model, out, df):
     if model.kb is None or model.kb_constrained:
         return [(vocab.parts[0][h], vocab.parts[2][t], False) if h >= 0 else None for h, _, t in triples]
     tails = {}
-    for h, r, t in model.kb.tolist():
+    for h, r, t in model.kb.ids.tolist():
         tails.setdefault((h, r), []).append(t)
     tail_logp = log_probs(out, vocab)[2]
     rows = []

@@ -202,7 +202,7 @@ class VQAModel(nn.Module):
         # set where a run's model is made (knowledge.attach): the vocabularies, the KG embeddings, the KB triples as
         # ids (--kb_constrained, --answer_from_kb) and the pairing of questions with predicted triples (gel_text)
         self.vocab, self.kge, self.triple_text = None, None, None
-        self.register_buffer("kb", None, persistent=False)
+        self.kb = None  # a knowledge.KnowledgeBase
         self.kb_constrained = kb_constrained
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
@@ -323,8 +323,9 @@ RUN_CONFIG_KEYS = ["num_answers", "image_arch", "image_model_kwargs", "img_size"
                    "train_data"] + HEAD_OPTIONS
 
 
-def load_run(model_path=None, device="cpu", results_dir="results"):
-    """(model, tokenizer, config, answers, run_dir) from a run directory or its weights; no training data needed."""
+def load_run(model_path=None, device="cpu", results_dir="results", kb=None):
+    """(model, tokenizer, config, answers, run_dir) from a run directory or its weights; no training data needed.
+    kb: a knowledge base CSV (h, r, t) to use instead of the one the run was trained with (--kb)."""
     run_dir, weights = util.find_run(model_path, results_dir)
     for name in (util.CONFIG_FILE, util.ANSWERS_FILE, util.TOKENIZER_DIR, util.TEXT_CONFIG_DIR):
         if not os.path.exists(os.path.join(run_dir, name)):
@@ -341,7 +342,7 @@ def load_run(model_path=None, device="cpu", results_dir="results"):
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
     model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
     util.load_weights(model, weights, config, answers)
-    attach_run_knowledge(model, run_dir, config, tokenizer)
+    attach_run_knowledge(model, run_dir, config, tokenizer, kb)
     return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
 
 

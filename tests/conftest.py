@@ -76,6 +76,19 @@ def kge_dir(sample_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def held_out_run(tmp_path_factory):
+    """A short gel_text run that answers from its knowledge base (--kb_constrained --answer_from_kb), on a tiny sample
+    with held-out facts; (run directory, data directory)."""
+    data = tmp_path_factory.mktemp("held_out") / "sample"
+    sample_data.generate(str(data), n_images=150, seed=0, progress=False)
+    results = tmp_path_factory.mktemp("held_out_results")
+    result = run_script("main.py", *TINY_TRAIN, "--n_epoch", "4", "--data_dir", data, "--results_dir", results,
+                        "--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run(results), data
+
+
 # each knowledge mode's short run: its own options (gel as published; gel_text with the HK-TriNet+ heads and the KB)
 KNOWLEDGE_RUNS = {"text": [], "ideal": [], "gel": [], "gel_text": ["--triple_head", "cascade", "--kb_constrained"]}
 

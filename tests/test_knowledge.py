@@ -21,7 +21,7 @@ from test_resume import Script, assert_same_as, outcome, resume
 from vqa_dataset import encode_questions, read_data, select_rows
 
 SIZES = (5, 4, 6)  # heads, relations (the last is NO_KNOWLEDGE in the modes that predict), tails
-WIDTHS = (8, 4)
+WIDTHS = (8, 8)
 NAMES = (["apple", "bear", "cat", "dog", "eel"], ["is", "has", "eats", kn.NO_KNOWLEDGE],
          ["red", "fur", "fish", "big", "wet", "fast"])
 
@@ -37,14 +37,16 @@ def tiny_tokenizer():
 
 
 def tiny_kge():
-    """Random KG embeddings of the tiny vocabulary's entities and relations (a kge.KGE, as kge.load_kge gives)."""
+    """Random KG embeddings of the tiny vocabulary's entities and relations (a kge.KGE, as kge.load_kge gives), scored
+    as TransE's (a scoring function without tensors of its own)."""
     import kge
 
     entities = NAMES[0] + NAMES[2] + ["zebra"]  # zebra: known to the embeddings, in no training triple
     relations = NAMES[1][:-1]
     torch.manual_seed(2)
-    return kge.KGE(torch.randn(len(entities), WIDTHS[0]), torch.randn(len(relations), WIDTHS[1]),
-                   {e: i for i, e in enumerate(entities)}, {r: i for i, r in enumerate(relations)}, {})
+    transe = {"interaction": {"name": "TransEInteraction", "kwargs": {"p": 1, "power_norm": False}}}
+    return kge.KGE(torch.randn(len(entities), WIDTHS[0]), torch.randn(len(relations), WIDTHS[0]),
+                   {e: i for i, e in enumerate(entities)}, {r: i for i, r in enumerate(relations)}, transe, {})
 
 
 def tiny_model(knowledge, kb=None, **options):
@@ -191,17 +193,24 @@ def test_cascade_conditions_the_relation_on_the_head():
 def test_the_kb_constraint_only_ever_yields_kb_triples():
     vocab = tiny_vocab("gel")
     kb_triples = KB + [("zebra", "is", "striped")]  # names no training row has: ids past the heads' classes
+    kb_triples += [("apple", "has", "red")]  # a second tail of (apple, has)
     extended = vocab.extended(*zip(*kb_triples))
-    kb = kn.kb_ids(kb_triples, extended)
-    assert kb.tolist()[-1] == [5, 0, 6] and kn.beyond_classes(kb_triples, extended) == 1
+    knowledge_base = kn.KnowledgeBase(kb_triples, extended)
+    kb = knowledge_base.ids
+    assert kb.tolist()[3] == [5, 0, 6] and kn.beyond_classes(kb_triples, extended) == 1
     torch.manual_seed(0)
     for _ in range(20):
         out = {k: torch.randn(64, n) * 3 for k, n in zip("hrt", SIZES)}
-        chosen = kn.choose_triple(out, kb, vocab=extended)
+        chosen = kn.choose_triple(out, knowledge_base, vocab=extended)
         assert {tuple(t) for t in chosen.tolist()} <= {tuple(t) for t in kb.tolist()}
         logp = [torch.cat([out[p].log_softmax(-1), torch.full((64, n - SIZES[i]), -math.log(SIZES[i]))], -1)
                 for i, (p, n) in enumerate(zip("hrt", extended.sizes))]
-        best = [max(range(len(kb)), key=lambda k: sum(logp[j][i, kb[k, j]] for j in range(3))) for i in range(64)]
+
+        def tail_given_pair(i, k):  # p(t | h, r, KB): among the KB's tails of the triple's head and relation
+            tails = [j for j in range(len(kb)) if kb[j, :2].tolist() == kb[k, :2].tolist()]
+            return logp[2][i, kb[k, 2]] - torch.logsumexp(logp[2][i, kb[tails, 2]], 0)
+        best = [max(range(len(kb)), key=lambda k: logp[0][i, kb[k, 0]] + logp[1][i, kb[k, 1]] + tail_given_pair(i, k))
+                for i in range(64)]
         assert chosen.tolist() == kb[best].tolist()  # the most probable KB triple, a new name at 1 / classes
         assert not torch.equal(chosen, kn.choose_triple(out))
 
@@ -251,6 +260,50 @@ def test_a_copied_name_outside_the_vocabulary_can_be_the_right_answer():
     assert kn.copied_right("Araceae", 2, "araceae") and not kn.copied_right("Araceae", 0, "araceae")
     no_triple = chooser.choose(probs[:1], gate[:1], [None], top_k=1)[0][0]
     assert no_triple[0] == "red" and no_triple[1] == pytest.approx(0.7)  # the gate is moot without a triple
+
+
+def test_a_name_the_kg_embeddings_lack_is_embedded_from_its_relations():
+    kb = KB + [("apple", "has", "stripes"), ("bear", "has", "stripes"), ("yak", "is", "tall")]  # new: stripes, yak, tall
+    model = tiny_model("ideal", kb=kb, answer_from_kb=True)
+    embeddings, vocab, codes = tiny_kge(), model.vocab, model.codes
+    stripes = vocab.index[2]["stripes"]
+    linked = embeddings.entity[[embeddings.entity_to_id["apple"], embeddings.entity_to_id["bear"]]].mean(0)
+    assert torch.allclose(codes.tail_table[stripes], linked) and not codes.tail_missing[stripes]
+    assert codes.head_missing[vocab.index[0]["yak"]] and codes.tail_missing[vocab.index[2]["tall"]]  # no known link
+    ids, mask, image, _ = tiny_batch()
+    triples = torch.tensor([[[vocab.index[0]["yak"], 0, vocab.index[2]["tall"]]]] * test_model.BATCH)
+    code, _ = codes(triples)
+    assert torch.equal(code[0, :WIDTHS[0]], codes.head_unknown)  # the unknown vector, not a crash or zeros
+    assert torch.isfinite(model(ids, mask, image, triples)["answer"]).all()
+
+
+def test_a_tail_the_kb_lacks_is_link_predicted_and_marked_inferred():
+    model = tiny_model("gel", kb=KB, answer_from_kb=True, knowledge_fusion="film").eval()
+    with torch.no_grad():
+        model.triple_heads.r.bias[model.no_knowledge] = -100.0
+        model.triple_heads.h.bias[:] = torch.tensor([0.0, 0.0, 0.0, 100.0, 0.0])  # dog
+        model.triple_heads.r.bias[:3] = torch.tensor([0.0, 100.0, 0.0])  # has: (dog, has, ?) is not in the KB
+    ids, mask, image, triples = tiny_batch("gel")
+    out = model(ids, mask, image, triples)
+    candidates = kn.copy_candidates(model, out, None)
+    expected = kn.link_prediction(model.kge, "dog", "has")
+    assert expected is not None and all(c == ("dog", expected, True) for c in candidates)
+    with torch.no_grad():
+        model.triple_heads.h.bias[:] = torch.tensor([0.0, 100.0, 0.0, 0.0, 0.0])  # bear: (bear, has, ?) is not either
+        model.triple_heads.r.bias[:3] = torch.tensor([0.0, 0.0, 100.0])  # eats: (bear, eats, fish) is
+    out = model(ids, mask, image, triples)
+    assert all(c == ("bear", "fish", False) for c in kn.copy_candidates(model, out, None))
+
+
+def test_the_evaluation_splits_seen_from_unseen():
+    import report
+
+    train = pd.DataFrame({"triple": ["a|r|b", "c|r|d", ""], "answer": ["b", "d", "x"]})
+    test = pd.DataFrame({"triple": ["a|r|b", "a|r|e", "c|s|d", ""], "answer": ["b", "e", "d", "y"],
+                         "correct": [True, True, False, False]})
+    table = report.seen_table(test, train)
+    assert table["unseen"]["triple"] == {"accuracy": 0.5, "n": 2} and table["seen"]["triple"] == {"accuracy": 1.0, "n": 1}
+    assert table["unseen"]["answer"] == {"accuracy": 0.5, "n": 2} and table["seen"]["answer"]["n"] == 2
 
 
 def test_triple_loss_leaves_out_rows_without_a_triple_and_unseen_parts():
@@ -396,6 +449,48 @@ def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sam
         assert set(predicted["predicted_triple"]) - {""} <= known  # --kb_constrained: only KB triples
     finally:
         shutil.move(moved, kge_dir)
+
+
+def test_editing_a_fact_changes_the_answer_without_training_again(held_out_run, tmp_path):
+    """inference_each.py answers a test question with the tail its knowledge base gives; with that fact's tail
+    changed in a copy of the KB (--kb), the answer is the new tail."""
+    run_dir, data_dir = held_out_run
+    test = select_rows(read_data(data_dir, run_dir), "test")
+    for index in (i for i, cell in enumerate(test["triple"]) if cell):
+        each = run_script("inference_each.py", "--model_path", run_dir, "--index", index)
+        assert each.returncode == 0, each.stderr[-2000:]
+        first = next(line for line in each.stdout.splitlines() if line.startswith("  1. "))
+        if "(copied: tail)" in first:
+            break
+    else:
+        pytest.fail("no test question was answered with a copied tail")
+    predicted = next(line for line in each.stdout.splitlines() if line.startswith("predicted knowledge:"))
+    head, relation, tail = (part.strip() for part in predicted.split(":", 1)[1].split("(gold")[0].split("|"))
+    kb = pd.read_csv(run_dir / kn.KB_FILE, dtype=str, keep_default_na=False)
+    fact = (kb["h"] == head) & (kb["r"] == relation)
+    assert (kb.loc[fact, "t"] == tail).any() and first.split()[1] != "새보석"
+    kb.loc[fact, "t"] = "새보석"  # the fact edited: a tail no run has seen
+    kb.to_csv(tmp_path / "kb.csv", index=False)
+    edited = run_script("inference_each.py", "--model_path", run_dir, "--index", index, "--kb", tmp_path / "kb.csv")
+    assert edited.returncode == 0, edited.stderr[-2000:]
+    first = next(line for line in edited.stdout.splitlines() if line.startswith("  1. "))
+    assert first.split()[1] == "새보석" and "(copied: tail)" in first, edited.stdout
+    again = run_script("inference_each.py", "--model_path", run_dir, "--index", index)  # the run's own KB is unchanged
+    assert next(line for line in again.stdout.splitlines() if line.startswith("  1. ")).split()[1] == tail
+
+
+def test_held_out_facts_are_answered_from_the_kb_and_reported_apart(held_out_run):
+    run_dir, data_dir = held_out_run
+    result = run_script("inference.py", "--model_path", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((run_dir / "eval_all.json").read_text())
+    assert report["unseen"]["answer"]["n"] > 0 and report["unseen"]["triple"]["n"] > 0
+    assert {"vocabulary", "tail"} <= set(report["answered_from"])
+    predictions = pd.read_csv(run_dir / "predictions_all.csv", dtype=str, keep_default_na=False)
+    answers = set(json.loads((run_dir / "answers.json").read_text()))
+    outside = predictions[~predictions["answer"].isin(answers)]
+    assert (outside.loc[outside["answered_from"] == "vocabulary", "correct"] == "False").all()
+    assert "Rows whose triple, or whose answer, never occurs" in (run_dir / "report.md").read_text()
 
 
 def fake_run(path, seed, knowledge, accuracy):
