@@ -162,8 +162,8 @@ def check_knowledge_options(args):
     if (args.kb_constrained or args.head_lr) and not kn.predicts(args.knowledge):
         problems.append(f"--kb_constrained and --head_lr apply to the modes that predict a triple (gel, gel_text), "
                         f"not --knowledge {args.knowledge}")
-    if args.kb and not args.kb_constrained:
-        problems.append("--kb is the knowledge base of --kb_constrained; give both")
+    if args.kb and not kn.uses_kb(vars(args)):
+        problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
     if args.answer_from_kb and not kn.has_vocab(args.knowledge):
         problems.append(f"--answer_from_kb copies a triple's head or tail: it needs --knowledge ideal, gel or "
                         f"gel_text, not {args.knowledge}")

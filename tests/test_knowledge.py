@@ -401,7 +401,7 @@ def test_preset_bokvqa_sets_the_papers_values():
 @pytest.mark.parametrize("argv, words", [
     (["--knowledge", "gel"], ["--kge_dir"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--kb_constrained"], ["--kb_constrained", "gel, gel_text"]),
-    (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "give both"])])
+    (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "--answer_from_kb"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 

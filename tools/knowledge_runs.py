@@ -1,48 +1,63 @@
-"""The knowledge comparison: each configuration below trained with each seed, evaluated on its test split, and
-tabulated by report.py --compare (mean ± std over the seeds).
+"""The knowledge comparison: configurations of --knowledge trained with each seed, evaluated on their test split,
+and tabulated by report.py --compare (mean ± std over the seeds).
 
     python tools/knowledge_runs.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge
-    python tools/knowledge_runs.py --data_dir data/bok_proxy/ko --kge_dir ... --out ... --seeds 42 43 44
+    python tools/knowledge_runs.py --data_dir data/bok_proxy/ko --kge_dir results/bok_proxy/kge \
+        --kb data/bok_proxy/kb.csv --out results/bok_proxy/ko --configs none gel --seeds 42
 
-A run that already has its eval_all.json is kept, so an interrupted comparison continues where it stopped.
+A run that already has its eval_all.json is kept and an interrupted one resumed (main.py --resume), so an
+interrupted comparison continues where it stopped.
 Writes OUT/<config>_seed<seed>/<run>/ and OUT/comparison.md, comparison.csv, comparison_seeds.csv.
 """
 import argparse
 import glob
+import json
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# name: main.py options (--kge_dir is added for the modes that inject KG embeddings)
+# name: main.py options; --kge_dir is added where KG embeddings are read, --kb where a knowledge base is
 CONFIGS = {
-    "none": ["--knowledge", "none"],
-    "text": ["--knowledge", "text"],
-    "ideal": ["--knowledge", "ideal"],
-    "ideal_film": ["--knowledge", "ideal", "--knowledge_fusion", "film"],
-    "gel": ["--knowledge", "gel"],
-    "gel_cascade_kb_film": ["--knowledge", "gel", "--triple_head", "cascade", "--kb_constrained",
-                            "--knowledge_fusion", "film"],
+    "none": ["--knowledge", "none"],  # the baseline
+    "text": ["--knowledge", "text"],  # gold knowledge as words (an upper bound)
+    "ideal": ["--knowledge", "ideal"],  # the gold triple's KG embeddings, GEL-VQA's product fusion (an upper bound)
+    "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
+    "gel": ["--knowledge", "gel"],  # GEL-VQA as published
     "gel_text_cascade_kb": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained"],
+    "gel_text_cascade_kb_copy": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained",
+                                 "--answer_from_kb"],
 }
-EMBEDDING = ("ideal", "gel")
+DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
 
-def run(config, options, seed, args):
-    """Trains and evaluates one configuration and seed unless that was done; returns its run directory."""
+def options(config, args):
+    chosen = CONFIGS[config]
+    knowledge = chosen[chosen.index("--knowledge") + 1]
+    extra = ["--kge_dir", args.kge_dir] if knowledge in ("ideal", "gel") else []
+    if args.kb and ("--kb_constrained" in chosen or "--answer_from_kb" in chosen):
+        extra += ["--kb", args.kb]
+    return chosen + extra
+
+
+def run(config, seed, args):
+    """Trains and evaluates one configuration and seed unless that was done (an interrupted run is resumed);
+    returns its run directory."""
     out = os.path.join(args.out, f"{config}_seed{seed}")
-    done = glob.glob(os.path.join(out, "*", "eval_all.json"))
-    if done:
-        return os.path.dirname(done[0])
-    for stale in glob.glob(os.path.join(out, "*")):  # an unfinished run: trained again from the start
-        subprocess.run(["rm", "-rf", stale], check=True)
-    knowledge = options[options.index("--knowledge") + 1]
-    extra = ["--kge_dir", args.kge_dir] if knowledge in EMBEDDING else []
-    command = [sys.executable, "main.py", "--preset", args.preset, "--data_dir", args.data_dir, "--seed", str(seed),
-               "--results_dir", out, *options, *extra, *args.main_args]
-    print(" ".join(command), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
-    (run_dir,) = glob.glob(os.path.join(out, "*"))
+    started = glob.glob(os.path.join(out, "*", "config.json"))
+    if started and os.path.isfile(os.path.join(os.path.dirname(started[0]), "eval_all.json")):
+        return os.path.dirname(started[0])
+    if not started:
+        command = ["main.py", "--preset", args.preset, "--data_dir", args.data_dir, "--seed", str(seed),
+                   "--results_dir", out, *options(config, args), *args.main_args]
+    elif "weights" not in json.load(open(started[0], encoding="utf-8")):  # written when training has finished
+        command = ["main.py", "--resume", os.path.dirname(started[0])]
+    else:
+        command = None
+    if command:
+        print(" ".join(command), flush=True)
+        subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
+    (run_dir,) = {os.path.dirname(p) for p in glob.glob(os.path.join(out, "*", "config.json"))}
     subprocess.run([sys.executable, "inference.py", "--model_path", run_dir], cwd=ROOT, check=True)
     return run_dir
 
@@ -51,13 +66,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="the data to train and test on")
     p.add_argument("--kge_dir", required=True, help="KG embeddings from kge.py, for ideal and gel")
+    p.add_argument("--kb", default=None, help="knowledge base CSV (h, r, t) of the configurations that use one "
+                                              "(default: main.py's: the data's triples.csv, else its triples)")
     p.add_argument("--out", required=True, help="where the runs and the comparison go")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="seeds of every configuration")
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations to run")
+    p.add_argument("--configs", nargs="+", default=DEFAULT, choices=list(CONFIGS), help="configurations to run")
     p.add_argument("--preset", default="sample", help="main.py --preset of every run")
     p.add_argument("main_args", nargs="*", help="further main.py options for every run (after --)")
     args = p.parse_args()
-    runs = [run(config, CONFIGS[config], seed, args) for config in args.configs for seed in args.seeds]
+    runs = [run(config, seed, args) for config in args.configs for seed in args.seeds]
     subprocess.run([sys.executable, "report.py", "--compare", *runs, "--out", args.out], cwd=ROOT, check=True)
 
 
