@@ -13,7 +13,7 @@ endif
 PIP ?= $(PYTHON) -m pip
 VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/ready)
 
-.PHONY: install sample demo ablation knowledge figs chromium test clean gpu-check
+.PHONY: install sample demo ablation knowledge knowledge-kb bok-proxy figs chromium test clean gpu-check
 
 .venv/ready:
 	@echo "not inside a virtual environment: making one in .venv (PYTHON=... to use another interpreter)"
@@ -42,15 +42,26 @@ ablation: install sample
 	$(PYTHON) main.py --preset sample --ablate question --results_dir results/ablate_question
 	$(PYTHON) inference.py --results_dir results/ablate_question
 
-# The README's knowledge table: KG embeddings of the sample's knowledge base (GEL-VQA's ConvKB settings), then the
-# baseline and each knowledge mode on the sample preset, evaluated and compared (results/comparison.md).
-KGE_SAMPLE ?= results/kge_sample
-knowledge: install sample
-	$(PYTHON) kge.py --data_dir data/sample --out $(KGE_SAMPLE)
-	for k in none text ideal gel; do \
-	  $(PYTHON) main.py --preset sample --knowledge $$k --kge_dir $(KGE_SAMPLE) --results_dir results/knowledge_$$k \
-	  && $(PYTHON) inference.py --results_dir results/knowledge_$$k || exit 1; done
-	$(PYTHON) report.py --compare results/knowledge_*/* --out results
+# The README's knowledge tables (tools/knowledge_runs.py: each configuration with three seeds, evaluated, then
+# report.py --compare's mean ± std in results/<table>/comparison.md). knowledge: the earlier sample (no held-out
+# facts); knowledge-kb: the sample with held-out facts, answered from its knowledge base; bok-proxy: BOK-VQA's real
+# questions, triples and answers with proxy images (tools/bok_proxy.py; needs ../shared).
+knowledge: install
+	$(PYTHON) download.py --sample --no-held_out_facts --out data/sample_earlier
+	$(PYTHON) kge.py --data_dir data/sample_earlier --out results/kge_sample_earlier
+	$(PYTHON) tools/knowledge_runs.py --data_dir data/sample_earlier --kge_dir results/kge_sample_earlier \
+	  --out results/knowledge --configs none text ideal ideal_concat_copy gel gel_text_cascade_kb gel_text_cascade_kb_copy
+	@echo "the table: results/knowledge/comparison.md"
+
+knowledge-kb: install sample
+	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
+	$(PYTHON) tools/knowledge_runs.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_kb \
+	  --configs none ideal_concat_copy gel_text_cascade_kb gel_text_cascade_kb_copy
+	@echo "the table: results/knowledge_kb/comparison.md"
+
+bok-proxy: install
+	$(PYTHON) tools/bok_proxy.py
+	@echo "the tables: results/bok_proxy/{ko,en,bi}/comparison.md"
 
 # Architecture diagrams figs/base_model.png and figs/TE_model.png, drawn from model.py.
 figs: install
@@ -79,4 +90,5 @@ gpu-check:
 	bash tools/gpu_check.sh $(OUT)
 
 clean:
-	rm -rf data/sample data/sample_en data/cache results/*_* results/ablate_* results/knowledge_* results/kge_sample
+	rm -rf data/sample data/sample_en data/sample_earlier data/bok_proxy data/cache results/*_* results/ablate_* \
+	  results/knowledge results/knowledge_* results/kge_sample* results/bok_proxy

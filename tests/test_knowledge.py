@@ -538,9 +538,7 @@ def test_a_stopped_and_resumed_cascade_run_ends_as_an_uninterrupted_one(sample_d
     assert script.finish(timeout=120)[0] == 128 + signal.SIGTERM
     run_dir = only_run(tmp_path / "stopped")
     resume(run_dir)
-    assert_same_as(reference, run_dir, sample_dir)
-    history = json.loads((run_dir / "history.json").read_text())
-    assert history == json.loads((only_run(tmp_path / "reference") / "history.json").read_text())
+    assert_same_as(reference, run_dir, sample_dir)  # the whole history, triple accuracies included
 
 
 @pytest.mark.skipif(not REAL_CSV.is_dir(), reason="../shared/real-csv is not present")
