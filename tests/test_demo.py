@@ -12,7 +12,9 @@ import time
 import urllib.request
 
 import pytest
+import torch
 
+import util
 from conftest import ROOT
 from model import answer, load_run
 from vqa_dataset import read_test_split
@@ -174,14 +176,31 @@ def test_pick_sample_and_ask(page, run):
     assert top == expected(run, os.path.join(data_dir, "image", row["image"]), row["question"])[0][0]
 
 
+def knowledge_moving_the_answers(run_dir, copy):
+    """A copy of an ideal run whose injection reads the triple as a longer run's does: mul's projection starts at the
+    constant 1 (no effect of the knowledge), which three epochs hardly move."""
+    from safetensors.torch import save
+
+    shutil.copytree(run_dir, copy)
+    path = os.path.join(copy, util.read_json(os.path.join(copy, util.CONFIG_FILE))["weights"])
+    tensors, metadata = util.read_safetensors(path)
+    tensors["injection.project.weight"] = torch.randn(tensors["injection.project.weight"].shape,
+                                                      generator=torch.Generator().manual_seed(0))
+    util.atomic_write(path, save(tensors, metadata=metadata))
+    return copy
+
+
 @pytest.mark.parametrize("knowledge", ["ideal", "gel"])
 def test_a_knowledge_run_takes_and_shows_knowledge(browser, knowledge_runs, knowledge, tmp_path):
     """ideal: a picked sample fills the knowledge box with its triple, and the answers are those for that triple
     (another triple typed in gives that triple's answers); gel: the box is hidden and the predicted triple shown."""
     from playwright.sync_api import expect
 
-    model, tokenizer, config, answers, _ = load_run(str(knowledge_runs[knowledge]), "cpu")
-    data_dir, test = read_test_split(config, knowledge_runs[knowledge])
+    run_dir = knowledge_runs[knowledge]
+    if knowledge == "ideal":
+        run_dir = knowledge_moving_the_answers(run_dir, tmp_path / "run")
+    model, tokenizer, config, answers, _ = load_run(str(run_dir), "cpu")
+    data_dir, test = read_test_split(config, run_dir)
     index = next(i for i, triple in enumerate(test["triple"].head(N_SAMPLES)) if triple)
     row = test.iloc[index]
     image_path = os.path.join(data_dir, "image", row["image"])
@@ -189,7 +208,7 @@ def test_a_knowledge_run_takes_and_shows_knowledge(browser, knowledge_runs, know
     def want(triple):
         return answer(model, tokenizer, config, answers, image_path, row["question"], "cpu", 5, triple)
 
-    with serving(knowledge_runs[knowledge], tmp_path) as url:
+    with serving(run_dir, tmp_path) as url:
         page = open_page(browser, url)
         pick_sample(page, index, row)
         box = page.locator("#knowledge textarea")
