@@ -25,6 +25,7 @@ CONFIGS = {
     "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
     "gel": ["--knowledge", "gel"],  # GEL-VQA as published
     "gel_text_cascade_kb": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained"],
+    "gel_text_kb_copy": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb"],  # GEL-VQA's heads
     "gel_text_cascade_kb_copy": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained",
                                  "--answer_from_kb"],
 }
