@@ -56,7 +56,7 @@ knowledge: install
 knowledge-kb: install sample
 	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
 	$(PYTHON) tools/knowledge_runs.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_kb \
-	  --configs none ideal_concat_copy gel_text_cascade_kb gel_text_cascade_kb_copy
+	  --configs none ideal_concat_copy gel_text_cascade_kb_copy gel_text_kb_copy
 	@echo "the table: results/knowledge_kb/comparison.md"
 
 bok-proxy: install
