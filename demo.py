@@ -95,10 +95,7 @@ def main():
     p.add_argument("--data_dir", default=None, help="data directory for the test samples (default: the run's)")
     p.add_argument("--n_samples", type=util.at_least(0), default=100, help="test samples offered in the picker")
     p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
-    p.add_argument("--kb", default=None,
-                   help="a knowledge base CSV (h, r, t) instead of the one the run was trained with (its kb.csv), for "
-                        "runs with --kb_constrained or --answer_from_kb: facts edited or added there change the "
-                        "answers without training again")
+    p.add_argument("--kb", default=None, help=kn.KB_OPTION_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     args = p.parse_args()
 

@@ -40,10 +40,7 @@ def main():
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--batch_size", type=util.at_least(1), default=256, help="batch size")
     p.add_argument("--num_workers", type=util.at_least(0), default=0, help="DataLoader worker processes")
-    p.add_argument("--kb", default=None,
-                   help="a knowledge base CSV (h, r, t) instead of the one the run was trained with (its kb.csv), for "
-                        "runs with --kb_constrained or --answer_from_kb: facts edited or added there change the "
-                        "answers without training again")
+    p.add_argument("--kb", default=None, help=kn.KB_OPTION_HELP)
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, ...; the precision is the run's (--precision of main.py) on this device")
     p.add_argument("--skip_bad", action="store_true",

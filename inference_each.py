@@ -25,10 +25,7 @@ def main():
     p.add_argument("--seed", type=int, default=None, help="seed for picking the random test sample")
     p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
-    p.add_argument("--kb", default=None,
-                   help="a knowledge base CSV (h, r, t) instead of the one the run was trained with (its kb.csv), for "
-                        "runs with --kb_constrained or --answer_from_kb: facts edited or added there change the "
-                        "answers without training again")
+    p.add_argument("--kb", default=None, help=kn.KB_OPTION_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--triple", default="",
                    help="with --image and --question, for runs with --knowledge text or ideal: the question's knowledge "

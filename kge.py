@@ -12,6 +12,7 @@ entity_to_id.json, relation_to_id.json and settings.json; load_kge() reads them 
 (PyKEEN is not needed to use them).
 """
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -281,13 +282,14 @@ class KGE:
     settings: dict
     interaction: dict = None  # the scoring function's tensors (ConvKB's convolution and linear layer)
 
+    @functools.cached_property
     def entity_names(self):
+        """The entities' names by id."""
         return sorted(self.entity_to_id, key=self.entity_to_id.get)
 
-    def tail_scores(self, heads, relations):
-        """[B, n_entities] link-prediction scores of every entity as the tail of (head, relation) (entity and
-        relation ids, [B] each), by the model's own scoring function, rebuilt from the saved tensors (PyKEEN's
-        interaction class, no pickle)."""
+    @functools.cached_property
+    def scoring(self):
+        """The model's scoring function (PyKEEN's interaction) with its saved tensors, made once."""
         from pykeen.nn.modules import interaction_resolver
 
         if not self.settings.get("interaction"):
@@ -296,11 +298,17 @@ class KGE:
         spec = self.settings["interaction"]
         scoring = interaction_resolver.make(spec["name"], **spec["kwargs"])
         scoring.load_state_dict(self.interaction or {})
+        return scoring
+
+    def tail_scores(self, heads, relations):
+        """[B, n_entities] link-prediction scores of every entity as the tail of (head, relation) (entity and
+        relation ids, [B] each), by the model's own scoring function, rebuilt from the saved tensors (PyKEEN's
+        interaction class, no pickle)."""
         entity, relation = self.entity, self.relation
         if self.settings.get("complex"):  # stored as the real view: re and im interleaved
             entity, relation = (torch.view_as_complex(x.reshape(len(x), -1, 2).contiguous()) for x in (entity, relation))
         with torch.no_grad():
-            return scoring(entity[heads][:, None], relation[relations][:, None], entity[None])
+            return self.scoring(entity[heads][:, None], relation[relations][:, None], entity[None])
 
 
 def _read_json(path):

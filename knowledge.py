@@ -8,10 +8,13 @@ model.VQAModel is the skeleton that calls into these; train.py and model.load_ru
 import math
 import os
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
-from vqa_dataset import DataError, clean_text, parse_triples, read_csv
+import kge
+import util
+from vqa_dataset import clean_text, parse_triples
 
 MODES = ["none", "text", "ideal", "gel", "gel_text"]
 FUSIONS = ["mul", "film", "concat"]
@@ -21,6 +24,9 @@ NO_KNOWLEDGE = "(no knowledge)"  # the relation class of rows without a triple, 
 VOCAB_FILE = "knowledge.json"  # a knowledge run's vocabularies
 KGE_DIR = "kge"  # in a knowledge run's directory: the KG embeddings it was trained with (kge.py's files)
 KB_FILE = "kb.csv"  # the knowledge base a run was trained with (h, r, t), in its run directory
+KB_OPTION_HELP = ("a knowledge base CSV (h, r, t) instead of the one the run was trained with (its kb.csv), for runs "
+                  "with --kb_constrained or --answer_from_kb: facts edited or added there change the answers without "
+                  "training again")  # --kb of the scripts that answer with a trained run
 
 
 def has_vocab(mode):
@@ -101,8 +107,6 @@ class KnowledgeVocab:
 def read_kb(path):
     """The distinct triples of a knowledge-base CSV with columns h, r, t (BOK-VQA's all_triple.csv, the sample's
     triples.csv), in file order."""
-    import kge  # the triples reader with its checks
-
     triples, _ = kge.read_triples_csv(path)
     return list(dict.fromkeys(triples))
 
@@ -113,10 +117,6 @@ def training_kb(df):
 
 
 def write_kb(path, triples):
-    import pandas as pd
-
-    import util
-
     util.write_csv(path, pd.DataFrame(triples, columns=["h", "r", "t"]))
 
 
@@ -124,9 +124,6 @@ def load_run_knowledge(run_dir, config):
     """(vocabularies, KB triples or None, KG embeddings or None) of a knowledge run, from its knowledge.json, kb.csv
     (for --kb_constrained and --answer_from_kb) and kge/ (the KG embeddings it was trained with);
     (None, None, None) for a run without knowledge."""
-    import kge
-    import util
-
     if not has_vocab(config.get("knowledge", "none")):
         return None, None, None
     path = os.path.join(run_dir, VOCAB_FILE)
@@ -149,9 +146,6 @@ def load_run_knowledge(run_dir, config):
 
 def save_run_kge(run_dir, kge_dir):
     """A copy of the KG embeddings (kge.py's files) in the run directory, which then needs no --kge_dir to be used."""
-    import kge
-    import util
-
     os.makedirs(os.path.join(run_dir, KGE_DIR), exist_ok=True)
     for name in kge.OUTPUT_FILES:
         with open(os.path.join(kge_dir, name), "rb") as f:
@@ -188,11 +182,14 @@ class KnowledgeCodes(nn.Module):
 
     def build_tables(self, vocab, embeddings, kb=None):
         """Each slot's rows for the vocabulary's names (attach); returns the names left without a row."""
-        lacking = []
+        lacking, linked = [], {}
+        for h, _, t in kb or ():  # each entity's KB neighbours, for the names the KG embeddings lack
+            linked.setdefault(h, []).append(t)
+            linked.setdefault(t, []).append(h)
         for slot, names in zip(self.SLOTS, vocab.parts):
             matrix, row_of = (embeddings.relation, embeddings.relation_to_id) if slot == "relation" else \
                 (embeddings.entity, embeddings.entity_to_id)
-            rows = [self.row(name, matrix, row_of, kb if slot != "relation" else None) for name in names]
+            rows = [self.row(name, matrix, row_of, linked if slot != "relation" else {}) for name in names]
             missing = torch.tensor([r is None for r in rows], dtype=torch.bool)
             table = torch.stack([r if r is not None else torch.zeros(matrix.shape[1]) for r in rows])
             if self.centre_and_normalise:
@@ -204,13 +201,13 @@ class KnowledgeCodes(nn.Module):
         return lacking
 
     @staticmethod
-    def row(name, matrix, row_of, kb):
-        """A name's row; for an entity the KG embeddings lack, the mean row of the entities the KB links it to."""
+    def row(name, matrix, row_of, linked):
+        """A name's row; for an entity the KG embeddings lack, the mean row of the entities the KB links it to
+        (linked: each entity's KB neighbours)."""
         if name in row_of:
             return matrix[row_of[name]].float()
-        linked = [row_of[other] for h, _, t in kb or () for other in ((t,) if h == name else (h,) if t == name else ())
-                  if other in row_of]
-        return matrix[linked].float().mean(0) if linked else None
+        rows = [row_of[other] for other in linked.get(name, ()) if other in row_of]
+        return matrix[rows].float().mean(0) if rows else None
 
     def forward(self, triples):
         """(code [B, width] averaged over a row's triples, present [B]: whether the row has a triple) of triples
@@ -391,7 +388,7 @@ def attach(model, vocab, tokenizer, max_token, kb_triples=None, embeddings=None)
     if kb_triples is not None:
         vocab = vocab.extended(*zip(*kb_triples))
     if embeddings is not None:
-        entities = embeddings.entity_names()
+        entities = embeddings.entity_names
         vocab = vocab.extended(entities, sorted(embeddings.relation_to_id, key=embeddings.relation_to_id.get), entities)
     model.vocab, model.kge = vocab, embeddings
     if kb_triples is not None:
@@ -410,6 +407,9 @@ class KnowledgeBase(nn.Module):
         ids = torch.tensor([vocab.triple_ids(t) for t in kb_triples], dtype=torch.long).reshape(-1, 3)
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("pair", torch.unique(ids[:, :2], dim=0, return_inverse=True)[1], persistent=False)
+        self.tails = {}  # (head id, relation id) -> the KB's tail ids of that pair
+        for h, r, t in ids.tolist():
+            self.tails.setdefault((h, r), []).append(t)
 
     def tail_given_pair(self, tail_logp):
         """[B, K] log p(t | h, r, KB): the tail's log probability ([B, n_tails]) normalised over the KB's tails of its
@@ -472,9 +472,7 @@ def copy_candidates(model, out, df):
     vocab, triples = model.vocab, out["triple"].tolist()
     if model.kb is None or model.kb_constrained:
         return [(vocab.parts[0][h], vocab.parts[2][t], False) if h >= 0 else None for h, _, t in triples]
-    tails = {}
-    for h, r, t in model.kb.ids.tolist():
-        tails.setdefault((h, r), []).append(t)
+    tails = model.kb.tails
     tail_logp = log_probs(out, vocab)[2]
     rows = []
     for row, (h, r, t) in enumerate(triples):
@@ -497,7 +495,7 @@ def link_prediction(embeddings, head, relation):
     h = embeddings.entity_to_id[head]
     scores = embeddings.tail_scores(torch.tensor([h]), torch.tensor([embeddings.relation_to_id[relation]]))[0]
     scores[h] = -math.inf
-    return embeddings.entity_names()[int(scores.argmax())]
+    return embeddings.entity_names[int(scores.argmax())]
 
 
 class AnswerChooser:
