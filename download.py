@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 import util
-from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataError, derive_columns, format_triples,
-                         make_split, normalize_text, read_csv, validate)
+from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataError, count_values, derive_columns,
+                         format_triples, make_split, normalize_text, read_csv, validate)
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
 ARCHIVE_BYTES = 12.97e9  # as the original README gives it; no checksum was published
@@ -372,7 +372,7 @@ def fill_missing_split(data):
         split = np.where(split == "test", "valid", split)
     data.loc[missing, "split"] = split
     print(f"{int(missing.sum())} rows from files without a fold were split by image: "
-          f"{pd.Series(split).value_counts().to_dict()}")
+          f"{count_values(split)}")
     return data
 
 
@@ -462,8 +462,8 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in {out_dir}/skipped_rows.csv")
         for source, row, problem in skipped[["source", "row", "problem"]].head(20).itertuples(index=False):
             print(f"  {source} row {row}: {problem}")
-    counts = data["split"].replace("", "(seeded split)").value_counts().to_dict()
-    print(f"wrote {len(data)} rows to {out_dir}/data.csv ({counts}; languages {data['lang'].value_counts().to_dict()}) "
+    counts = count_values(data["split"].replace("", "(seeded split)"))
+    print(f"wrote {len(data)} rows to {out_dir}/data.csv ({counts}; languages {count_values(data['lang'])}) "
           f"and {data['image'].nunique()} images to {out_dir}/image/")
     if "test" not in counts and (data["split"] != "").any():
         print("note: no --test_csv was given, so the data has no test split; inference.py --split valid evaluates "

@@ -58,7 +58,7 @@ def main():
         if len(df) == 0:
             sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
                      f"(train_data {config['train_data']}) in {data_dir}/data.csv.")
-        images = ImageCache(data_dir, df["image"], config["img_size"])
+        images = ImageCache(data_dir, df["image"], config["img_size"], user=run_dir)
     except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if len(skipped):

@@ -8,6 +8,7 @@ import argparse
 import os
 import random
 import sys
+import unicodedata
 
 import knowledge as kn
 import util
@@ -77,7 +78,7 @@ def main():
               + (f"  (gold: {triple})" if triple else ""))
     for rank, (text, prob) in enumerate(top, 1):
         source = top.sources[rank - 1] if top.sources else "vocabulary"
-        print(f"  {rank}. {text:<20} {100 * prob:6.2f}%" + ("" if source == "vocabulary" else f"  (copied: {source})"))
+        print(f"  {rank}. {pad(text, 20)} {100 * prob:6.2f}%" + ("" if source == "vocabulary" else f"  (copied: {source})"))
     if args.save_png:
         import plots  # matplotlib only when asked
 
@@ -87,6 +88,13 @@ def main():
         except (OSError, util.CheckpointError) as e:
             sys.exit(f"error: {e}")
         print(f"wrote {args.save_png}")
+
+
+def pad(text, width):
+    """text padded with spaces to width terminal columns: Hangul and other wide characters take two, combining marks
+    none (so that Korean and English answers line up)."""
+    columns = sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, width - columns)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def train(args):
            f"image {args.image_model} at {args.img_size}px, transformer layer "
            f"{'on' if args.use_transformer_layer else 'off'}, device {rt.device} x{rt.world_size}"
            f"{f' (torch.distributed, {dist.get_backend()})' if util.distributed() else ''}, precision {rt.precision}")
-    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab)
+    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab, run_dir)
     optimizer = build_optimizer(model, args, rt.device)
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
@@ -138,12 +138,13 @@ def load_training_data(args, rt):
     return Data(df, train_df, valid_df, skipped, answers)
 
 
-def make_loaders(args, rt, data, tokenizer, vocab=None):
+def make_loaders(args, rt, data, tokenizer, vocab=None, run_dir=None):
     names = pd.concat([data.train["image"], data.valid["image"]])
     if args.image_cache:
         with util.main_process_first():  # rank 0 decodes the images once; the others then map its file
             images = ImageCache(args.data_dir, names, args.img_size, progress=rt.is_main,
-                                num_workers=max(args.num_workers, os.cpu_count() or 1))
+                                num_workers=max(args.num_workers, os.cpu_count() or 1),
+                                user=run_dir if rt.is_main else None)
     else:
         images = ImageFiles(args.data_dir, names, args.img_size)
     answer_to_id = {a: i for i, a in enumerate(data.answers)}

@@ -409,6 +409,12 @@ def load_data(data_dir, skip_bad=False, progress=True, run_dir=None):
     return df, skipped
 
 
+def count_values(values):
+    """{value: count}, most frequent first, with plain ints, so that a message prints {'train': 10240} rather than
+    numpy's {'train': np.int64(10240)}."""
+    return {key: int(n) for key, n in pd.Series(values).value_counts().items()}
+
+
 def cache_dir(data_dir):
     """Where the files derived from a data set go (image caches, the image check, a generated split): data_dir/cache,
     or, where data_dir cannot be written (a read-only or shared copy), a folder of its own in the user's cache
@@ -584,7 +590,7 @@ def _load_or_make_split(data_dir, df):
     outputs = util.OutputFolder(folder, option="--data_dir")
     if not os.path.isfile(path):
         split = make_split(df)
-        print(f"made a seeded split by image {pd.Series(split).value_counts().to_dict()} and wrote it to {path}")
+        print(f"made a seeded split by image {count_values(split)} and wrote it to {path}")
     elif outputs.ours(SPLIT_FILE):
         split = extend_split(df, split, gone, path)
     else:
@@ -608,7 +614,7 @@ def extend_split(df, split, gone, path):
         split[fresh] = make_split(df[fresh].reset_index(drop=True))
     print(f"{path}: {new.sum()} rows of data.csv are new since the split was made; {new.sum() - fresh.sum()} of them, "
           f"on images it holds, join their image's split, and {fresh.sum()} on new images are split by image "
-          f"{pd.Series(split[fresh]).value_counts().to_dict()}; {len(gone)} of its rows are no longer in data.csv. "
+          f"{count_values(split[fresh])}; {len(gone)} of its rows are no longer in data.csv. "
           f"Every other row keeps its split.")
     return split
 
@@ -635,7 +641,7 @@ def apply_run_split(df, run_dir, data_dir):
     if not kept.all():
         notes.append(f"{(~kept).sum()} rows of data.csv are not in it (added since) and are left out")
     if gone:
-        notes.append(f"{len(gone)} of its rows are no longer in data.csv {pd.Series(gone).value_counts().to_dict()}")
+        notes.append(f"{len(gone)} of its rows are no longer in data.csv {count_values(gone)}")
     if moved:
         notes.append(f"{moved} rows keep the run's split where data.csv's split column now says another")
     if notes:
@@ -713,21 +719,50 @@ CACHE_FORMAT = "rgb-v2"  # v2: EXIF orientation, transparency and 16-bit grey ap
 
 
 def report_other_caches(folder, current):
-    """Says how much room the other image caches of a data folder take (other image lists, sizes or older formats),
-    and removes unfinished ones of processes that are gone."""
-    others, size = [], 0
+    """Says how much room the image caches of a data folder take that no run uses (other image lists, sizes or older
+    formats; a cache is in use while a run directory that registered it exists), and removes unfinished ones of
+    processes that are gone."""
+    unused, size = [], 0
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if name.startswith("images_") and path != current:
-            if name.endswith(".tmp") and not _writer_alive(name):
+        if not name.startswith("images_") or path == current or name.endswith(CACHE_USERS):
+            continue
+        if name.endswith(".tmp"):
+            if not _writer_alive(name):
                 os.remove(path)
-                continue
-            others.append(name)
+            continue
+        if not cache_users(path):
+            unused.append(name)
             size += os.path.getsize(path)
-    if others:
-        print(f"note: {folder} also holds {len(others)} other image cache(s), {size / 2**30:.2f} GiB, of other image "
-              f"lists, sizes or an older format; delete the ones no run needs any more (rm {folder}/images_*.npy "
-              f"removes them all: they are rebuilt when needed)")
+    if unused:
+        print(f"note: {folder} also holds {len(unused)} image cache(s) that no run uses, {size / 2**30:.2f} GiB, of "
+              f"other image lists, sizes or an older format: {', '.join(unused)}; delete them if no other work needs "
+              f"them (they are rebuilt when needed)")
+
+
+CACHE_USERS = ".users"  # next to a cache: the run directories that read it, one per line
+
+
+def cache_users(path):
+    """The run directories, still there, that registered the cache at path."""
+    try:
+        with open(path + CACHE_USERS, encoding="utf-8") as f:
+            return [line for line in f.read().splitlines() if os.path.isfile(os.path.join(line, util.CONFIG_FILE))]
+    except OSError:
+        return []
+
+
+def register_cache_user(path, run_dir):
+    """Notes that the run in run_dir reads the cache at path (a line appended, so concurrent runs don't collide)."""
+    run_dir = os.path.abspath(run_dir)
+    try:
+        with open(path + CACHE_USERS, encoding="utf-8") as f:
+            if run_dir in f.read().splitlines():
+                return
+    except OSError:
+        pass
+    with open(path + CACHE_USERS, "a", encoding="utf-8") as f:
+        f.write(run_dir + "\n")
 
 
 def _writer_alive(tmp_name):
@@ -760,9 +795,10 @@ class ImageCache(ImageFiles):
     """Every image of a data set decoded and resized once into a uint8 array on disk, memory-mapped.
 
     Reused across epochs, scripts and runs; rebuilt when the list of images, their sizes or modification
-    times, or the image size change (the key is in the file name)."""
+    times, or the image size change (the key is in the file name). user: the run directory that reads it (registered,
+    so that the cache is not reported as one no run needs)."""
 
-    def __init__(self, data_dir, names, img_size, num_workers=8, progress=True):
+    def __init__(self, data_dir, names, img_size, num_workers=8, progress=True, user=None):
         super().__init__(data_dir, names, img_size)
         key = hashlib.sha1(f"{img_size} {CACHE_FORMAT}".encode())
         for name, path in zip(self.names, self.paths):
@@ -775,10 +811,14 @@ class ImageCache(ImageFiles):
         folder = cache_dir(data_dir)
         self.path = os.path.join(folder, f"images_{img_size}px_{key.hexdigest()[:16]}.npy")
         self.shape = (len(self.names), img_size, img_size, 3)
-        if not os.path.isfile(self.path):
+        built = not os.path.isfile(self.path)
+        if built:
             self._build(num_workers, progress)
-            if progress:
-                report_other_caches(folder, self.path)
+        if user is not None:
+            register_cache_user(self.path, user)
+        if built and progress:
+            report_other_caches(folder, self.path)
+
         self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
 
     def _build(self, num_workers, progress):

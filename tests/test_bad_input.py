@@ -18,7 +18,8 @@ import main
 import util
 import vqa_dataset
 from conftest import ROOT, TINY_TRAIN, run_main, run_script
-from vqa_dataset import DataError, ImageCache, check_image, load_data, load_image, read_data, to_rgb, validate
+from vqa_dataset import (DataError, ImageCache, cache_users, check_image, load_data, load_image, read_data,
+                         register_cache_user, to_rgb, validate)
 
 
 def jpeg(path, colour=(200, 30, 30), size=(32, 24), **save):
@@ -301,16 +302,32 @@ def test_a_failed_cache_build_names_the_file_and_leaves_no_temporary_file(tmp_pa
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("images_")]
 
 
-def test_other_caches_are_reported_with_their_size_and_dead_temporary_files_removed(tmp_path, capsys):
+def test_caches_no_run_uses_are_reported_with_their_size_and_dead_temporary_files_removed(tmp_path, capsys):
     (tmp_path / "image").mkdir()
     jpeg(tmp_path / "image" / "a.jpg")
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "images_64px_0123456789abcdef.npy").write_bytes(b"\0" * 3_000_000)
-    dead = tmp_path / "cache" / "images_32px_fedcba9876543210.npy.999999.tmp"  # a pid no process has
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    unused = cache / "images_64px_0123456789abcdef.npy"
+    unused.write_bytes(b"\0" * 3_000_000)
+    run, gone = tmp_path / "results" / "all_0101_0000", tmp_path / "results" / "all_0101_0001"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    in_use = cache / "images_224px_1111111111111111.npy"  # as a training run leaves it before its inference
+    in_use.write_bytes(b"\0" * 1000)
+    register_cache_user(str(in_use), run)
+    orphan = cache / "images_128px_2222222222222222.npy"  # its run was deleted
+    orphan.write_bytes(b"\0" * 1000)
+    register_cache_user(str(orphan), gone)
+    dead = cache / "images_32px_fedcba9876543210.npy.999999.tmp"  # a pid no process has
     dead.write_bytes(b"\0" * 1000)
-    ImageCache(tmp_path, ["a.jpg"], 32)
+    ImageCache(tmp_path, ["a.jpg"], 32, user=run)
     out = capsys.readouterr().out
-    assert "also holds 1 other image cache(s), 0.00 GiB" in out and not dead.exists()
+    assert "also holds 2 image cache(s) that no run uses, 0.00 GiB" in out and not dead.exists()
+    assert unused.name in out and orphan.name in out and in_use.name not in out
+    current = next(cache.glob("images_32px_*.npy"))
+    assert cache_users(str(current)) == [str(run)]  # registered once, however often it is read
+    ImageCache(tmp_path, ["a.jpg"], 32, user=run)
+    assert (cache / (current.name + ".users")).read_text().splitlines() == [str(run)]
 
 
 def test_a_decompression_bomb_is_a_clear_error(tmp_path, trained_run):

@@ -32,6 +32,7 @@ def test_torchrun_two_processes(fresh_data, tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (fresh_data / SPLIT_FILE).is_file() and result.stdout.count("made a seeded split") == 1
+    assert "made a seeded split by image {'train': " in result.stdout and "np.int64" not in result.stdout
     assert not list(fresh_data.rglob("*.tmp"))
     runs = list(results.iterdir())
     assert len(runs) == 1  # one run directory, written by rank 0 only

@@ -82,7 +82,7 @@ def test_unknown_header_lists_the_formats(tmp_path):
         assert name in str(error.value) and ", ".join(required) in str(error.value)
 
 
-def test_bok_vqa_import_ko_en_and_test(tmp_path):
+def test_bok_vqa_import_ko_en_and_test(tmp_path, capsys):
     header = ",img_name,question,h,r,t,answer,fold\n"
     (tmp_path / "ko.csv").write_text(header + "0,a.jpg,이미지 속 동물은?,Cat,class,Mammal,mammal,1.0\n"
                                      "1,b.jpg,이미지 속 꽃은?,Rose,family,Rosaceae,rosaceae,3.0\n", encoding="utf-8")
@@ -93,6 +93,8 @@ def test_bok_vqa_import_ko_en_and_test(tmp_path):
     placeholder_images(tmp_path / "img", ["a.jpg", "b.jpg", "c.jpg"])
     download.import_csv([str(tmp_path / "ko.csv"), str(tmp_path / "en.csv")], [str(tmp_path / "test.csv")],
                         str(tmp_path / "img"), str(tmp_path / "out"))
+    # the counts print as a person reads them, not as numpy reprs (np.int64(2))
+    assert "({'valid': 2, 'train': 2, 'test': 1}; languages {'ko': 3, 'en': 2})" in capsys.readouterr().out
     df = read_data(tmp_path / "out")
     assert df["split"].tolist() == ["valid", "train", "valid", "train", "test"]
     assert df["lang"].tolist() == ["ko", "ko", "en", "en", "ko"]

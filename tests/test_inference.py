@@ -1,6 +1,7 @@
 """inference.py and inference_each.py run as a user would run them, on a tiny trained run."""
 import json
 import shutil
+import unicodedata
 
 import pandas as pd
 from PIL import Image
@@ -75,6 +76,10 @@ def test_inference_each_on_a_test_sample(trained_run, sample_dir):
     assert len(shown) == 5
     probabilities = [float(line.rsplit(None, 1)[-1].rstrip("%")) for line in shown]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 100.01
+    # the probabilities line up in a terminal: Hangul takes two columns
+    assert any(unicodedata.east_asian_width(c) == "W" for line in shown for c in line)
+    columns = {sum(2 if unicodedata.east_asian_width(c) == "W" else 1 for c in line) for line in shown}
+    assert len(columns) == 1, shown
 
 
 def test_inference_each_on_an_image_and_question(trained_run, sample_dir):
