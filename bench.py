@@ -270,7 +270,7 @@ def run():
         try:
             generate_data(data_dir, n_images, args.questions_per_image, args.width, args.height, args.seed)
         except util.CheckpointError as e:  # a user's file where the data would go
-            raise SystemExit(f"error: {e}")
+            raise SystemExit(f"error: {e}") from None
     df = select_rows(read_data(data_dir), "train")
     answer_to_id = {a: i for i, a in enumerate(build_answer_vocab(df))}
     tokenizer = train_tokenizer(list(df["question"]))
@@ -357,7 +357,8 @@ def run():
         return f"peak GPU memory {gib:.1f} GiB" if gib is not None else "peak GPU memory n/a (CPU)"
 
     if args.profile:
-        print(f"top operators of 5 fast-path steps on one batch (torch.profiler):\n{profile_table(step, batch, device)}")
+        print(f"top operators of 5 fast-path steps on one batch (torch.profiler):\n"
+              f"{profile_table(step, batch, device)}")
     print(f"(a) original-style: {original:9.1f} samples/s | {mem(original_mem)} | waiting for data "
           f"{100 * original_wait:.0f}% | JPEG decode + resize per item in workers, padded to {args.max_token}, fp32")
     print(f"(b) fast path:      {fast:9.1f} samples/s | {mem(fast_mem)} | waiting for data {100 * fast_wait:.0f}% | "

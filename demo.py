@@ -90,7 +90,8 @@ def main():
     p.add_argument("--model_path", default=None, help="run directory or its .safetensors weights (default: newest run)")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on; 127.0.0.1 keeps the demo on this machine, 0.0.0.0 opens it to the network")
+                   help="address to listen on; 127.0.0.1 keeps the demo on this machine, "
+                        "0.0.0.0 opens it to the network")
     p.add_argument("--port", type=util.at_least(1), default=7860, help="port to listen on")
     p.add_argument("--data_dir", default=None, help="data directory for the test samples (default: the run's)")
     p.add_argument("--n_samples", type=util.at_least(0), default=100, help="test samples offered in the picker")

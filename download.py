@@ -36,7 +36,8 @@ UNPACKED_MARKER = ".unpacked"
 MANUAL_INSTRUCTIONS = f"""
 이미지를 자동으로 받을 수 없습니다. g-drive에서 `image.zip` 파일을 직접 다운로드 하셔야 합니다 (12.97GB):
   https://drive.google.com/file/d/{GDRIVE_FILE_ID}/view?usp=sharing
-받은 뒤 `python download.py --zip 경로/image.zip` 로 `data/image/` 에 풀거나, `image` 디렉토리를 `VQA_NIA/data/` 아래에 두세요.
+받은 뒤 `python download.py --zip 경로/image.zip` 로 `data/image/` 에 풀거나,
+`image` 디렉토리를 `VQA_NIA/data/` 아래에 두세요.
 
 The images could not be downloaded automatically. Download `image.zip` (12.97 GB) by hand from the link above,
 then run `python download.py --zip PATH/image.zip` to unpack it into data/image/ (or put the `image`
@@ -340,8 +341,10 @@ def link_images(names, image_dir, outputs):
     if os.path.samefile(image_dir, out_image_dir):
         return
     adopt_legacy_links(outputs)
-    links = {name: (os.path.abspath(os.path.join(image_dir, name)), os.path.join(out_image_dir, name)) for name in names}
-    todo = [name for name, (target, link) in links.items() if not (os.path.islink(link) and os.readlink(link) == target)]
+    links = {name: (os.path.abspath(os.path.join(image_dir, name)), os.path.join(out_image_dir, name))
+             for name in names}
+    todo = [name for name, (target, link) in links.items()
+            if not (os.path.islink(link) and os.readlink(link) == target)]
     outputs.check(["image/" + name for name in todo])
     for name in todo:
         target, link = links[name]
@@ -358,7 +361,8 @@ def adopt_legacy_links(outputs):
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             names = ["image/" + name for name in f.read().splitlines()]
-        outputs.record([n for n in names if n not in outputs.written and os.path.islink(os.path.join(outputs.folder, n))])
+        outputs.record([n for n in names
+                        if n not in outputs.written and os.path.islink(os.path.join(outputs.folder, n))])
 
 
 def fill_missing_split(data):
@@ -391,7 +395,8 @@ def cross_file_faults(data):
                                         suffixes=("", "_held"))
     leak = (held["rank"] < held["rank_held"]).values
     problems = np.where(leak, "the same image and question is in the " + held["split"] + " split too, " +
-                        held["source"] + " row " + held["row"].astype(str) + " (a held-out question seen in training)", "")
+                        held["source"] + " row " + held["row"].astype(str) +
+                        " (a held-out question seen in training)", "")
     copy = ["image", "question", "answer", "split"]
     first = data[copy].merge(data.drop_duplicates(copy)[copy + ["source", "row"]], "left", copy)
     repeat = (first["source"].values != data["source"].values) & ~leak
@@ -477,7 +482,8 @@ def main():
     p.add_argument("--zip", default=None, help="unpack an image archive downloaded by hand")
     p.add_argument("--sample", action="store_true", help="generate the synthetic sample data set")
     p.add_argument("--lang", default="ko", choices=["ko", "en"], help="sample: language of the questions")
-    p.add_argument("--n_images", type=util.at_least(1), default=3200, help="sample: number of images (4 questions each)")
+    p.add_argument("--n_images", type=util.at_least(1), default=3200,
+                   help="sample: number of images (4 questions each)")
     p.add_argument("--seed", type=int, default=0, help="sample: random seed")
     p.add_argument("--held_out_facts", action=argparse.BooleanOptionalAction, default=True,
                    help="sample: gem facts in the knowledge base that only test questions ask, with answers no "

@@ -82,7 +82,8 @@ def main():
         summary["unseen_triples"] = dataset.unseen()
     if "answered_from" in df:
         summary["answered_from"] = report.path_table(df)
-    summary.update(report.seen_table(df, select_rows(data, "train", config["train_data"], lang=config.get("lang", "bi"))))
+    summary.update(report.seen_table(df, select_rows(data, "train", config["train_data"],
+                                                     lang=config.get("lang", "bi"))))
     df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{args.infer_data}.csv"), index=False)
     util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), summary)
     image = report.add_test_section(run_dir, summary, df)
@@ -99,7 +100,8 @@ def main():
         print(f"{name:<10}{100 * row['accuracy']:>9.2f}%{row['n']:>8}")
     if "triple_accuracy" in summary:
         print(f"predicted triple on the rows with a gold triple ({summary['unseen_triples']} of them hold a "
-              f"part outside the train and valid triples):\n{'type':<10}{'head':>8}{'rel.':>8}{'tail':>8}{'triple':>8}{'n':>8}")
+              f"part outside the train and valid triples):\n"
+              f"{'type':<10}{'head':>8}{'rel.':>8}{'tail':>8}{'triple':>8}{'n':>8}")
         for name, row in summary["triple_accuracy"].items():
             print(f"{name:<10}" + "".join(f"{100 * row[k]:>7.1f}%" for k in ("h", "r", "t", "hrt")) + f"{row['n']:>8}")
     for group in ("unseen", "seen"):

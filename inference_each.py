@@ -21,7 +21,8 @@ def main():
     p.add_argument("--model_path", default=None, help="run directory or its .safetensors weights (default: newest run)")
     p.add_argument("--image", default=None, help="image file (with --question)")
     p.add_argument("--question", default=None, help="question text (with --image)")
-    p.add_argument("--index", type=util.at_least(0), default=None, help="row of the test split to answer (default: random)")
+    p.add_argument("--index", type=util.at_least(0), default=None,
+                   help="row of the test split to answer (default: random)")
     p.add_argument("--data_dir", default=None, help="data directory for --index (default: the run's)")
     p.add_argument("--seed", type=int, default=None, help="seed for picking the random test sample")
     p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
@@ -29,8 +30,8 @@ def main():
     p.add_argument("--kb", default=None, help=kn.KB_OPTION_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--triple", default="",
-                   help="with --image and --question, for runs with --knowledge text or ideal: the question's knowledge "
-                        "triple, head|relation|tail (a test sample's own is used with --index)")
+                   help="with --image and --question, for runs with --knowledge text or ideal: the question's "
+                        "knowledge triple, head|relation|tail (a test sample's own is used with --index)")
     p.add_argument("--abstract", default="",
                    help="with --image and --question, for runs with --knowledge text: the question's knowledge text")
     p.add_argument("--save_png", default=None, metavar="OUT.png",
@@ -65,7 +66,8 @@ def main():
         if n_tokens > config["max_token"]:
             print(f"note: the question has {n_tokens} tokens; the model reads its first {config['max_token']} "
                   f"(--max_token of the run)")
-    except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError, OSError) as e:
+    except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError,
+            OSError) as e:
         sys.exit(f"error: {e}")
     print(f"image:    {image_path}")
     print(f"question: {question}")
@@ -78,7 +80,8 @@ def main():
               + (f"  (gold: {triple})" if triple else ""))
     for rank, (text, prob) in enumerate(top, 1):
         source = top.sources[rank - 1] if top.sources else "vocabulary"
-        print(f"  {rank}. {pad(text, 20)} {100 * prob:6.2f}%" + ("" if source == "vocabulary" else f"  (copied: {source})"))
+        print(f"  {rank}. {pad(text, 20)} {100 * prob:6.2f}%"
+              + ("" if source == "vocabulary" else f"  (copied: {source})"))
     if args.save_png:
         import plots  # matplotlib only when asked
 

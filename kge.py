@@ -199,7 +199,8 @@ def train(triples, args, device):
     # Relations ending in "_inverse" would otherwise be dropped silently as PyKEEN's own inverse triples.
     factory = TriplesFactory.from_labeled_triples(np.array(triples, dtype=str),
                                                   filter_out_candidate_inverse_relations=False)
-    train_part, held_out = split_triples(factory, args.eval_fraction, args.seed) if args.eval_fraction else (factory, None)
+    train_part, held_out = (split_triples(factory, args.eval_fraction, args.seed) if args.eval_fraction
+                            else (factory, None))
     print(f"{factory.num_triples} triples, {factory.num_entities} entities, {factory.num_relations} relations; "
           f"training on {train_part.num_triples}" + (f", holding out {held_out.num_triples}" if held_out else ""))
     set_random_seed(args.seed)
@@ -306,7 +307,8 @@ class KGE:
         interaction class, no pickle)."""
         entity, relation = self.entity, self.relation
         if self.settings.get("complex"):  # stored as the real view: re and im interleaved
-            entity, relation = (torch.view_as_complex(x.reshape(len(x), -1, 2).contiguous()) for x in (entity, relation))
+            entity, relation = (torch.view_as_complex(x.reshape(len(x), -1, 2).contiguous())
+                                for x in (entity, relation))
         with torch.no_grad():
             return self.scoring(entity[heads][:, None], relation[relations][:, None], entity[None])
 

@@ -9,6 +9,7 @@ import os
 import sys
 
 import knowledge as kn
+import tracking
 import util
 from util import at_least, in_range, positive
 
@@ -67,6 +68,9 @@ def build_parser(suppress_defaults=False):
         help="continue this run in its directory with its saved options, from its last checkpoint "
              "(only --device, --num_workers, --precision, --image_cache and --compile may be given with it)")
     add("--results_dir", default="results", help="run directories go to <results_dir>/<train_data>_<MMDD_HHMM>/")
+    add("--report_to", default="none", choices=tracking.REPORT_TO,
+        help="also log the curves (per step: train loss, lr; per epoch: losses, accuracies, per type, triple) to "
+             "TensorBoard (RUN/tb/) or wandb (offline without a network); rank 0 only; --resume continues them")
     add("--seed", type=at_least(0), default=42, help="random seed")
     add("--device", default="auto",
         help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...; under torchrun every CUDA choice means "
@@ -209,6 +213,7 @@ def main(argv=None):
 
     try:
         util.ensure_writable_dir(args.resume or args.results_dir, "--resume" if args.resume else "--results_dir")
+        tracking.check_installed(args.report_to)
         return train.train(args)
     except (OfflineError, DataError, util.CheckpointError, util.UsageError) as e:
         sys.exit(f"error: {e}")

@@ -19,7 +19,8 @@ import util
 import knowledge as kn
 from vqa_dataset import DataError, clean_text, encode_questions, load_image, parse_triples, to_model_input
 
-SCRATCH = "scratch"  # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
+# --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
+SCRATCH = "scratch"
 # VQAModel's options, as config.json names them
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 

@@ -33,7 +33,7 @@ def _has_hangul(path):
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def korean_font():
     """(family name, file) of a font that has Hangul, registered with matplotlib; None if there is none."""
     spec = importlib.util.find_spec("koreanize_matplotlib")

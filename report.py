@@ -71,7 +71,8 @@ def path_table(df):
 
 def data_statistics(df):
     """Rows per split and type (A/B) and category (vqa/triple/abstract), as a markdown table."""
-    counts = pd.concat([pd.crosstab(df["split"], df["question_type"]), pd.crosstab(df["split"], df["category"])], axis=1)
+    counts = pd.concat([pd.crosstab(df["split"], df["question_type"]), pd.crosstab(df["split"], df["category"])],
+                       axis=1)
     counts = counts.reindex(columns=[t for t in TYPES if t in counts.columns], fill_value=0)
     counts.insert(0, "rows", df["split"].value_counts())
     counts = counts.reindex([s for s in ("train", "valid", "test") if s in counts.index])
@@ -85,7 +86,8 @@ def markdown_table(rows, header):
 
 
 def type_rows(overall, n, by_type):
-    return [["all", f"{100 * overall:.2f}%", n]] + [[t, f"{100 * v['accuracy']:.2f}%", v["n"]] for t, v in by_type.items()]
+    return [["all", f"{100 * overall:.2f}%", n]] + [[t, f"{100 * v['accuracy']:.2f}%", v["n"]]
+                                                     for t, v in by_type.items()]
 
 
 def write_training_report(run_dir, config, data, answers, answer_counts, history, valid_by_type):
@@ -119,14 +121,17 @@ def add_test_section(run_dir, report, df):
     section = "\n\n".join([
         f"<!-- test:{infer_data} -->\n## Test ({report['split']} split, infer_data {infer_data})",
         f"Accuracy {100 * report['accuracy']:.2f}% on {report['n']} questions"
-        + (f"; {report['unknown_answers']} answers never seen in training count as wrong" if report["unknown_answers"] else "")
-        + ".\n\n" + markdown_table(type_rows(report["accuracy"], report["n"], report["by_type"]), ["type", "accuracy", "n"]),
+        + (f"; {report['unknown_answers']} answers never seen in training count as wrong"
+           if report["unknown_answers"] else "")
+        + ".\n\n" + markdown_table(type_rows(report["accuracy"], report["n"], report["by_type"]),
+                                   ["type", "accuracy", "n"]),
         f"![accuracy per type]({image})",
         *([seen_section(report["unseen"], report["seen"])] if "unseen" in report else []),
         *([triple_section(report["triple_accuracy"])] if "triple_accuracy" in report else []),
         *([path_section(report["answered_from"])] if "answered_from" in report else []),
         "Most frequent confusions:\n\n" + (markdown_table([[g, p, c] for (g, p), c in confusions.items()],
-                                                         ["gold", "predicted", "count"]) if len(confusions) else "none"),
+                                                         ["gold", "predicted", "count"])
+                                           if len(confusions) else "none"),
     ]) + "\n<!-- /test -->\n"
     path = os.path.join(run_dir, REPORT_FILE)
     text = re.sub(rf"<!-- test:{infer_data} -->.*?<!-- /test -->\n", "", _read(path), flags=re.S)
@@ -144,13 +149,15 @@ def seen_section(unseen, seen):
 
 
 def triple_section(accuracy):
-    rows = [[name, *[f"{100 * row[k]:.1f}%" for k in ("h", "r", "t", "hrt")], row["n"]] for name, row in accuracy.items()]
+    rows = [[name, *[f"{100 * row[k]:.1f}%" for k in ("h", "r", "t", "hrt")], row["n"]]
+            for name, row in accuracy.items()]
     return ("Predicted triple against the first gold triple, on the rows that have one:\n\n"
             + markdown_table(rows, ["type", "head", "relation", "tail", "triple", "n"]))
 
 
 def path_section(paths):
-    rows = [[path, f"{100 * row['share']:.1f}%", f"{100 * row['accuracy']:.1f}%", row["n"]] for path, row in paths.items()]
+    rows = [[path, f"{100 * row['share']:.1f}%", f"{100 * row['accuracy']:.1f}%", row["n"]]
+            for path, row in paths.items()]
     return ("Where the answers came from (--answer_from_kb): the answer vocabulary, or the name of the triple's head "
             "or tail:\n\n" + markdown_table(rows, ["path", "share", "accuracy", "n"]))
 
@@ -197,7 +204,8 @@ def compare(run_dirs):
         row.update({f"test_{t}": by_type[t]["accuracy"] if t in by_type else None for t in TEST_COLUMNS})
         triple = test.get("triple_accuracy", {}).get("all", {})
         row.update({f"test_triple_{k}": triple.get(k) for k in ("h", "r", "t", "hrt")})
-        row.update({f"test_unseen_{k}": test.get("unseen", {}).get(k, {}).get("accuracy") for k in ("triple", "answer")})
+        row.update({f"test_unseen_{k}": test.get("unseen", {}).get(k, {}).get("accuracy")
+                    for k in ("triple", "answer")})
         row["train_seconds"] = sum(r["seconds"] for r in history) if history else None
         table.append(row)
     return pd.DataFrame(table)
@@ -271,7 +279,7 @@ def main():
         outputs.write("comparison.md", (text + "\n").encode("utf-8"))
         outputs.write("comparison.csv", util.csv_bytes(table))
     except (FileNotFoundError, util.CheckpointError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     print(text)
     print(f"wrote {', '.join(os.path.join(args.out, name) for name in written)}")
 

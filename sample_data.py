@@ -83,7 +83,8 @@ RELATION_NAMES = {"fruit": ("대표 과일", "typical fruit"), "vertices": ("꼭
                   "gem": ("대표 보석", "typical gem"), "colour_of_gem": ("보석의 색", "colour of the gem"),
                   "symbol": ("상징", "symbolizes"), "object": ("대표 물건", "typical object"),
                   # the inverse facts: every entity of the knowledge base then occurs in two triples
-                  "colour_of_fruit": ("색", "colour"), "shape_with_vertices": ("꼭짓점 수가 같은 도형", "shape with that many vertices"),
+                  "colour_of_fruit": ("색", "colour"),
+                  "shape_with_vertices": ("꼭짓점 수가 같은 도형", "shape with that many vertices"),
                   "colour_of_symbol": ("상징하는 색", "colour symbolizing it"), "shape_of_object": ("모양", "shape")}
 
 QUESTION_TEMPLATES = {
@@ -197,13 +198,17 @@ def knowledge_base(lang, held_out_facts=True):
     names = {key: RELATION_NAMES[key][li] for key in RELATION_NAMES}
     facts = []
     for colour, fruit in FRUIT_OF_COLOUR.items():
-        facts += [(COLOURS[colour][k], names["fruit"], fruit[li]), (fruit[li], names["colour_of_fruit"], COLOURS[colour][k])]
+        facts += [(COLOURS[colour][k], names["fruit"], fruit[li]),
+                  (fruit[li], names["colour_of_fruit"], COLOURS[colour][k])]
     for shape, vertices in VERTICES_OF_SHAPE.items():
-        facts += [(SHAPES[shape][li], names["vertices"], vertices), (vertices, names["shape_with_vertices"], SHAPES[shape][li])]
+        facts += [(SHAPES[shape][li], names["vertices"], vertices),
+                  (vertices, names["shape_with_vertices"], SHAPES[shape][li])]
     for colour, symbol in SYMBOL_OF_COLOUR.items():
-        facts += [(COLOURS[colour][k], names["symbol"], symbol[li]), (symbol[li], names["colour_of_symbol"], COLOURS[colour][k])]
+        facts += [(COLOURS[colour][k], names["symbol"], symbol[li]),
+                  (symbol[li], names["colour_of_symbol"], COLOURS[colour][k])]
     for shape, thing in OBJECT_OF_SHAPE.items():
-        facts += [(SHAPES[shape][li], names["object"], thing[li]), (thing[li], names["shape_of_object"], SHAPES[shape][li])]
+        facts += [(SHAPES[shape][li], names["object"], thing[li]),
+                  (thing[li], names["shape_of_object"], SHAPES[shape][li])]
     for colour, gem in GEM_OF_COLOUR.items() if held_out_facts else ():
         facts += [(COLOURS[colour][k], names["gem"], gem[li]), (gem[li], names["colour_of_gem"], COLOURS[colour][k])]
     return facts
@@ -260,7 +265,8 @@ def generate(out_dir, n_images=3200, questions_per_image=4, lang="ko", seed=0, p
             rows.append({"image": os.path.basename(name), **row, "lang": lang, **({"split": split} if split else {})})
     outputs.record(names)
     columns = ["image", "question", "answer", "question_type", "triple", "abstract", "lang"]
-    outputs.write("data.csv", util.csv_bytes(pd.DataFrame(rows, columns=columns + (["split"] if held_out_facts else []))))
+    outputs.write("data.csv",
+                  util.csv_bytes(pd.DataFrame(rows, columns=columns + (["split"] if held_out_facts else []))))
     triples = pd.DataFrame(knowledge_base(lang, held_out_facts), columns=["h", "r", "t"])
     outputs.write("triples.csv", util.csv_bytes(triples))
     return len(rows)

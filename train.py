@@ -22,6 +22,7 @@ import kge
 import knowledge as kn
 import plots
 import report
+import tracking
 import util
 from focal import build_loss, triple_loss
 from model import (SCRATCH, attach_run_knowledge, build_model, forward, load_tokenizer, predict, run_config,
@@ -77,6 +78,7 @@ def train(args):
     optimizer = build_optimizer(model, args, rt.device)
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
+    tracker = open_tracker(args, rt, run_dir, config, state, epoch_steps(train_loader))
 
     stop = StopSignals(rt)
     wrapped, frozen = None, None
@@ -87,17 +89,18 @@ def train(args):
                 wrapped = wrap(model, rt, args.compile, frozen)
             start = time.time()
             signum = train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, epoch, args, rt, stop,
-                                     frozen)
+                                     frozen, tracker)
             if signum:
                 save_or_explain(run_dir, save_last, run_dir, model, optimizer, state, config, data.answers, rt)
                 util.barrier()  # a rank that exits first would make torchrun stop rank 0 mid-save
                 raise Interrupted(signum, run_dir)
             valid = validate(model, valid_loader, loss_fn, rt)
             save_or_explain(run_dir, end_epoch, epoch, valid, time.time() - start, state, run_dir, model, optimizer,
-                            config, data, valid_loader.dataset, rt)
+                            config, data, valid_loader.dataset, rt, tracker)
             signum = stop.requested()
             if signum and epoch < args.n_epoch:
                 raise Interrupted(signum, run_dir)
+    tracker.close()
     if rt.is_main:
         write_report(run_dir, config, data, state, args)
     if util.distributed():
@@ -308,6 +311,14 @@ def restore(checkpoint, optimizer, run_dir, rt, steps_per_epoch):
     return state
 
 
+def open_tracker(args, rt, run_dir, config, state, steps_per_epoch):
+    """--report_to's tracker, on rank 0 only; a resumed run continues from the steps its checkpoint holds."""
+    if not rt.is_main:
+        return tracking.NoTracker()
+    done = len(state["history"]) * steps_per_epoch + state["batch"]
+    return tracking.open_tracker(args.report_to, run_dir, config, done if args.resume else None)
+
+
 SUMS = ["loss_sum", "correct", "seen", "triples", "triple_hits"]  # an epoch's running sums (triples: rows with one)
 
 
@@ -394,7 +405,7 @@ def epoch_steps(loader):
     return math.ceil(loader.sampler.num_samples / loader.batch_size)
 
 
-def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen):
+def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen, tracker):
     """Trains from state["batch"] to the end of the epoch, adding to state["partial"]; returns the signal number if
     SIGTERM/SIGINT stopped it before the end (0 otherwise)."""
     model.train()
@@ -414,6 +425,7 @@ def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, ar
         state["batch"] += 1
         for key, value in sums.items():
             partial[key] += value
+        tracker.log(step + 1, {"train/loss": sums["loss_sum"] / sums["seen"], "train/lr": lr})
         bar.set_postfix(loss=f"{partial['loss_sum'] / partial['seen']:.4f}",
                         acc=f"{partial['correct'] / partial['seen']:.3f}",
                         **({"hrt": f"{partial['triple_hits'] / partial['triples']:.3f}"} if partial["triples"] else {}),
@@ -452,7 +464,7 @@ def best_weights_name(history):
     return f"infer_model_{100 * max(r['valid_acc'] for r in history):.2f}.safetensors"
 
 
-def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, data, valid_set, rt):
+def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, data, valid_set, rt, tracker):
     """Adds the epoch to the history, saves the best weights when it improved, history.json, curves.png and the
     checkpoint (every rank's part gathered to rank 0), and only then deletes the previous best weights."""
     loss_sum, correct, seen, triples, triple_hits = util.all_reduce_sum([state["partial"][k] for k in SUMS], rt.device)
@@ -462,12 +474,14 @@ def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, d
                              "train_samples": int(seen), "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
                              **({"train_hrt": triple_hits / max(triples, 1)} if valid["triple"] else {}),
                              **valid["triple"], "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+    steps = epoch * state["batch"]  # every epoch has as many steps
     state.update(batch=0, partial=zero_sums())
     if rt.is_main:
+        index, right = valid["rows"]
+        by_type = report.accuracy_table(valid_set.df.iloc[index.numpy()].assign(correct=right.numpy()))
+        tracker.log(steps, epoch_values(state["history"][-1], by_type))
         if improved:
-            index, right = valid["rows"]
-            rows = valid_set.df.iloc[index.numpy()].assign(correct=right.numpy())
-            state["valid_by_type"] = report.accuracy_table(rows)
+            state["valid_by_type"] = by_type
             util.save_weights(model, os.path.join(run_dir, best_weights_name(state["history"])), config, data.answers)
         util.write_json(os.path.join(run_dir, "history.json"), state["history"])
         plots.plot_curves(state["history"], os.path.join(run_dir, "curves.png"))
@@ -480,6 +494,15 @@ def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, d
     rt.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}{f' triple {triple}' if triple else ''}"
            f"{' (best, saved)' if improved else ''} | {row['seconds']:.1f}s")
+
+
+def epoch_values(row, by_type):
+    """An epoch's history row and its valid accuracy per question type and category, as tracker tags."""
+    values = {"train/epoch_loss": row["train_loss"], "train/acc": row["train_acc"], "valid/loss": row["valid_loss"],
+              "valid/acc": row["valid_acc"], **{f"valid/acc_{name}": v["accuracy"] for name, v in by_type.items()}}
+    values.update({f"{k[:5]}/triple_{k[6:]}": row[k] for k in ("train_hrt", "valid_h", "valid_r", "valid_t",
+                                                                   "valid_hrt") if k in row})
+    return values
 
 
 def save_last(run_dir, model, optimizer, state, config, answers, rt):
@@ -503,7 +526,8 @@ def save_or_explain(run_dir, save, *args):
 
 def write_report(run_dir, config, data, state, args):
     best = max(state["history"], key=lambda r: r["valid_acc"])
-    config.update(best_epoch=best["epoch"], best_valid_acc=best["valid_acc"], weights=best_weights_name(state["history"]))
+    config.update(best_epoch=best["epoch"], best_valid_acc=best["valid_acc"],
+                  weights=best_weights_name(state["history"]))
     util.write_json(os.path.join(run_dir, util.CONFIG_FILE), config)
     report.write_training_report(run_dir, config, select_rows(data.all_rows, None, args.train_data, lang=args.lang),
                                  data.answers, data.train["answer"].value_counts(), state["history"],

@@ -356,8 +356,9 @@ def name_difference(written, found):
     if written.casefold() == found.casefold():
         return "the same letters in another case"
     opcodes = difflib.SequenceMatcher(None, written, found, autojunk=False).get_opcodes()
-    return "; ".join(f"{code_points(written[i:j])} at character {i + 1} as written, {code_points(found[k:l])} on disk"
-                     for tag, i, j, k, l in opcodes if tag != "equal")
+    return "; ".join(f"{code_points(written[i1:i2])} at character {i1 + 1} as written, "
+                     f"{code_points(found[j1:j2])} on disk"
+                     for tag, i1, i2, j1, j2 in opcodes if tag != "equal")
 
 
 def lookalike(image_dir, name, listings):
@@ -513,7 +514,8 @@ def check_image(path):
                 return "is truncated (no JPEG end marker)"
             if kind == "PNG" and b"IEND" not in tail[-64:]:
                 return "is truncated (no PNG end chunk)"
-            im.draft("RGB", (64, 64))  # a JPEG decodes every block at 1/8 size: corruption shows, in a fraction of the time
+            # a JPEG decodes every block at 1/8 size: corruption shows, in a fraction of the time
+            im.draft("RGB", (64, 64))
             to_rgb(im)
     except ImageError as e:
         return str(e)
@@ -538,7 +540,8 @@ def make_split(df, seed=0, n_folds=SPLIT_FOLDS):
         strata = np.where(strata == "__rare__", pd.Series(strata[strata != "__rare__"]).mode()[0], strata)
     fold = np.zeros(len(df), dtype=int)
     if pd.unique(groups).size >= n_folds:
-        with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": as far as groups allow
+        # "the least populated class has fewer members than n_splits": as far as groups allow
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(groups, strata, groups)
             for k, (_, held_out) in enumerate(folds):

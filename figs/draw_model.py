@@ -30,9 +30,11 @@ Box = namedtuple("Box", "x y w h")
 
 
 def build(args, use_transformer_layer):
-    """VQAModel with main.py's defaults, on the meta device; one answer (the classifier's width is drawn as #answers)."""
+    """VQAModel with main.py's defaults, on the meta device; one answer (the classifier's width is drawn as
+    #answers)."""
     if args.text_model != "xlm-roberta-base":
-        sys.exit(f"error: main.py's default --text_model is now {args.text_model}; draw it from its config in {__file__}")
+        sys.exit(f"error: main.py's default --text_model is now {args.text_model}; "
+                 f"draw it from its config in {__file__}")
     args.use_transformer_layer = use_transformer_layer
     with torch.device("meta"):
         model = build_model(run_config(args, 1), xlmr_base_config())
@@ -103,7 +105,8 @@ def draw(model, fmap, args, path):
         pool = d.box(3, y, "masked mean over tokens", "text")
     else:
         pooler = text.pooler.dense
-        pool = d.box(3, y, f"pooler: Linear({pooler.in_features} → {pooler.out_features})\non <s>, without tanh", "text")
+        pool = d.box(3, y, f"pooler: Linear({pooler.in_features} → {pooler.out_features})\non <s>, without tanh",
+                     "text")
     d.arrow(t_enc, pool, "last_hidden_state")
     i_pool = d.box(9, y, f"mean over {grid_h} × {grid_w}", "image")
     d.arrow(i_enc, i_pool)
@@ -120,7 +123,8 @@ def draw(model, fmap, args, path):
         layer, type_embed = te.layers[0], m["type_embed"]
         y += 1.9
         # the token sequence in model.forward's order; the first output replaces fused
-        names = ["fused", "i_f\n(image)", "q_f\n(question)", f"image grid: {model.image_pos.shape[1]}\n(image_proj per cell\n+ image_pos)",
+        names = ["fused", "i_f\n(image)", "q_f\n(question)",
+                 f"image grid: {model.image_pos.shape[1]}\n(image_proj per cell\n+ image_pos)",
                  f"question tokens\n(≤ {args.max_token},\nlast_hidden_state)"]
         tokens = [d.box(1.3 + 2.35 * i, y, name, "fusion", w=2.15, h=1.15, size=8) for i, name in enumerate(names)]
         d.arrow(fused, tokens[0])

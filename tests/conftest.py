@@ -17,8 +17,8 @@ import sample_data  # noqa: E402
 REAL_CSV = ROOT.parent / "shared" / "real-csv"  # real CSVs of this data family, beside the checkout (not in CI)
 
 # Small and quick: the sample preset's model, a few epochs on a few hundred questions.
-TINY_TRAIN = ["--preset", "sample", "--n_epoch", "3", "--freeze_text_epochs", "1", "--batch_size", "32", "--num_workers", "0",
-              "--device", "cpu"]
+TINY_TRAIN = ["--preset", "sample", "--n_epoch", "3", "--freeze_text_epochs", "1", "--batch_size", "32",
+              "--num_workers", "0", "--device", "cpu"]
 
 
 def run_script(*args, env=None, timeout=600):

@@ -141,7 +141,8 @@ def test_paths_of_the_wrong_kind_are_clear_errors_before_any_work(case, tmp_path
     else:
         given = tmp_path / ("img" if case == "a folder" else "missing.csv")
         message = run_main(download, "--from_csv", given, "--image_dir", tmp_path / "img", "--out", tmp_path / "out")
-        assert message.startswith(f"error: {given} ") and ("is a folder" if case == "a folder" else "not found") in message
+        assert message.startswith(f"error: {given} ")
+        assert ("is a folder" if case == "a folder" else "not found") in message
     assert message.startswith("error: ") and (tmp_path / "existing.txt").read_text() == "a user's file"
 
 
@@ -187,9 +188,10 @@ def test_nia_variants_keep_every_triple(tmp_path):
                   "main_obj": ["나비", "나비", "호른"],
                   "Triple": ["['나비', '강', '곤충']=['나비', '계', '동물']", "['나비', '계', '동물']", ""]}
                  ).to_csv(tmp_path / "triple_data.csv", index=False)
-    pd.DataFrame({"img_path": ["/x/a.jpg", "/x/b.jpg"], "question": ["이 곤충은?", "이것은?"], "answer": ["곤충", "동물"],
-                  "Triple": ["", "['나비', '계', '동물']"], "subject": ["나비", "나비"], "relation": ["강", "계"],
-                  "object": ["곤충", "동물"]}).to_csv(tmp_path / "triple_sep.csv", index=False)
+    pd.DataFrame({"img_path": ["/x/a.jpg", "/x/b.jpg"], "question": ["이 곤충은?", "이것은?"],
+                  "answer": ["곤충", "동물"], "Triple": ["", "['나비', '계', '동물']"], "subject": ["나비", "나비"],
+                  "relation": ["강", "계"], "object": ["곤충", "동물"]}
+                 ).to_csv(tmp_path / "triple_sep.csv", index=False)
     download.import_csv([str(tmp_path / "triple_data.csv")], [], str(tmp_path / "img"), str(tmp_path / "out1"))
     df = read_data(tmp_path / "out1")
     assert [vqa_dataset.parse_triples(t) for t in df["triple"]] == [
@@ -355,7 +357,8 @@ def test_numeric_options_are_range_checked_at_parse_time(flag, value, message, c
 def test_n_heads_that_do_not_divide_the_hidden_size_are_a_clear_error(sample_dir, tmp_path):
     result = run_script("main.py", *TINY_TRAIN, "--data_dir", sample_dir, "--results_dir", tmp_path,
                         "--use_transformer_layer", "--n_heads", "3")
-    assert result.returncode != 0 and "Traceback" not in result.stderr and "--n_heads 3 does not divide" in result.stderr
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--n_heads 3 does not divide" in result.stderr
 
 
 def test_a_results_dir_that_cannot_be_made_is_a_clear_error_before_any_work(sample_dir, tmp_path):
@@ -544,13 +547,15 @@ def test_a_missing_image_names_its_lookalike_and_how_they_differ(tmp_path):
     with pytest.raises(DataError) as error:
         load_data(data, progress=False)
     assert "row 2: column image: '" in str(error.value)  # quoted, with escapes: it is not what it looks like
-    assert "the folder holds plain.jpg, which differs from it: U+200B ZERO WIDTH SPACE at character 6" in str(error.value)
+    assert ("the folder holds plain.jpg, which differs from it: U+200B ZERO WIDTH SPACE at character 6"
+            in str(error.value))
     assert "U+0020 SPACE at character 6 as written, nothing on disk" in str(error.value)
 
 
 def test_unpacking_writes_names_in_nfc_and_says_so(tmp_path, capsys):
     nfd = unicodedata.normalize("NFD", "고양이.jpg")
-    download.unpack(str(zip_of(tmp_path / "mac.zip", {f"image/{nfd}": b"x", "image/a.jpg": b"y"})), str(tmp_path / "data"))
+    download.unpack(str(zip_of(tmp_path / "mac.zip", {f"image/{nfd}": b"x", "image/a.jpg": b"y"})),
+                    str(tmp_path / "data"))
     nfc = unicodedata.normalize("NFC", "고양이.jpg")
     assert sorted(os.listdir(tmp_path / "data" / "image")) == sorted([nfc, "a.jpg", download.UNPACKED_MARKER])
     assert "1 of the archive's file names are in NFD" in capsys.readouterr().out
@@ -572,8 +577,8 @@ def test_the_encoding_is_said_and_an_implausible_korean_reading_refused(tmp_path
 
 
 def test_double_encoded_utf8_is_warned_of_with_its_repair(tmp_path, capsys):
-    twice = "image,question,answer\na.jpg,이미지 속 동물은?,고양이\n".encode("utf-8").decode("cp1252", "replace")
-    mojibake = "image,question,answer\na.jpg,이미지 속 동물은?,고양이\n".encode("utf-8").decode("latin-1")
+    twice = "image,question,answer\na.jpg,이미지 속 동물은?,고양이\n".encode().decode("cp1252", "replace")
+    mojibake = "image,question,answer\na.jpg,이미지 속 동물은?,고양이\n".encode().decode("latin-1")
     for text in (twice, mojibake):
         (tmp_path / "data.csv").write_text(text, encoding="utf-8")
         vqa_dataset.read_csv(tmp_path / "data.csv")

@@ -173,7 +173,8 @@ def test_image_cache_matches_decoding_and_is_rebuilt_when_images_change(tmp_path
     shutil.copy(tmp_path / "image" / "scene_00005.jpg", tmp_path / "image" / "scene_00001.jpg")
     changed = ImageCache(tmp_path, names, 32, progress=False)
     assert changed.path != cache.path
-    assert np.array_equal(changed.array[changed.row["scene_00001.jpg"]], load_image(tmp_path / "image" / "scene_00005.jpg", 32))
+    assert np.array_equal(changed.array[changed.row["scene_00001.jpg"]],
+                          load_image(tmp_path / "image" / "scene_00005.jpg", 32))
 
 
 def test_missing_image_names_the_file(tmp_path, sample_dir):

@@ -78,7 +78,7 @@ def test_unknown_header_lists_the_formats(tmp_path):
     (tmp_path / "x.csv").write_text("picture,query,reply\na.jpg,q,a\n")
     with pytest.raises(DataError) as error:
         download.import_csv([str(tmp_path / "x.csv")], [], str(tmp_path), str(tmp_path / "out"))
-    for name, (required, optional) in download.FORMATS.items():
+    for name, (required, _optional) in download.FORMATS.items():
         assert name in str(error.value) and ", ".join(required) in str(error.value)
 
 
@@ -106,7 +106,8 @@ def test_bok_vqa_import_ko_en_and_test(tmp_path, capsys):
 def test_nia_import_rebases_paths_and_parses_triples(tmp_path):
     rows = [["/home/other/images/a.jpg", "이미지 속 악기는?", "호른", "호른", "", ""],
             ["/home/other/images/b.jpg", "이 동물은 어디에 살아?", "바다", "고래", "[['고래', '서식지', '바다']]", ""],
-            ["D:\\data\\c.jpg", "이 음식의 유래는?", "이탈리아", "피자", "['피자', '유래', '이탈리아']", "피자는 이탈리아 음식이다."]]
+            ["D:\\data\\c.jpg", "이 음식의 유래는?", "이탈리아", "피자", "['피자', '유래', '이탈리아']",
+             "피자는 이탈리아 음식이다."]]
     pd.DataFrame(rows, columns=NIA_COLUMNS).to_csv(tmp_path / "nia.csv", index=False)
     placeholder_images(tmp_path / "img", ["a.jpg", "b.jpg", "c.jpg"])
     download.import_csv([str(tmp_path / "nia.csv")], [], str(tmp_path / "img"), str(tmp_path / "out"))
@@ -139,7 +140,8 @@ def test_import_reports_faults_with_source_rows_and_skip_bad(tmp_path):
             ["/x/a.jpg", "q3", "", "m", "", ""]]
     pd.DataFrame(rows, columns=NIA_COLUMNS).to_csv(tmp_path / "nia.csv", index=False)
     placeholder_images(tmp_path / "img", ["a.jpg"])
-    args = ["download.py", "--from_csv", tmp_path / "nia.csv", "--image_dir", tmp_path / "img", "--out", tmp_path / "out"]
+    args = ["download.py", "--from_csv", tmp_path / "nia.csv", "--image_dir", tmp_path / "img",
+            "--out", tmp_path / "out"]
     result = run_script(*args)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "nia.csv" in result.stderr and "row 3: column image:" in result.stderr and "missing.jpg" in result.stderr
@@ -183,7 +185,8 @@ def test_real_formats_train_and_evaluate_end_to_end(tmp_path, name, rows):
                         "--out", tmp_path / "data")
     assert result.returncode == 0, result.stderr[-2000:]
     results = tmp_path / "results"
-    result = run_script("main.py", *TINY_TRAIN, "--n_epoch", "1", "--data_dir", tmp_path / "data", "--results_dir", results)
+    result = run_script("main.py", *TINY_TRAIN, "--n_epoch", "1", "--data_dir", tmp_path / "data",
+                        "--results_dir", results)
     assert result.returncode == 0, result.stderr[-2000:]
     result = run_script("inference.py", "--results_dir", results)
     assert result.returncode == 0, result.stderr[-2000:]

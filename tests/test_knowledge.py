@@ -78,7 +78,8 @@ OPTIONS = ([("none", {}), ("text", {})]
 KB = [("apple", "has", "fur"), ("bear", "eats", "fish"), ("dog", "is", "big")]
 
 
-@pytest.mark.parametrize("knowledge, options", OPTIONS, ids=[f"{k}-{'-'.join(map(str, o.values()))}" for k, o in OPTIONS])
+@pytest.mark.parametrize("knowledge, options", OPTIONS,
+                         ids=[f"{k}-{'-'.join(map(str, o.values()))}" for k, o in OPTIONS])
 def test_every_mode_and_option_runs_forward_and_backward(knowledge, options):
     options = dict(options)
     kb = KB if options.pop("kb_constrained", False) else None
@@ -206,7 +207,7 @@ def test_the_kb_constraint_only_ever_yields_kb_triples():
         logp = [torch.cat([out[p].log_softmax(-1), torch.full((64, n - SIZES[i]), -math.log(SIZES[i]))], -1)
                 for i, (p, n) in enumerate(zip("hrt", extended.sizes))]
 
-        def tail_given_pair(i, k):  # p(t | h, r, KB): among the KB's tails of the triple's head and relation
+        def tail_given_pair(i, k, logp=logp):  # p(t | h, r, KB): among the KB's tails of the triple's head and relation
             tails = [j for j in range(len(kb)) if kb[j, :2].tolist() == kb[k, :2].tolist()]
             return logp[2][i, kb[k, 2]] - torch.logsumexp(logp[2][i, kb[tails, 2]], 0)
         best = [max(range(len(kb)), key=lambda k: logp[0][i, kb[k, 0]] + logp[1][i, kb[k, 1]] + tail_given_pair(i, k))
@@ -263,7 +264,8 @@ def test_a_copied_name_outside_the_vocabulary_can_be_the_right_answer():
 
 
 def test_a_name_the_kg_embeddings_lack_is_embedded_from_its_relations():
-    kb = KB + [("apple", "has", "stripes"), ("bear", "has", "stripes"), ("yak", "is", "tall")]  # new: stripes, yak, tall
+    # new: stripes, yak, tall
+    kb = KB + [("apple", "has", "stripes"), ("bear", "has", "stripes"), ("yak", "is", "tall")]
     model = tiny_model("ideal", kb=kb, answer_from_kb=True)
     embeddings, vocab, codes = tiny_kge(), model.vocab, model.codes
     stripes = vocab.index[2]["stripes"]
@@ -302,7 +304,8 @@ def test_the_evaluation_splits_seen_from_unseen():
     test = pd.DataFrame({"triple": ["a|r|b", "a|r|e", "c|s|d", ""], "answer": ["b", "e", "d", "y"],
                          "correct": [True, True, False, False]})
     table = report.seen_table(test, train)
-    assert table["unseen"]["triple"] == {"accuracy": 0.5, "n": 2} and table["seen"]["triple"] == {"accuracy": 1.0, "n": 1}
+    assert table["unseen"]["triple"] == {"accuracy": 0.5, "n": 2}
+    assert table["seen"]["triple"] == {"accuracy": 1.0, "n": 1}
     assert table["unseen"]["answer"] == {"accuracy": 0.5, "n": 2} and table["seen"]["answer"]["n"] == 2
 
 
@@ -353,7 +356,8 @@ def test_the_vocabularies_are_separate_and_built_from_train_and_valid(sample_dir
 def test_gel_runs_one_forward_per_step(sample_dir, kge_dir):
     import main
 
-    args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel", "--kge_dir", str(kge_dir)])
+    args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel",
+                                         "--kge_dir", str(kge_dir)])
     rt = train.setup(args)
     data = train.load_training_data(args, rt)
     tokenizer = train_tokenizer(list(data.train["question"]))
@@ -441,7 +445,8 @@ def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sam
             with_triple = predictions[predictions["triple"] != ""]
             heads = [p.split("|")[0] == g.split("|")[0]
                      for p, g in zip(with_triple["predicted_triple"], with_triple["triple"])]
-            assert accuracy["all"]["n"] == len(with_triple) and accuracy["all"]["h"] == pytest.approx(sum(heads) / len(heads))
+            assert accuracy["all"]["n"] == len(with_triple)
+            assert accuracy["all"]["h"] == pytest.approx(sum(heads) / len(heads))
             assert "Predicted triple" in (knowledge_runs[knowledge] / "report.md").read_text()
         kb = pd.read_csv(knowledge_runs["gel_text"] / kn.KB_FILE, dtype=str)
         predicted = pd.read_csv(knowledge_runs["gel_text"] / "predictions_all.csv", dtype=str, keep_default_na=False)
@@ -562,8 +567,9 @@ def test_bok_vqa_gel_and_ideal_for_each_language(tmp_path):
     for lang in ("ko", "en", "bi"):
         for knowledge in ("gel", "ideal"):
             results = tmp_path / f"{knowledge}_{lang}"
-            result = run_script("main.py", *TINY_TRAIN, "--n_epoch", "1", "--data_dir", tmp_path / "data", "--lang", lang,
-                                "--knowledge", knowledge, "--kge_dir", tmp_path / "kge", "--results_dir", results)
+            result = run_script("main.py", *TINY_TRAIN, "--n_epoch", "1", "--data_dir", tmp_path / "data",
+                                "--lang", lang, "--knowledge", knowledge, "--kge_dir", tmp_path / "kge",
+                                "--results_dir", results)
             assert result.returncode == 0, result.stderr[-2000:]
             run_dir = only_run(results)
             result = run_script("inference.py", "--model_path", run_dir, "--split", "valid")

@@ -68,10 +68,12 @@ def test_ablations_remove_one_input():
         return model(*inputs)["answer"]
 
     image_ablated = tiny_model(ablate="image").eval()
-    assert torch.allclose(answers(image_ablated, ids, mask, image), answers(image_ablated, ids, mask, torch.randn_like(image)))
+    assert torch.allclose(answers(image_ablated, ids, mask, image),
+                          answers(image_ablated, ids, mask, torch.randn_like(image)))
     question_ablated = tiny_model(ablate="question").eval()
     other_ids = ids.roll(1, dims=1)
-    assert torch.allclose(answers(question_ablated, ids, mask, image), answers(question_ablated, other_ids, mask, image))
+    assert torch.allclose(answers(question_ablated, ids, mask, image),
+                          answers(question_ablated, other_ids, mask, image))
     full = tiny_model().eval()
     assert not torch.allclose(answers(full, ids, mask, image), answers(full, ids, mask, torch.randn_like(image)))
     assert not torch.allclose(answers(full, ids, mask, image), answers(full, other_ids, mask, image))
@@ -84,7 +86,7 @@ def test_building_the_model_leaves_every_buffer_unchanged(use_transformer_layer)
     text = AutoModel.from_config(small_text_config(vocab_size=50, max_token=16, hidden=32, layers=1, heads=2))
     image = build_image_encoder("resnet10t", pretrained=False, channels=[8, 16, 32, 64], stem_width=8)
     with torch.no_grad():  # statistics as a pretrained encoder has them, not the initial zeros and ones
-        for name, buffer in image.named_buffers():
+        for _name, buffer in image.named_buffers():
             buffer.add_(torch.rand_like(buffer.float()).to(buffer.dtype) + 1)
     before = {name: buffer.clone() for name, buffer in image.named_buffers()}
     VQAModel(text, image, ANSWERS, IMG, dim_h=24, n_heads=2, use_transformer_layer=use_transformer_layer)

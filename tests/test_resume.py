@@ -28,7 +28,8 @@ class Script:
     def __init__(self, *args):
         self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=self.out, stderr=self.err,
-                                        text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+                                        text=True,
+                                        env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
 
     def wait_until_training(self, epoch, timeout=300):
         """Returns once the progress bar shows steps of that epoch done (not yet its end)."""
@@ -96,9 +97,42 @@ def assert_same_as(reference, run_dir, sample_dir):
     assert not list(run_dir.rglob("*.tmp"))
 
 
+def tensorboard_scalars(run_dir):
+    """{tag: [(step, value), ...]} as TensorBoard reads RUN/tb (with what a crashed run logged after its checkpoint
+    purged); the number of event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return scalars, len(list((run_dir / "tb").glob("events.out.tfevents.*")))
+
+
+def assert_curves_match_history(run_dir, sample_dir):
+    """--report_to tensorboard: one point per optimizer step and per epoch, none twice, with history.json's values."""
+    scalars, _ = tensorboard_scalars(run_dir)
+    history = json.loads((run_dir / "history.json").read_text())
+    steps = [step for step, _ in scalars["train/loss"]]
+    steps_per_epoch = len(steps) // N_EPOCH
+    assert steps == list(range(1, N_EPOCH * steps_per_epoch + 1))  # every step once, in order, across the restart
+    assert [step for step, _ in scalars["train/lr"]] == steps
+    for tag, key in [("train/epoch_loss", "train_loss"), ("train/acc", "train_acc"), ("valid/loss", "valid_loss"),
+                     ("valid/acc", "valid_acc")]:
+        assert scalars[tag] == [(row["epoch"] * steps_per_epoch, pytest.approx(row[key], rel=1e-5)) for row in history]
+    by_type = [dict(scalars[f"valid/acc_{t}"]) for t in "AB"]
+    from vqa_dataset import read_data, select_rows
+
+    n = select_rows(read_data(str(sample_dir)), "valid")["question_type"].value_counts()[list("AB")].tolist()
+    for row in history:  # the per-type accuracies make up the whole
+        step = row["epoch"] * steps_per_epoch
+        assert (by_type[0][step] * n[0] + by_type[1][step] * n[1]) / sum(n) == pytest.approx(row["valid_acc"], 1e-5)
+
+
 @pytest.mark.parametrize("when", ["first epoch", "later"])
 def test_sigkill_then_resume_ends_as_an_uninterrupted_run(reference, sample_dir, tmp_path, when):
-    script = Script("main.py", *TRAIN, "--data_dir", sample_dir, "--results_dir", tmp_path)
+    """With --report_to tensorboard: the resumed run's curves continue the first's, with no step twice."""
+    script = Script("main.py", *TRAIN, "--report_to", "tensorboard", "--data_dir", sample_dir, "--results_dir",
+                    tmp_path)
     if when == "first epoch":  # before any checkpoint: the run starts again in its directory
         wait_for(tmp_path, script, "*/config.json")
     else:  # in epoch 3, after two checkpoints and best weights were written
@@ -108,6 +142,7 @@ def test_sigkill_then_resume_ends_as_an_uninterrupted_run(reference, sample_dir,
     run_dir = only_run(tmp_path)
     assert str(run_dir) in resume(run_dir)
     assert_same_as(reference, run_dir, sample_dir)
+    assert_curves_match_history(run_dir, sample_dir)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -136,7 +171,8 @@ def test_sigterm_under_torchrun_resumes_every_rank_to_the_uninterrupted_run(samp
     assert code == 0, stderr[-3000:]
     reference = outcome(only_run(tmp_path / "reference"), sample_dir)
 
-    script = Script(*TORCHRUN, "main.py", *TRAIN, "--data_dir", sample_dir, "--results_dir", tmp_path / "stopped")
+    script = Script(*TORCHRUN, "main.py", *TRAIN, "--report_to", "tensorboard", "--data_dir", sample_dir,
+                    "--results_dir", tmp_path / "stopped")
     script.wait_until_training(epoch=2)
     script.process.send_signal(signal.SIGTERM)
     code, _, stderr = script.finish(timeout=120)
@@ -146,6 +182,8 @@ def test_sigterm_under_torchrun_resumes_every_rank_to_the_uninterrupted_run(samp
     assert util.read_metadata(str(run_dir / util.LAST_CHECKPOINT))["batch"] > 0
     resume(run_dir, *TORCHRUN)
     assert_same_as(reference, run_dir, sample_dir)
+    assert_curves_match_history(run_dir, sample_dir)
+    assert tensorboard_scalars(run_dir)[1] == 2  # one event file per launch: rank 0 logs, rank 1 does not
 
 
 def test_resume_refuses_changed_options(trained_run):

@@ -2,6 +2,7 @@
 checkpoint round-trips to identical predictions."""
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -115,7 +116,18 @@ def test_train_data_b_uses_only_type_b(sample_dir, tmp_path):
 def test_without_the_image_cache_training_is_identical(trained_run, sample_dir, tmp_path):
     import main
 
-    run_dir = main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(tmp_path), "--no-image_cache"])
+    run_dir = main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(tmp_path),
+                                      "--no-image_cache"])
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     history = json.loads((trained_run / "history.json").read_text())
     assert strip(json.loads(open(f"{run_dir}/history.json").read())) == strip(history)
+
+
+def test_report_to_wandb_without_wandb_is_a_clear_error_before_any_work(sample_dir, tmp_path, monkeypatch):
+    import main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed: `import wandb` fails
+    with pytest.raises(SystemExit) as stop:
+        main.main(TINY_TRAIN + ["--report_to", "wandb", "--data_dir", str(sample_dir), "--results_dir", str(tmp_path)])
+    assert "--report_to wandb needs the wandb package: pip install wandb" in str(stop.value)
+    assert not list(tmp_path.iterdir())  # no run directory was made

@@ -13,8 +13,9 @@ Steps; each writes its log to OUT_DIR/<step>.log, a failed step is reported and 
              --use_transformer_layer, one epoch each
   inference  inference.py, inference_each.py and the demo's answer function (model.answer) on CUDA and on the CPU
              for one run: the same top answers, up to bf16 ties
-and OUT_DIR/summary.md, every figure as markdown tables (also printed at the end), with curves.png of the CUDA run. Needs PyTorch, timm, transformers,
-tokenizers, safetensors, pandas, scikit-learn, tqdm and matplotlib; not gdown, pykeen, gradio or koreanize-matplotlib.
+and OUT_DIR/summary.md, every figure as markdown tables (also printed at the end), with curves.png of the CUDA run.
+Needs PyTorch, timm, transformers, tokenizers, safetensors, pandas, scikit-learn, tqdm and matplotlib; not gdown,
+pykeen, gradio or koreanize-matplotlib.
 Work files (generated data, runs) go to --work_dir, not OUT_DIR, so that OUT_DIR holds at most eight small files.
 """
 import argparse
