@@ -13,7 +13,7 @@ endif
 PIP ?= $(PYTHON) -m pip
 VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/ready)
 
-.PHONY: install sample demo ablation knowledge knowledge-kb bok-proxy figs chromium test clean gpu-check
+.PHONY: install sample demo ablation bench knowledge knowledge-kb bok-proxy figs chromium lint test clean gpu-check
 
 .venv/ready:
 	@echo "not inside a virtual environment: making one in .venv (PYTHON=... to use another interpreter)"
@@ -35,12 +35,24 @@ demo: install sample
 	$(PYTHON) inference.py --infer_data all
 	$(PYTHON) inference_each.py --seed 0
 
-# The README's question-only and image-only rows.
+# The README's sample table: the full model and its question-only and image-only ablations, each trained and
+# evaluated, side by side in results/ablation/comparison.md.
 ablation: install sample
-	$(PYTHON) main.py --preset sample --ablate image --results_dir results/ablate_image
-	$(PYTHON) inference.py --results_dir results/ablate_image
-	$(PYTHON) main.py --preset sample --ablate question --results_dir results/ablate_question
-	$(PYTHON) inference.py --results_dir results/ablate_question
+	$(PYTHON) main.py --preset sample --results_dir results/ablation/full
+	$(PYTHON) inference.py --results_dir results/ablation/full
+	$(PYTHON) main.py --preset sample --ablate image --results_dir results/ablation/image
+	$(PYTHON) inference.py --results_dir results/ablation/image
+	$(PYTHON) main.py --preset sample --ablate question --results_dir results/ablation/question
+	$(PYTHON) inference.py --results_dir results/ablation/question
+	$(PYTHON) report.py --compare results/ablation/full/all_* results/ablation/image/all_* \
+	  results/ablation/question/all_* --out results/ablation
+	@echo "the table: results/ablation/comparison.md"
+
+# The README's speed row on this machine's CPU (bench.py's own data under data/bench/; on a GPU: make gpu-check).
+bench: install
+	@mkdir -p results
+	$(PYTHON) bench.py --device cpu --quick | tee results/bench_cpu.txt
+	@echo "the figures: results/bench_cpu.txt (the last line is the speedup)"
 
 # The README's knowledge tables (tools/knowledge_runs.py: each configuration with three seeds, evaluated, then
 # report.py --compare's mean ± std in results/<table>/comparison.md). knowledge: the earlier sample (no held-out
@@ -80,6 +92,11 @@ chromium:
 	    || echo "could not install chromium: tests/test_demo.py fails in CI and is skipped elsewhere"; \
 	else echo "no chromium and no apt-get: install chromium (or set CHROMIUM=path) for tests/test_demo.py"; fi
 
+# ruff.toml's rules on the whole tree (.ci/run runs it before the tests).
+lint: $(VENV)
+	$(PIP) install -q "ruff>=0.6"
+	$(PYTHON) -m ruff check .
+
 test: install chromium
 	$(PIP) install -q -r requirements-demo.txt
 	$(PYTHON) -m pytest -q tests
@@ -91,4 +108,5 @@ gpu-check:
 
 clean:
 	rm -rf data/sample data/sample_en data/sample_earlier data/bok_proxy data/cache results/*_* results/ablate_* \
+	  results/ablation results/bench_cpu.txt \
 	  results/knowledge results/knowledge_* results/kge_sample* results/bok_proxy
