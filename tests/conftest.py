@@ -8,6 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tools"))  # tools/ scripts the tests import (check_docs)
 # No test may reach a model hub, here or on a machine with internet: the tests and every script they start run
 # offline (the offline tests set it again where they rely on it).
 os.environ["HF_HUB_OFFLINE"] = "1"
