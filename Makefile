@@ -99,7 +99,7 @@ lint: $(VENV)
 
 test: install chromium
 	$(PIP) install -q -r requirements-demo.txt
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=15 tests
 
 # The CUDA check of the README's GPU table (tools/gpu_check.sh): OUT=folder for its logs and summary.md.
 OUT ?= gpu_check
