@@ -42,14 +42,26 @@ def open_tracker(report_to, run_dir, config, resumed_step=None):
 
 
 class NoTracker:
+    """The interface of a tracker, logging nothing; as a context manager it closes (flushes) on the way out, an
+    interrupted run included."""
+
     def log(self, step, values):
+        pass
+
+    def flush(self):
         pass
 
     def close(self):
         pass
 
+    def __enter__(self):
+        return self
 
-class TensorBoard:
+    def __exit__(self, *exc):
+        self.close()
+
+
+class TensorBoard(NoTracker):
     def __init__(self, run_dir, resumed_step):
         from torch.utils.tensorboard import SummaryWriter
 
@@ -61,11 +73,14 @@ class TensorBoard:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    def flush(self):
+        self.writer.flush()
+
     def close(self):
         self.writer.close()
 
 
-class Wandb:
+class Wandb(NoTracker):
     def __init__(self, run_dir, config, resumed_step):
         import wandb
 

@@ -82,7 +82,7 @@ def train(args):
 
     stop = StopSignals(rt)
     wrapped, frozen = None, None
-    with stop:
+    with stop, tracker:
         for epoch in range(len(state["history"]) + 1, args.n_epoch + 1):
             if frozen != (epoch <= args.freeze_text_epochs):
                 frozen = epoch <= args.freeze_text_epochs
@@ -100,7 +100,6 @@ def train(args):
             signum = stop.requested()
             if signum and epoch < args.n_epoch:
                 raise Interrupted(signum, run_dir)
-    tracker.close()
     if rt.is_main:
         write_report(run_dir, config, data, state, args)
     if util.distributed():
@@ -480,6 +479,7 @@ def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, d
         index, right = valid["rows"]
         by_type = report.accuracy_table(valid_set.df.iloc[index.numpy()].assign(correct=right.numpy()))
         tracker.log(steps, epoch_values(state["history"][-1], by_type))
+        tracker.flush()  # what the checkpoint below holds is on disk too: a resumed run's curves have no gap
         if improved:
             state["valid_by_type"] = by_type
             util.save_weights(model, os.path.join(run_dir, best_weights_name(state["history"])), config, data.answers)

@@ -147,7 +147,8 @@ def test_sigkill_then_resume_ends_as_an_uninterrupted_run(reference, sample_dir,
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_and_stop_cleanly(reference, sample_dir, tmp_path, signum):
-    script = Script("main.py", *TRAIN, "--data_dir", sample_dir, "--results_dir", tmp_path)
+    script = Script("main.py", *TRAIN, "--report_to", "tensorboard", "--data_dir", sample_dir, "--results_dir",
+                    tmp_path)
     script.wait_until_training(epoch=2)
     script.process.send_signal(signum)
     code, _, stderr = script.finish(timeout=120)
@@ -159,6 +160,7 @@ def test_sigterm_and_sigint_save_and_stop_cleanly(reference, sample_dir, tmp_pat
     assert state["batch"] > 0  # saved at the step where it stopped, not at the end of the epoch before
     resume(run_dir)
     assert_same_as(reference, run_dir, sample_dir)
+    assert_curves_match_history(run_dir, sample_dir)  # the stopped run's events were flushed
 
 
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
