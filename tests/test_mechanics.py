@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import main
+import tracking
 import train
 import util
 from conftest import TINY_TRAIN
@@ -98,7 +99,7 @@ def test_frozen_text_encoder_takes_no_gradient_and_no_dropout(tiny_setup, tmp_pa
     state = train.restore(None, optimizer, str(tmp_path), rt, train.epoch_steps(train_loader))
     wrapped = train.wrap(model, rt, False, text_frozen=True)
     train.train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, 1, args, rt, train.StopSignals(rt),
-                          text_frozen=True)
+                          text_frozen=True, tracker=tracking.NoTracker())
     assert len(seen) == train.epoch_steps(train_loader)
     assert seen == [(False, False)] * len(seen)  # eval mode (no dropout) and no backward graph
     assert all(p.grad is None for p in model.text_encoder.parameters())
@@ -110,7 +111,7 @@ def test_frozen_text_encoder_takes_no_gradient_and_no_dropout(tiny_setup, tmp_pa
     state.update(batch=0, partial=train.zero_sums())  # as end_epoch does
     wrapped = train.wrap(model, rt, False, text_frozen=False)
     train.train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, 2, args, rt, train.StopSignals(rt),
-                          text_frozen=False)
+                          text_frozen=False, tracker=tracking.NoTracker())
     assert seen[0] == (True, True)
     assert not torch.equal(model.text_encoder.embeddings.word_embeddings.weight,
                            text_before["embeddings.word_embeddings.weight"])
