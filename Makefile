@@ -51,7 +51,7 @@ ablation: install sample
 # The README's speed row on this machine's CPU (bench.py's own data under data/bench/; on a GPU: make gpu-check).
 bench: install
 	@mkdir -p results
-	$(PYTHON) bench.py --device cpu --quick | tee results/bench_cpu.txt
+	bash -o pipefail -c '$(PYTHON) bench.py --device cpu --quick | tee results/bench_cpu.txt'
 	@echo "the figures: results/bench_cpu.txt (the last line is the speedup)"
 
 # The README's knowledge tables (tools/knowledge_runs.py: each configuration with three seeds, evaluated, then
