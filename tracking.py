@@ -32,8 +32,8 @@ def check_installed(report_to):
 
 
 def open_tracker(report_to, run_dir, config, resumed_step=None):
-    """The tracker of a run; resumed_step: the optimizer steps its checkpoint holds, when it is resumed."""
-    check_installed(report_to)
+    """The tracker of a run; resumed_step: the optimizer steps its checkpoint holds, when it is resumed. (main.py has
+    already checked, with check_installed, that its package is there.)"""
     if report_to == "tensorboard":
         return TensorBoard(run_dir, resumed_step)
     if report_to == "wandb":

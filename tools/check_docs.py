@@ -12,6 +12,7 @@ tests/test_docs.py runs the check; `--run` is for a fresh clone, where it writes
 """
 import argparse
 import contextlib
+import functools
 import glob
 import io
 import os
@@ -100,9 +101,14 @@ def strip_torchrun_options(words):
     return words
 
 
-def has_make_target(target):
+@functools.cache
+def make_targets():
     with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as f:
-        return re.search(rf"^{re.escape(target)}:", f.read(), re.M) is not None
+        return set(re.findall(r"^([\w.-]+):", f.read(), re.M))
+
+
+def has_make_target(target):
+    return target in make_targets()
 
 
 def check_script(script, argv):
@@ -140,23 +146,27 @@ def broken_links(path, text):
             and not os.path.exists(os.path.join(os.path.dirname(path), t))]
 
 
-def problems():
-    """Every command or link of the documents that does not fit this checkout: [(file, line, text, problem)]."""
+def commands():
+    """(file, line, command) of every command the documents show."""
     found = []
     for path in documents():
         with open(path, encoding="utf-8") as f:
-            text = f.read()
-        name = os.path.relpath(path, ROOT)
-        for line, command in shell_commands(text):
-            problem = check_command(command)
-            if problem:
-                found.append((name, line, command, problem))
-        found += [(name, 0, link, "missing file") for link in broken_links(path, text)]
+            found += [(os.path.relpath(path, ROOT), line, c) for line, c in shell_commands(f.read())]
     return found
 
 
-def run_cheap():
-    commands = sorted({c for p in documents() for _, c in shell_commands(open(p, encoding="utf-8").read())
+def problems(documented=None):
+    """Every command or link of the documents that does not fit this checkout: [(file, line, text, problem)]."""
+    found = [(name, line, c, check_command(c)) for name, line, c in documented or commands()]
+    found = [row for row in found if row[3]]
+    for path in documents():
+        with open(path, encoding="utf-8") as f:
+            found += [(os.path.relpath(path, ROOT), 0, link, "missing file") for link in broken_links(path, f.read())]
+    return found
+
+
+def run_cheap(documented):
+    commands = sorted({c for _, _, c in documented
                        if any(c.startswith(prefix) for prefix in CHEAP) and not re.search(r"<|\*|RUN|DIR", c)})
     failed = 0
     for command in commands:
@@ -170,12 +180,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="store_true", help="also run the cheap commands (CHEAP) from the repository root")
     args = p.parse_args()
-    found = problems()
+    documented = commands()
+    found = problems(documented)
     for name, line, text, problem in found:
         print(f"{name}:{line}: {text}\n    {problem}")
-    n = sum(len(shell_commands(open(p, encoding="utf-8").read())) for p in documents())
-    print(f"{n} commands in {len(documents())} documents: {len(found)} problem(s)")
-    failed = run_cheap() if args.run and not found else 0
+    print(f"{len(documented)} commands in {len(documents())} documents: {len(found)} problem(s)")
+    failed = run_cheap(documented) if args.run and not found else 0
     sys.exit(1 if found or failed else 0)
 
 
