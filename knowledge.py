@@ -310,6 +310,19 @@ class TripleHeads(nn.Module):
         return {"h": (h + back_h) / 2, "r": (r + back_r) / 2, "t": (t + back_t) / 2}
 
 
+def head_log_prior(triples, classes):
+    """[relations, heads] log p(h | r) of the training rows' first gold triples (triples [N, slots, 3] ids; classes:
+    the vocabulary's classes per part), add-one smoothed: the prior of --head_logit_adjustment. Trained with it
+    added to its logits (logit adjustment, Menon et al., 2021), the head classifier gets no gradient toward the heads
+    a relation never had in training, and so learns no bias against them; at test its own logits are used, and the
+    knowledge base, not the training questions, says which heads a relation has (--kb_constrained)."""
+    first = triples[:, 0]
+    known = (first[:, 0] >= 0) & (first[:, 1] >= 0)
+    counts = torch.ones(classes[1], classes[0])
+    counts.index_put_((first[known, 1], first[known, 0]), torch.ones(int(known.sum())), accumulate=True)
+    return (counts / counts.sum(1, keepdim=True)).log()
+
+
 def log_probs(out, vocab):
     """The heads' log probabilities over the extended vocabulary: a name past the classes gets 1 / classes."""
     return [torch.nn.functional.pad(p, (0, n - p.shape[-1]), value=-math.log(p.shape[-1]))

@@ -123,6 +123,10 @@ def build_parser(suppress_defaults=False):
              "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
     add("--head_lr", type=positive(), default=None,
         help="learning rate of the triple heads (gel, gel_text; default: --lr)")
+    add("--head_logit_adjustment", action="store_true", default=False,
+        help="train the triple's head with logit adjustment by its training prior given the gold relation, "
+             "log p(h | r) (gel, gel_text): the head then learns no preference for the heads a relation had in the "
+             "training questions, so that a fact no training question uses (a held-out fact) can be predicted")
     add("--answer_from_kb", action="store_true", default=False,
         help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (ideal: the "
              "gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
@@ -163,9 +167,9 @@ def check_knowledge_options(args):
     if kn.embeds(args.knowledge) and not args.kge_dir:
         problems.append(f"--knowledge {args.knowledge} needs --kge_dir, a directory of KG embeddings: train one with "
                         f"`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv)")
-    if (args.kb_constrained or args.head_lr) and not kn.predicts(args.knowledge):
-        problems.append(f"--kb_constrained and --head_lr apply to the modes that predict a triple (gel, gel_text), "
-                        f"not --knowledge {args.knowledge}")
+    if (args.kb_constrained or args.head_lr or args.head_logit_adjustment) and not kn.predicts(args.knowledge):
+        problems.append(f"--kb_constrained, --head_lr and --head_logit_adjustment apply to the modes that predict a "
+                        f"triple (gel, gel_text), not --knowledge {args.knowledge}")
     if args.kb and not kn.uses_kb(vars(args)):
         problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
     if args.answer_from_kb and not kn.has_vocab(args.knowledge):

@@ -77,6 +77,8 @@ def train(args):
     train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab, run_dir)
     optimizer = build_optimizer(model, args, rt.device)
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
+    head_prior = kn.head_log_prior(train_loader.dataset.triples, model.vocab.classes).to(rt.device) \
+        if args.head_logit_adjustment else None
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
     tracker = open_tracker(args, rt, run_dir, config, state, epoch_steps(train_loader))
 
@@ -89,7 +91,7 @@ def train(args):
                 wrapped = wrap(model, rt, args.compile, frozen)
             start = time.time()
             signum = train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, epoch, args, rt, stop,
-                                     frozen, tracker)
+                                     frozen, tracker, head_prior)
             if signum:
                 save_or_explain(run_dir, save_last, run_dir, model, optimizer, state, config, data.answers, rt)
                 util.barrier()  # a rank that exits first would make torchrun stop rank 0 mid-save
@@ -371,15 +373,16 @@ def lr_factor(step, total_steps, warmup_steps, schedule="cosine"):
     return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
 
-def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad, lr):
-    """One training step at learning rate lr; returns the batch's sums (SUMS) as numbers."""
+def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad, lr, head_prior=None):
+    """One training step at learning rate lr; returns the batch's sums (SUMS) as numbers. head_prior: the head's log
+    prior of --head_logit_adjustment (knowledge.head_log_prior), or None."""
     label = batch["label"].to(device, non_blocking=True)
     out = forward(wrapped, batch, device, precision)
     loss = loss_fn(out["answer"], label)
     triples, hits = 0, 0
     if "triple" in out:  # GEL-VQA: + CE of the triple's head, relation and tail
         gold = batch["triples"].to(device, non_blocking=True)
-        loss = loss + triple_loss(out, gold)
+        loss = loss + triple_loss(out, gold, head_prior)
         triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
     if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
         loss = loss + nn.functional.cross_entropy(out["gate"], batch["copy"].to(device, non_blocking=True))
@@ -404,7 +407,8 @@ def epoch_steps(loader):
     return math.ceil(loader.sampler.num_samples / loader.batch_size)
 
 
-def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen, tracker):
+def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen, tracker,
+                    head_prior=None):
     """Trains from state["batch"] to the end of the epoch, adding to state["partial"]; returns the signal number if
     SIGTERM/SIGINT stopped it before the end (0 otherwise)."""
     model.train()
@@ -420,7 +424,7 @@ def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, ar
     for batch in bar:
         step = (epoch - 1) * steps_per_epoch + state["batch"]
         lr = args.lr * lr_factor(step, total_steps, warmup_steps, args.schedule)
-        sums = train_step(wrapped, optimizer, loss_fn, batch, rt.device, rt.precision, args.clip_grad, lr)
+        sums = train_step(wrapped, optimizer, loss_fn, batch, rt.device, rt.precision, args.clip_grad, lr, head_prior)
         state["batch"] += 1
         for key, value in sums.items():
             partial[key] += value

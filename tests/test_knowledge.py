@@ -323,6 +323,28 @@ def test_triple_loss_leaves_out_rows_without_a_triple_and_unseen_parts():
     assert triple_loss(out, none).item() == 0.0  # not NaN
 
 
+def test_head_logit_adjustment_takes_no_gradient_toward_heads_a_relation_never_had():
+    # relation 1 had only head 2 in training; relation 0 had heads 0 and 1
+    triples = torch.tensor([[[2, 1, 2]]] * 1000 + [[[0, 0, 0]], [[1, 0, 1]]])
+    prior = kn.head_log_prior(triples, SIZES)
+    assert torch.allclose(prior.exp().sum(1), torch.ones(SIZES[1]))
+    assert prior[1].exp().tolist() == pytest.approx([1 / 1005, 1 / 1005, 1001 / 1005, 1 / 1005, 1 / 1005])
+    assert prior[0].exp().tolist() == pytest.approx([2 / 7, 2 / 7, 1 / 7, 1 / 7, 1 / 7])  # add-one smoothed
+    gold = torch.tensor([[[2, 1, 2]]])
+    grads = []
+    for head_prior in (None, prior):
+        out = {k: torch.zeros(1, n, requires_grad=True) for k, n in zip("hrt", SIZES)}
+        triple_loss(out, gold, head_prior).backward()
+        grads.append(out["h"].grad[0])
+    # without: the heads relation 1 never had are pushed down (gradient 1/5 each); with: hardly at all
+    assert grads[0][0].item() == pytest.approx(0.2) and 0 < grads[1][0].item() < 0.001
+    assert grads[1][2].item() < 0  # the gold head is still learned
+    model = tiny_model("gel", triple_head="cascade")
+    out = model(*tiny_batch("gel"))
+    triple_loss(out, tiny_batch("gel")[3], kn.head_log_prior(tiny_batch("gel")[3], SIZES)).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_text_mode_keeps_the_question_whole():
     questions = ["원의 색깔은?", "사각형과 같은 색의 과일은? " * 6]
     tokenizer = train_tokenizer(questions + ["빨간색 대표 과일 딸기 " * 5])
@@ -405,7 +427,8 @@ def test_preset_bokvqa_sets_the_papers_values():
 @pytest.mark.parametrize("argv, words", [
     (["--knowledge", "gel"], ["--kge_dir"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--kb_constrained"], ["--kb_constrained", "gel, gel_text"]),
-    (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "--answer_from_kb"])])
+    (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "--answer_from_kb"]),
+    (["--knowledge", "text", "--head_logit_adjustment"], ["--head_logit_adjustment", "gel, gel_text"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 

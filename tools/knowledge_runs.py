@@ -28,6 +28,11 @@ CONFIGS = {
     "gel_text_kb_copy": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb"],  # GEL-VQA's heads
     "gel_text_cascade_kb_copy": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained",
                                  "--answer_from_kb"],
+    # the head trained with logit adjustment by p(h | r): held-out facts' heads can be predicted
+    "gel_text_kb_copy_adjust": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb",
+                                "--head_logit_adjustment"],
+    "gel_text_cascade_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained",
+                                        "--answer_from_kb", "--head_logit_adjustment"],
 }
 DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
