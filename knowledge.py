@@ -19,6 +19,7 @@ from vqa_dataset import clean_text, parse_triples
 MODES = ["none", "text", "ideal", "gel", "gel_text"]
 FUSIONS = ["mul", "film", "concat"]
 TRIPLE_HEADS = ["independent", "cascade"]
+TRIPLE_ENCODERS = ["shared", "own"]
 ABSENT = -2  # a triple slot of a row with fewer triples (or none); -1 is a part outside the vocabulary
 NO_KNOWLEDGE = "(no knowledge)"  # the relation class of rows without a triple, in the modes that predict one
 VOCAB_FILE = "knowledge.json"  # a knowledge run's vocabularies

@@ -116,6 +116,10 @@ def build_parser(suppress_defaults=False):
     add("--triple_head", default="independent", choices=kn.TRIPLE_HEADS,
         help="triple prediction (gel, gel_text): independent heads (GEL-VQA) or cascade (HK-TriNet+: h -> r -> t "
              "and t -> r -> h, FiLM-conditioned, averaged)")
+    add("--triple_encoder", default="shared", choices=kn.TRIPLE_ENCODERS,
+        help="what the triple is predicted from (gel, gel_text): the answer path's encoders and hidden layer (shared, "
+             "GEL-VQA's), or encoders of its own trained with the rest (own: a second text and image encoder, so "
+             "that the triple's loss does not share the answer's features; twice the encoder weights and passes)")
     add("--kb_constrained", action="store_true", default=False,
         help="snap each predicted triple to the most probable triple of the knowledge base (gel, gel_text)")
     add("--kb", default=None,
@@ -167,9 +171,11 @@ def check_knowledge_options(args):
     if kn.embeds(args.knowledge) and not args.kge_dir:
         problems.append(f"--knowledge {args.knowledge} needs --kge_dir, a directory of KG embeddings: train one with "
                         f"`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv)")
-    if (args.kb_constrained or args.head_lr or args.head_logit_adjustment) and not kn.predicts(args.knowledge):
-        problems.append(f"--kb_constrained, --head_lr and --head_logit_adjustment apply to the modes that predict a "
-                        f"triple (gel, gel_text), not --knowledge {args.knowledge}")
+    triple_options = args.kb_constrained or args.head_lr or args.head_logit_adjustment or \
+        args.triple_encoder != "shared"
+    if triple_options and not kn.predicts(args.knowledge):
+        problems.append(f"--kb_constrained, --head_lr, --head_logit_adjustment and --triple_encoder apply to the "
+                        f"modes that predict a triple (gel, gel_text), not --knowledge {args.knowledge}")
     if args.kb and not kn.uses_kb(vars(args)):
         problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
     if args.answer_from_kb and not kn.has_vocab(args.knowledge):

@@ -4,6 +4,7 @@
 Also: loading the encoders and tokenizer from the hub, a local directory, or (for the sample preset) building small
 ones from scratch; building a model from a run's config; loading a trained run; and prediction with it.
 """
+import copy
 import json
 import os
 import socket
@@ -23,6 +24,9 @@ from vqa_dataset import DataError, clean_text, encode_questions, load_image, par
 SCRATCH = "scratch"
 # VQAModel's options, as config.json names them
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
+# the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
+KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
+                     "kb_constrained"]
 
 
 class OfflineError(Exception):
@@ -165,13 +169,16 @@ class VQAModel(nn.Module):
     knowledge.TripleHeads on the answer path's hidden features of the fused and the question feature (one forward
     computes both) and injects the predicted triple's codes the same way; "gel_text" pairs the question with the
     predicted triple as words and encodes it again (two text-encoder passes, one image pass). "text" changes the
-    input only (the question paired with its gold knowledge text).
+    input only (the question paired with its gold knowledge text). With triple_encoder "own" the triple is predicted
+    from encoders of its own (triple_encoders: a copy of the text and image encoders and the hidden layer, trained
+    with the rest), so that the triple's loss does not share the answer's features (HiLINK's triple predictor is a
+    network of its own); gel_text then encodes only the paired question for its answer.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
                  knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
-                 triple_head="independent", answer_from_kb=False, kb_constrained=False):
+                 triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -209,6 +216,11 @@ class VQAModel(nn.Module):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
         if kn.predicts(knowledge):
+            if triple_encoder == "own":  # the same architecture, without an answer classifier
+                self.triple_encoders = VQAModel(copy.deepcopy(text_encoder), copy.deepcopy(image_encoder), 1, img_size,
+                                                dim_h, dropout, use_transformer_layer, n_transformer_layers, n_heads,
+                                                ablate, text_pool)
+                del self.triple_encoders.classifier
             self.triple_heads = kn.TripleHeads(triple_head, dim_h, knowledge_sizes)
             self.no_knowledge = knowledge_sizes[1] - 1  # the last relation: KnowledgeVocab.from_rows puts it there
         if answer_from_kb:  # answer from the vocabulary, or copy the triple's head or tail (knowledge.AnswerChooser)
@@ -219,11 +231,13 @@ class VQAModel(nn.Module):
         "triple" [B, 3] (ids). triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last
         one), used by "ideal"."""
         image_f = self.encode_image(image)
-        text_f = self.encode_text(input_ids, attention_mask)
-        fused = self.combine(text_f, image_f, attention_mask)
+        text_f = fused = None
+        if not (self.knowledge == "gel_text" and hasattr(self, "triple_encoders")):  # it answers from the pair only
+            text_f = self.encode_text(input_ids, attention_mask)
+            fused = self.combine(text_f, image_f, attention_mask)
         out, extra = {}, None
         if kn.predicts(self.knowledge):
-            out = self.triple_heads(self.hidden(fused), self.hidden(text_f[0]))
+            out = self.triple_logits(input_ids, attention_mask, image, fused, text_f)
             out["triple"] = kn.choose_triple(out, self.kb if self.kb_constrained else None, self.no_knowledge,
                                              self.vocab)
             triples = out["triple"][:, None]
@@ -237,6 +251,22 @@ class VQAModel(nn.Module):
         if hasattr(self, "copy_gate"):
             out["gate"] = self.copy_gate(hidden)
         return out
+
+    def triple_logits(self, input_ids, attention_mask, image, fused, text_f):
+        """The triple heads' logits from the hidden features of the fused and the question feature: the answer
+        path's (GEL-VQA), or with triple_encoder "own" those of the triple's own encoders."""
+        source = getattr(self, "triple_encoders", None)
+        if source is None:
+            source = self
+        else:
+            text_f = source.encode_text(input_ids, attention_mask)
+            fused = source.combine(text_f, source.encode_image(image), attention_mask)
+        return self.triple_heads(source.hidden(fused), source.hidden(text_f[0]))
+
+    def text_encoders(self):
+        """The question encoders: the answer path's and, with triple_encoder "own", the triple's."""
+        own = getattr(self, "triple_encoders", None)
+        return [self.text_encoder] + ([own.text_encoder] if own is not None else [])
 
     def hidden(self, x, extra=None):
         """The answer path's hidden feature drop(relu(LN(linear(x) [+ extra]))); GEL-VQA's triple heads read it too."""
@@ -311,8 +341,7 @@ def build_model(config, text_config=None, from_sources=False):
     image_source = config["image_model"] if from_sources else config["image_arch"]
     image_encoder = build_image_encoder(image_source, pretrained=from_sources and config["pretrained"],
                                         **config["image_model_kwargs"])
-    knowledge = {k: config.get(k, util.LATER_OPTIONS.get(k))
-                 for k in ("knowledge", "knowledge_fusion", "triple_head", "answer_from_kb", "kb_constrained")}
+    knowledge = {k: config.get(k, util.LATER_OPTIONS.get(k)) for k in KNOWLEDGE_OPTIONS}
     return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"],
                     **{k: config[k] for k in HEAD_OPTIONS}, **knowledge,
                     knowledge_sizes=tuple(config.get("knowledge_sizes", (0, 0, 0))),

@@ -352,7 +352,8 @@ def wrap(model, rt, compile_model, text_frozen):
     autograd never runs its backward pass or keeps its activations, and DistributedDataParallel, which registers
     the parameters that require grad when it is built, leaves it out of the gradient all-reduce. Because DDP
     decides that when it is built, the model is wrapped again whenever the text encoder is frozen or unfrozen."""
-    model.text_encoder.requires_grad_(not text_frozen)
+    for encoder in model.text_encoders():
+        encoder.requires_grad_(not text_frozen)
     wrapped = model
     if util.distributed():
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
@@ -412,7 +413,8 @@ def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, ar
     """Trains from state["batch"] to the end of the epoch, adding to state["partial"]; returns the signal number if
     SIGTERM/SIGINT stopped it before the end (0 otherwise)."""
     model.train()
-    model.text_encoder.train(not text_frozen)  # a frozen encoder is a fixed feature extractor: no dropout
+    for encoder in model.text_encoders():
+        encoder.train(not text_frozen)  # a frozen encoder is a fixed feature extractor: no dropout
     steps_per_epoch = epoch_steps(loader)
     total_steps = args.n_epoch * steps_per_epoch
     warmup_steps = max(1, int(args.warmup * total_steps))

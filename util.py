@@ -27,12 +27,14 @@ RUN_OPTIONS = ["train_data", "data_dir", "lang", "text_model", "image_model", "p
                "dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool",
                "loss", "gamma", "label_smoothing", "n_epoch", "lr", "batch_size", "weight_decay", "warmup",
                "freeze_text_epochs", "clip_grad", "seed", "preset", "skip_bad", "num_workers", "precision",
-               "knowledge", "kge_dir", "knowledge_fusion", "triple_head", "kb_constrained", "kb", "head_lr",
-               "head_logit_adjustment", "answer_from_kb", "schedule", "report_to", "image_model_kwargs", "scratch_text"]
+               "knowledge", "kge_dir", "knowledge_fusion", "triple_head", "triple_encoder", "kb_constrained", "kb",
+               "head_lr", "head_logit_adjustment", "answer_from_kb", "schedule", "report_to", "image_model_kwargs",
+               "scratch_text"]
 # options that runs of earlier versions lack, and the value they had then
 LATER_OPTIONS = {"precision": "auto", "knowledge": "none", "kge_dir": None, "knowledge_fusion": "mul",
-                 "triple_head": "independent", "kb_constrained": False, "kb": None, "head_lr": None,
-                 "head_logit_adjustment": False, "answer_from_kb": False, "schedule": "cosine", "report_to": "none"}
+                 "triple_head": "independent", "triple_encoder": "shared", "kb_constrained": False, "kb": None,
+                 "head_lr": None, "head_logit_adjustment": False, "answer_from_kb": False, "schedule": "cosine",
+                 "report_to": "none"}
 
 
 def set_seed(seed):
@@ -357,7 +359,7 @@ def positive(kind=float):
 # do not belong together are caught by name rather than as a shape error or, worse, silently wrong answers.
 MODEL_KEYS = ["num_answers", "image_arch", "image_model_kwargs", "img_size", "dim_h", "use_transformer_layer",
               "n_transformer_layers", "n_heads", "text_pool", "ablate", "knowledge", "knowledge_sizes", "kge_widths",
-              "knowledge_fusion", "triple_head", "answer_from_kb"]
+              "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb"]
 
 
 def model_metadata(config, answers):

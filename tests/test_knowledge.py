@@ -74,7 +74,9 @@ OPTIONS = ([("none", {}), ("text", {})]
               for h, kb in itertools.product(kn.TRIPLE_HEADS, (False, True))]
            + [("ideal", {"knowledge_fusion": "film", "answer_from_kb": True}),
               ("gel", {"triple_head": "cascade", "kb_constrained": True, "answer_from_kb": True}),
-              ("gel_text", {"answer_from_kb": True})])
+              ("gel_text", {"answer_from_kb": True}),
+              ("gel", {"triple_encoder": "own", "triple_head": "cascade"}),
+              ("gel_text", {"triple_encoder": "own", "kb_constrained": True, "answer_from_kb": True})])
 KB = [("apple", "has", "fur"), ("bear", "eats", "fish"), ("dog", "is", "big")]
 
 
@@ -323,6 +325,33 @@ def test_triple_loss_leaves_out_rows_without_a_triple_and_unseen_parts():
     assert triple_loss(out, none).item() == 0.0  # not NaN
 
 
+@pytest.mark.parametrize("knowledge", ["gel", "gel_text"])
+def test_an_own_triple_encoder_keeps_the_triples_loss_off_the_answer_path(knowledge):
+    answer_path = ("text_encoder.", "image_encoder.", "image_proj.", "linear.", "h_layer_norm.")
+    for encoder in kn.TRIPLE_ENCODERS:
+        model = tiny_model(knowledge, triple_encoder=encoder)
+        triple_loss(model(*tiny_batch(knowledge)), tiny_batch(knowledge)[3]).backward()
+        reached = {name.startswith("triple_encoders.") for name, p in model.named_parameters()
+                   if name.startswith(answer_path + ("triple_encoders.",)) and p.grad is not None and p.grad.any()}
+        assert reached == ({False} if encoder == "shared" else {True})  # the answer path's or the triple's own
+    assert model.text_encoders() == [model.text_encoder, model.triple_encoders.text_encoder]
+    rt = train.Runtime(torch.device("cpu"), 0, 1, "fp32")
+    train.wrap(model, rt, compile_model=False, text_frozen=True)  # both question encoders are frozen together
+    assert not any(p.requires_grad for encoder in model.text_encoders() for p in encoder.parameters())
+
+
+def test_the_triple_encoder_is_rebuilt_from_the_runs_config():
+    import main
+    from model import build_model, small_text_config
+
+    args = main.parse_args(["--preset", "sample", "--knowledge", "gel_text", "--triple_encoder", "own"])
+    config = {**run_config(args, num_answers=3), "knowledge_sizes": list(SIZES)}
+    text_config = small_text_config(50, 16, hidden=32, layers=1, heads=2)
+    trained, rebuilt = build_model(config, text_config, from_sources=True), build_model(config, text_config)
+    assert hasattr(rebuilt, "triple_encoders") and not hasattr(rebuilt.triple_encoders, "classifier")
+    assert trained.state_dict().keys() == rebuilt.state_dict().keys()
+
+
 def test_head_logit_adjustment_takes_no_gradient_toward_heads_a_relation_never_had():
     # relation 1 had only head 2 in training; relation 0 had heads 0 and 1
     triples = torch.tensor([[[2, 1, 2]]] * 1000 + [[[0, 0, 0]], [[1, 0, 1]]])
@@ -428,7 +457,8 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel"], ["--kge_dir"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--kb_constrained"], ["--kb_constrained", "gel, gel_text"]),
     (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "--answer_from_kb"]),
-    (["--knowledge", "text", "--head_logit_adjustment"], ["--head_logit_adjustment", "gel, gel_text"])])
+    (["--knowledge", "text", "--head_logit_adjustment"], ["--head_logit_adjustment", "gel, gel_text"]),
+    (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 

@@ -33,6 +33,11 @@ CONFIGS = {
                                 "--head_logit_adjustment"],
     "gel_text_cascade_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained",
                                         "--answer_from_kb", "--head_logit_adjustment"],
+    # the triple predicted by encoders of its own (HiLINK's triple predictor is a network of its own)
+    "gel_text_own_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
+                                    "--answer_from_kb", "--head_logit_adjustment"],
+    "gel_text_own_kb_copy": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
+                             "--answer_from_kb"],
 }
 DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
