@@ -38,6 +38,9 @@ CONFIGS = {
                                     "--answer_from_kb", "--head_logit_adjustment"],
     "gel_text_own_kb_copy": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
                              "--answer_from_kb"],
+    "gel_text_own_cascade_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_encoder", "own", "--triple_head",
+                                            "cascade", "--kb_constrained", "--answer_from_kb",
+                                            "--head_logit_adjustment"],
 }
 DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
