@@ -352,6 +352,19 @@ def test_the_triple_encoder_is_rebuilt_from_the_runs_config():
     assert trained.state_dict().keys() == rebuilt.state_dict().keys()
 
 
+def test_the_cost_of_each_configuration_is_timed_against_the_baseline(sample_dir, kge_dir, tmp_path):
+    import knowledge_cost
+    from conftest import run_main
+
+    assert run_main(knowledge_cost, "--data_dir", sample_dir, "--kge_dir", kge_dir, "--configs", "none",
+                    "gel_text_own_kb_copy_adjust", "--rounds", "2", "--steps", "1", "--warmup_steps", "0",
+                    "--out", tmp_path) == ""
+    table = pd.read_csv(tmp_path / "cost.csv")
+    assert table["configuration"].tolist() == ["none", "gel_text_own_kb_copy_adjust"]
+    assert table["ratio"][0] == 1.0 and (table["s / step"] > 0).all()
+    assert "--triple_encoder own" in table["main.py options"][1] and (tmp_path / "cost.md").is_file()
+
+
 def test_head_logit_adjustment_takes_no_gradient_toward_heads_a_relation_never_had():
     # relation 1 had only head 2 in training; relation 0 had heads 0 and 1
     triples = torch.tensor([[[2, 1, 2]]] * 1000 + [[[0, 0, 0]], [[1, 0, 1]]])

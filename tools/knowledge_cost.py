@@ -75,9 +75,9 @@ def main():
                    help="configurations to time; the first is the baseline of the ratios")
     p.add_argument("--preset", default="sample", help="main.py --preset of every configuration")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
-    p.add_argument("--rounds", type=int, default=5, help="rounds; each configuration is timed once in each")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per configuration and round")
-    p.add_argument("--warmup_steps", type=int, default=3, help="untimed steps of each configuration first")
+    p.add_argument("--rounds", type=util.at_least(1), default=5, help="rounds; each configuration is timed in each")
+    p.add_argument("--steps", type=util.at_least(1), default=10, help="timed steps of a configuration per round")
+    p.add_argument("--warmup_steps", type=util.at_least(0), default=3, help="untimed steps of each configuration first")
     p.add_argument("--out", default="results/knowledge_cost", help="where cost.md and cost.csv go")
     args = p.parse_args()
     outputs = util.OutputFolder(args.out).check(["cost.md", "cost.csv"])
@@ -85,7 +85,8 @@ def main():
         steps = {}
         for config in args.configs:
             steps[config], argv = build(config, args, os.path.join(tmp, config))
-            timed(steps[config], args.warmup_steps)
+            for _ in range(args.warmup_steps):
+                steps[config]()
         seconds = {config: [] for config in args.configs}
         for _ in tqdm(range(args.rounds), desc="rounds"):
             for config in args.configs:
