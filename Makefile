@@ -13,7 +13,7 @@ endif
 PIP ?= $(PYTHON) -m pip
 VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/ready)
 
-.PHONY: install sample demo ablation bench knowledge knowledge-kb bok-proxy figs chromium lint test clean gpu-check
+.PHONY: install sample demo ablation bench knowledge knowledge-kb knowledge-cost bok-proxy figs chromium lint test clean gpu-check
 
 .venv/ready:
 	@echo "not inside a virtual environment: making one in .venv (PYTHON=... to use another interpreter)"
@@ -68,8 +68,17 @@ knowledge: install
 knowledge-kb: install sample
 	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
 	$(PYTHON) tools/knowledge_runs.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_kb \
-	  --configs none ideal_concat_copy gel_text_cascade_kb_copy gel_text_kb_copy
+	  --configs none ideal_concat_copy gel_text_cascade_kb_copy gel_text_kb_copy gel_text_kb_copy_adjust \
+	  gel_text_own_kb_copy_adjust
 	@echo "the table: results/knowledge_kb/comparison.md"
+
+# seconds per training step of the knowledge configurations, side by side (tools/knowledge_cost.py)
+knowledge-cost: install sample
+	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
+	$(PYTHON) tools/knowledge_cost.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_cost \
+	  --configs none ideal_concat_copy gel gel_text_kb_copy gel_text_kb_copy_adjust gel_text_own_kb_copy_adjust \
+	  gel_text_cascade_kb_copy
+	@echo "the table: results/knowledge_cost/cost.md"
 
 bok-proxy: install
 	$(PYTHON) tools/bok_proxy.py
