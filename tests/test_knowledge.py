@@ -564,10 +564,10 @@ def test_held_out_facts_are_answered_from_the_kb_and_reported_apart(held_out_run
     assert "Rows whose triple, or whose answer, never occurs" in (run_dir / "report.md").read_text()
 
 
-def fake_run(path, seed, knowledge, accuracy):
+def fake_run(path, seed, knowledge, accuracy, **options):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"seed": seed, "knowledge": knowledge, "lr": 1e-3,
-                                                  "best_valid_acc": accuracy}))
+                                                  "best_valid_acc": accuracy, **options}))
     (path / "eval_all.json").write_text(json.dumps({"accuracy": accuracy, "n": 10, "by_type": {
         "A": {"accuracy": accuracy, "n": 5}, "B": {"accuracy": accuracy / 2, "n": 5}}}))
     (path / "history.json").write_text(json.dumps([{"epoch": 1, "seconds": 10 * seed}]))
@@ -576,7 +576,9 @@ def fake_run(path, seed, knowledge, accuracy):
 
 def test_compare_groups_runs_that_differ_only_in_seed(tmp_path):
     runs = [fake_run(tmp_path / f"{k}_{seed}", seed, k, acc) for k, seed, acc in
-            [("none", 1, 0.5), ("none", 2, 0.7), ("none", 3, 0.6), ("gel", 1, 0.8), ("gel", 2, 0.9)]]
+            [("none", 1, 0.5), ("none", 2, 0.7), ("gel", 1, 0.8), ("gel", 2, 0.9)]]
+    # a run of this version saves an option that the earlier runs lack, at the value they had
+    runs.insert(2, fake_run(tmp_path / "none_3", 3, "none", 0.6, triple_encoder="shared"))
     result = run_script("report.py", "--compare", *runs, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     grouped = pd.read_csv(tmp_path / "out" / "comparison_seeds.csv")
