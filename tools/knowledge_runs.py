@@ -36,8 +36,6 @@ CONFIGS = {
     # the triple predicted by encoders of its own (HiLINK's triple predictor is a network of its own)
     "gel_text_own_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
                                     "--answer_from_kb", "--head_logit_adjustment"],
-    "gel_text_own_kb_copy": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
-                             "--answer_from_kb"],
     "gel_text_own_cascade_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_encoder", "own", "--triple_head",
                                             "cascade", "--kb_constrained", "--answer_from_kb",
                                             "--head_logit_adjustment"],
