@@ -209,7 +209,7 @@ def resume_args(args, argv):
                  f"Evaluate it with `python inference.py --model_path {args.resume}`, or start a new run.")
     for key in util.RUN_OPTIONS:
         if key not in explicit:
-            setattr(args, key, config.get(key, util.LATER_OPTIONS.get(key)))
+            setattr(args, key, util.run_option(config, key))
     return args
 
 

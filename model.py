@@ -215,6 +215,7 @@ class VQAModel(nn.Module):
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
+        self.triple_encoders = None  # the triple's own encoders (triple_encoder "own")
         if kn.predicts(knowledge):
             if triple_encoder == "own":  # the same architecture, without an answer classifier
                 self.triple_encoders = VQAModel(copy.deepcopy(text_encoder), copy.deepcopy(image_encoder), 1, img_size,
@@ -232,7 +233,7 @@ class VQAModel(nn.Module):
         one), used by "ideal"."""
         image_f = self.encode_image(image)
         text_f = fused = None
-        if not (self.knowledge == "gel_text" and hasattr(self, "triple_encoders")):  # it answers from the pair only
+        if not (self.knowledge == "gel_text" and self.triple_encoders is not None):  # it answers from the pair only
             text_f = self.encode_text(input_ids, attention_mask)
             fused = self.combine(text_f, image_f, attention_mask)
         out, extra = {}, None
@@ -255,18 +256,15 @@ class VQAModel(nn.Module):
     def triple_logits(self, input_ids, attention_mask, image, fused, text_f):
         """The triple heads' logits from the hidden features of the fused and the question feature: the answer
         path's (GEL-VQA), or with triple_encoder "own" those of the triple's own encoders."""
-        source = getattr(self, "triple_encoders", None)
-        if source is None:
-            source = self
-        else:
+        source = self if self.triple_encoders is None else self.triple_encoders
+        if source is not self:
             text_f = source.encode_text(input_ids, attention_mask)
             fused = source.combine(text_f, source.encode_image(image), attention_mask)
         return self.triple_heads(source.hidden(fused), source.hidden(text_f[0]))
 
     def text_encoders(self):
         """The question encoders: the answer path's and, with triple_encoder "own", the triple's."""
-        own = getattr(self, "triple_encoders", None)
-        return [self.text_encoder] + ([own.text_encoder] if own is not None else [])
+        return [self.text_encoder] + ([self.triple_encoders.text_encoder] if self.triple_encoders is not None else [])
 
     def hidden(self, x, extra=None):
         """The answer path's hidden feature drop(relu(LN(linear(x) [+ extra]))); GEL-VQA's triple heads read it too."""
@@ -341,7 +339,7 @@ def build_model(config, text_config=None, from_sources=False):
     image_source = config["image_model"] if from_sources else config["image_arch"]
     image_encoder = build_image_encoder(image_source, pretrained=from_sources and config["pretrained"],
                                         **config["image_model_kwargs"])
-    knowledge = {k: config.get(k, util.LATER_OPTIONS.get(k)) for k in KNOWLEDGE_OPTIONS}
+    knowledge = {k: util.run_option(config, k) for k in KNOWLEDGE_OPTIONS}
     return VQAModel(text_encoder, image_encoder, config["num_answers"], config["img_size"],
                     **{k: config[k] for k in HEAD_OPTIONS}, **knowledge,
                     knowledge_sizes=tuple(config.get("knowledge_sizes", (0, 0, 0))),

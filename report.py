@@ -195,14 +195,10 @@ def compare(run_dirs):
     if not runs:
         raise FileNotFoundError(f"none of {list(run_dirs)[:5]} is a run directory of main.py (no config.json).")
     keys = sorted({k for _, config, _, _ in runs for k in config} - NOT_OPTIONS)
-
-    def option(config, key):  # an option a run of an earlier version lacks had the value it had then
-        return config.get(key, util.LATER_OPTIONS.get(key))
-
-    differing = [k for k in keys if len({json.dumps(option(c, k), sort_keys=True) for _, c, _, _ in runs}) > 1]
+    differing = [k for k in keys if len({json.dumps(util.run_option(c, k), sort_keys=True) for _, c, _, _ in runs}) > 1]
     table = []
     for run_dir, config, test, history in runs:
-        row = {"run": os.path.normpath(run_dir), **{k: option(config, k) for k in differing},
+        row = {"run": os.path.normpath(run_dir), **{k: util.run_option(config, k) for k in differing},
                "best_valid": config.get("best_valid_acc")}
         by_type = {"all": {"accuracy": test["accuracy"]}, **test["by_type"]} if test else {}
         row.update({f"test_{t}": by_type[t]["accuracy"] if t in by_type else None for t in TEST_COLUMNS})

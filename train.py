@@ -76,9 +76,7 @@ def train(args):
            f"{f' (torch.distributed, {dist.get_backend()})' if util.distributed() else ''}, precision {rt.precision}")
     train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab, run_dir)
     optimizer = build_optimizer(model, args, rt.device)
-    loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
-    head_prior = kn.head_log_prior(train_loader.dataset.triples, model.vocab.classes).to(rt.device) \
-        if args.head_logit_adjustment else None
+    loss_fn, head_prior = build_losses(args, model, train_loader, rt.device)
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
     tracker = open_tracker(args, rt, run_dir, config, state, epoch_steps(train_loader))
 
@@ -325,6 +323,14 @@ SUMS = ["loss_sum", "correct", "seen", "triples", "triple_hits"]  # an epoch's r
 
 def zero_sums():
     return dict.fromkeys(SUMS, 0)
+
+
+def build_losses(args, model, train_loader, device):
+    """(the answer's loss function, the head's log prior of --head_logit_adjustment or None)."""
+    loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(device)
+    head_prior = kn.head_log_prior(train_loader.dataset.triples, model.vocab.classes).to(device) \
+        if args.head_logit_adjustment else None
+    return loss_fn, head_prior
 
 
 def build_optimizer(model, args, device):

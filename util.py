@@ -37,6 +37,11 @@ LATER_OPTIONS = {"precision": "auto", "knowledge": "none", "kge_dir": None, "kno
                  "report_to": "none"}
 
 
+def run_option(config, key):
+    """A run's option from its config.json; one that a run of an earlier version lacks had the value it had then."""
+    return config.get(key, LATER_OPTIONS.get(key))
+
+
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)

@@ -21,11 +21,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import knowledge as kn  # noqa: E402
 import main as main_py  # noqa: E402
 import train  # noqa: E402
 import util  # noqa: E402
-from focal import build_loss  # noqa: E402
 from knowledge_runs import CONFIGS, options  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -41,9 +39,7 @@ def build(config, args, results_dir):
     model = model.to(rt.device, memory_format=torch.channels_last).train()
     train_loader, _ = train.make_loaders(run_args, rt, data, tokenizer, model.vocab, run_dir)
     optimizer = train.build_optimizer(model, run_args, rt.device)
-    loss_fn = build_loss(run_args.loss, gamma=run_args.gamma, label_smoothing=run_args.label_smoothing).to(rt.device)
-    head_prior = kn.head_log_prior(train_loader.dataset.triples, model.vocab.classes) \
-        if run_args.head_logit_adjustment else None
+    loss_fn, head_prior = train.build_losses(run_args, model, train_loader, rt.device)
     wrapped = train.wrap(model, rt, compile_model=False, text_frozen=False)  # the steps after the frozen epochs
     batches = iter(train_loader)
 
