@@ -475,39 +475,6 @@ def copy_targets(df):
     return torch.tensor(targets, dtype=torch.long)
 
 
-def fed_copy_targets(copy, fed, gold):
-    """[B] the copy gate's targets for the triples the answer pass read (fed [B, 3] ids; --triple_noise): a row's
-    copy_targets value where the part it copies (head or tail) is the gold triple's (gold [B, 3]), else the
-    vocabulary, so that the gate learns whether the triple it is given can be copied from."""
-    right = torch.where(copy == PATHS.index("head"), fed[:, 0] == gold[:, 0], fed[:, 2] == gold[:, 2])
-    return torch.where((copy == 0) | right, copy, torch.zeros_like(copy))
-
-
-class TripleNoise:
-    """--triple_noise: in training, the predicted triple the answer pass reads (gel_text's words, gel's codes) is
-    replaced, with probability rate, by another training question's triple of the same relation. On the training
-    questions the triple heads end up right almost always, at test far less often (valid_hrt in history.json): with
-    the noise the answer pass learns not to follow a wrong triple, and with fed_copy_targets the gate learns when
-    to copy. The triples come from the training questions only, so no other fact of the knowledge base is read in
-    training."""
-
-    def __init__(self, triples, rate, device):
-        first = triples[:, 0]
-        self.pool = torch.unique(first[(first >= 0).all(-1)], dim=0).to(device)  # [G, 3] training triples
-        self.rate = rate
-
-    def __call__(self, predicted):
-        """predicted [B, 3] ids with rows chosen at random (torch's generator) replaced; a row without a triple,
-        or whose relation has no other training triple, is kept."""
-        other = (self.pool[None, :, 1] == predicted[:, None, 1]) & (self.pool[None] != predicted[:, None]).any(-1)
-        pick = (torch.rand(len(predicted), device=predicted.device) < self.rate) & other.any(-1)
-        if not pick.any():
-            return predicted
-        fed = predicted.clone()
-        fed[pick] = self.pool[torch.multinomial(other[pick].float(), 1)[:, 0]]
-        return fed
-
-
 def copy_candidates(model, out, df):
     """Per row, the (head, tail, whether the tail is inferred) names an answer may be copied from, or None: for ideal
     the row's gold triple; else the predicted triple's head, and its tail as the knowledge base gives it: the

@@ -131,11 +131,6 @@ def build_parser(suppress_defaults=False):
         help="train the triple's head with logit adjustment by its training prior given the gold relation, "
              "log p(h | r) (gel, gel_text): the head then learns no preference for the heads a relation had in the "
              "training questions, so that a fact no training question uses (a held-out fact) can be predicted")
-    add("--triple_noise", type=in_range(0, 1), default=0.0,
-        help="in training, replace each predicted triple that the answer pass reads, with this probability, by "
-             "another training question's triple of the same relation (gel, gel_text), and train the copy gate on "
-             "whether the triple it read can be copied from: the answer pass learns not to follow a wrong triple. "
-             "A rate near the valid triple error (1 - valid_hrt in history.json) fits; 0: off")
     add("--answer_from_kb", action="store_true", default=False,
         help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (ideal: the "
              "gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
@@ -177,10 +172,10 @@ def check_knowledge_options(args):
         problems.append(f"--knowledge {args.knowledge} needs --kge_dir, a directory of KG embeddings: train one with "
                         f"`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv)")
     triple_options = args.kb_constrained or args.head_lr or args.head_logit_adjustment or \
-        args.triple_encoder != "shared" or args.triple_noise
+        args.triple_encoder != "shared"
     if triple_options and not kn.predicts(args.knowledge):
-        problems.append(f"--kb_constrained, --head_lr, --head_logit_adjustment, --triple_encoder and --triple_noise "
-                        f"apply to the modes that predict a triple (gel, gel_text), not --knowledge {args.knowledge}")
+        problems.append(f"--kb_constrained, --head_lr, --head_logit_adjustment and --triple_encoder apply to the "
+                        f"modes that predict a triple (gel, gel_text), not --knowledge {args.knowledge}")
     if args.kb and not kn.uses_kb(vars(args)):
         problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
     if args.answer_from_kb and not kn.has_vocab(args.knowledge):

@@ -211,7 +211,6 @@ class VQAModel(nn.Module):
         # ids (--kb_constrained, --answer_from_kb) and the pairing of questions with predicted triples (gel_text)
         self.vocab, self.kge, self.triple_text = None, None, None
         self.kb = None  # a knowledge.KnowledgeBase
-        self.triple_noise = None  # a knowledge.TripleNoise while training with --triple_noise (train.py)
         self.kb_constrained = kb_constrained
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
@@ -230,8 +229,8 @@ class VQAModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, image, triples=None):
         """{"answer": logits}, and in the modes that predict a triple the logits "h", "r", "t" and the chosen
-        "triple" [B, 3] (ids), and while training with a triple_noise the "fed_triple" the answer pass read instead.
-        triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last one), used by "ideal"."""
+        "triple" [B, 3] (ids). triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last
+        one), used by "ideal"."""
         image_f = self.encode_image(image)
         text_f = fused = None
         if not (self.knowledge == "gel_text" and self.triple_encoders is not None):  # it answers from the pair only
@@ -242,11 +241,9 @@ class VQAModel(nn.Module):
             out = self.triple_logits(input_ids, attention_mask, image, fused, text_f)
             out["triple"] = kn.choose_triple(out, self.kb if self.kb_constrained else None, self.no_knowledge,
                                              self.vocab)
-            if self.training and self.triple_noise is not None:  # what the answer pass reads (train.py)
-                out["fed_triple"] = self.triple_noise(out["triple"])
-            triples = out.get("fed_triple", out["triple"])[:, None]
+            triples = out["triple"][:, None]
         if self.knowledge == "gel_text":
-            input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
+            input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, out["triple"])
             fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
         elif kn.embeds(self.knowledge):
             fused, extra = self.injection(fused, *self.codes(triples))

@@ -77,7 +77,6 @@ def train(args):
     train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab, run_dir)
     optimizer = build_optimizer(model, args, rt.device)
     loss_fn, head_prior = build_losses(args, model, train_loader, rt.device)
-    add_triple_noise(model, args, train_loader, rt.device)
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
     tracker = open_tracker(args, rt, run_dir, config, state, epoch_steps(train_loader))
 
@@ -334,13 +333,6 @@ def build_losses(args, model, train_loader, device):
     return loss_fn, head_prior
 
 
-def add_triple_noise(model, args, train_loader, device):
-    """--triple_noise: the model's answer pass trains on predicted triples replaced at that rate (knowledge.TripleNoise,
-    from the training questions' triples)."""
-    model.triple_noise = kn.TripleNoise(train_loader.dataset.triples, args.triple_noise, device) \
-        if args.triple_noise else None
-
-
 def build_optimizer(model, args, device):
     """AdamW over every parameter, without weight decay for biases, norms, embeddings and position parameters
     (timm's param_groups_weight_decay). Built while every parameter requires grad: a frozen text encoder's
@@ -400,10 +392,7 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
         loss = loss + triple_loss(out, gold, head_prior)
         triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
     if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
-        copy = batch["copy"].to(device, non_blocking=True)
-        if "fed_triple" in out:  # --triple_noise: whether the triple the answer pass read can be copied from
-            copy = kn.fed_copy_targets(copy, out["fed_triple"], gold[:, 0])
-        loss = loss + nn.functional.cross_entropy(out["gate"], copy)
+        loss = loss + nn.functional.cross_entropy(out["gate"], batch["copy"].to(device, non_blocking=True))
     optimize(wrapped, optimizer, loss, clip_grad, lr)
     return dict(zip(SUMS, [loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label),
                            triples, hits]))

@@ -387,54 +387,6 @@ def test_head_logit_adjustment_takes_no_gradient_toward_heads_a_relation_never_h
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_triple_noise_feeds_another_training_triple_of_the_same_relation():
-    gold = torch.tensor([[[0, 1, 2]], [[3, 1, 4]], [[1, 2, 3]], [[kn.ABSENT, 3, kn.ABSENT]], [[0, 1, 2]]])
-    predicted = torch.tensor([[0, 1, 2], [1, 2, 3], [kn.ABSENT, 3, kn.ABSENT], [4, 1, 0]])
-    fed = kn.TripleNoise(gold, 1.0, "cpu")(predicted)
-    assert fed[0].tolist() == [3, 1, 4]  # the other training triple of relation 1
-    assert fed[1].tolist() == [1, 2, 3] and fed[2].tolist() == [kn.ABSENT, 3, kn.ABSENT]  # no other one; no triple
-    assert fed[3].tolist() in ([0, 1, 2], [3, 1, 4])  # a prediction no question has: one that a question has
-    assert torch.equal(kn.TripleNoise(gold, 0.0, "cpu")(predicted), predicted)
-    torch.manual_seed(0)
-    many = kn.TripleNoise(gold, 0.2, "cpu")(predicted[:1].repeat(4000, 1))
-    assert (many != predicted[0]).any(-1).float().mean().item() == pytest.approx(0.2, abs=0.02)
-    # the gate learns to copy a part only where the triple it read has the gold one
-    copy = torch.tensor([1, 2, 2, 0, 1])
-    fed = torch.tensor([[0, 1, 2], [0, 1, 2], [3, 1, 5], [3, 1, 4], [3, 1, 4]])
-    gold = torch.tensor([[0, 1, 2], [3, 1, 2], [3, 1, 4], [0, 1, 2], [0, 1, 4]])
-    assert kn.fed_copy_targets(copy, fed, gold).tolist() == [1, 2, 0, 0, 0]
-
-
-@pytest.mark.parametrize("knowledge", ["gel", "gel_text"])
-def test_with_triple_noise_the_answer_pass_reads_the_fed_triple_in_training_only(knowledge, monkeypatch):
-    model = tiny_model(knowledge, kb=KB, kb_constrained=True, answer_from_kb=True)
-    ids, mask, image, triples = tiny_batch(knowledge)
-    pool = torch.tensor([[[h, r, t]] for r in range(3) for h, t in ((r, r + 1), (r + 1, r + 2))])  # 2 per relation
-    model.triple_noise = kn.TripleNoise(pool, 1.0, "cpu")
-    reads = []
-    if knowledge == "gel_text":
-        pair = model.triple_text.pair
-        monkeypatch.setattr(model.triple_text, "pair", lambda i, m, t: reads.append(t) or pair(i, m, t))
-    else:
-        codes = model.codes.forward
-        monkeypatch.setattr(model.codes, "forward", lambda t: reads.append(t[:, 0]) or codes(t))
-    out = model.train()(ids, mask, image, triples)
-    assert not torch.equal(out["fed_triple"], out["triple"]) and torch.equal(reads[-1], out["fed_triple"])
-    assert "fed_triple" not in model.eval()(ids, mask, image, triples)  # at test the prediction itself
-    assert torch.equal(reads[-1], model(ids, mask, image, triples)["triple"])
-    # a training step's copy gate learns from the triple the answer pass read
-    targets = []
-    fed_copy_targets = kn.fed_copy_targets
-    monkeypatch.setattr(kn, "fed_copy_targets", lambda *a: targets.append(a[1]) or fed_copy_targets(*a))
-    batch = {"input_ids": ids, "attention_mask": mask, "triples": triples, "label": torch.tensor([0, 1, 2, 0]),
-             "image": torch.randint(0, 256, (len(ids), *image.shape[2:], 3), dtype=torch.uint8),
-             "copy": torch.tensor([2, 1, 0, 0])}
-    optimizer = torch.optim.AdamW(model.parameters())
-    sums = train.train_step(model.train(), optimizer, build_loss("focal"), batch, torch.device("cpu"), "fp32", 1.0,
-                            1e-3)
-    assert len(targets) == 1 and targets[0].shape == (len(ids), 3) and math.isfinite(sums["loss_sum"])
-
-
 def test_text_mode_keeps_the_question_whole():
     questions = ["원의 색깔은?", "사각형과 같은 색의 과일은? " * 6]
     tokenizer = train_tokenizer(questions + ["빨간색 대표 과일 딸기 " * 5])
@@ -519,8 +471,7 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "ideal", "--kge_dir", "k", "--kb_constrained"], ["--kb_constrained", "gel, gel_text"]),
     (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "--answer_from_kb"]),
     (["--knowledge", "text", "--head_logit_adjustment"], ["--head_logit_adjustment", "gel, gel_text"]),
-    (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"]),
-    (["--knowledge", "ideal", "--kge_dir", "k", "--triple_noise", "0.2"], ["--triple_noise", "gel, gel_text"])])
+    (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 

@@ -40,7 +40,6 @@ def build(config, args, results_dir):
     train_loader, _ = train.make_loaders(run_args, rt, data, tokenizer, model.vocab, run_dir)
     optimizer = train.build_optimizer(model, run_args, rt.device)
     loss_fn, head_prior = train.build_losses(run_args, model, train_loader, rt.device)
-    train.add_triple_noise(model, run_args, train_loader, rt.device)
     wrapped = train.wrap(model, rt, compile_model=False, text_frozen=False)  # the steps after the frozen epochs
     batches = iter(train_loader)
 

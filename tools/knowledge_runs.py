@@ -39,12 +39,6 @@ CONFIGS = {
     "gel_text_own_cascade_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_encoder", "own", "--triple_head",
                                             "cascade", "--kb_constrained", "--answer_from_kb",
                                             "--head_logit_adjustment"],
-    # ... and the answer pass trained on predicted triples replaced at 0.2, about the runs' valid triple error
-    "gel_text_own_kb_copy_adjust_noise": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
-                                          "--answer_from_kb", "--head_logit_adjustment", "--triple_noise", "0.2"],
-    "gel_text_own_cascade_kb_copy_adjust_noise": ["--knowledge", "gel_text", "--triple_encoder", "own",
-                                                  "--triple_head", "cascade", "--kb_constrained", "--answer_from_kb",
-                                                  "--head_logit_adjustment", "--triple_noise", "0.2"],
 }
 DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
