@@ -127,7 +127,7 @@ def main():
             raise gr.Error(str(e)) from None
         return dict(top), " | ".join(top.triple) if top.triple else "(none)"
 
-    app = build_app(gr, predict, samples, args.top_k, config.get("knowledge", "none"))
+    app = build_app(gr, predict, samples, args.top_k, util.run_option(config, "knowledge"))
     # gradio serves only files it is told about: the sample images live in the data directory
     app.launch(server_name=args.host, server_port=args.port, show_error=True,
                allowed_paths=sorted({os.path.dirname(sample[1]) for sample in samples}))

@@ -50,7 +50,7 @@ def main():
     try:
         device = util.pick_device(args.device)
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir, args.kb)
-        precision = util.pick_precision(device, config.get("precision", "auto"))
+        precision = util.pick_precision(device, util.run_option(config, "precision"))
         data_dir = args.data_dir or config["data_dir"]
         data = read_data(data_dir, run_dir)
         df = select_rows(data, args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
@@ -66,7 +66,7 @@ def main():
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in "
               f"{run_dir}/skipped_rows_{args.infer_data}.csv")
     answer_to_id = {a: i for i, a in enumerate(answers)}
-    dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"], config.get("knowledge", "none"),
+    dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"], util.run_option(config, "knowledge"),
                          model.vocab)
     loader = make_loader(dataset, args.batch_size, args.num_workers, device)
     result = predict(model, loader, device, precision, top_k=1, desc=args.split)
@@ -75,7 +75,7 @@ def main():
     unknown = int((~df["answer"].isin(answer_to_id)).sum())
     summary = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": report.accuracy_table(df),
                "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
-               "split": args.split, "infer_data": args.infer_data, "knowledge": config.get("knowledge", "none"),
+               "split": args.split, "infer_data": args.infer_data, "knowledge": util.run_option(config, "knowledge"),
                "kb": args.kb or (os.path.join(run_dir, kn.KB_FILE) if kn.uses_kb(config) else None)}
     if "predicted_triple" in df:
         summary["triple_accuracy"] = report.triple_accuracy(df)

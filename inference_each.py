@@ -73,9 +73,9 @@ def main():
     print(f"question: {question}")
     if gold is not None:
         print(f"gold:     {gold}{'' if gold in answers else ' (never seen in training)'}")
-    if config.get("knowledge", "none") in ("text", "ideal"):
+    if util.run_option(config, "knowledge") in ("text", "ideal"):
         print(f"knowledge: {triple or abstract or '(none)'}")
-    if kn.predicts(config.get("knowledge", "none")):
+    if kn.predicts(util.run_option(config, "knowledge")):
         print(f"predicted knowledge: {' | '.join(top.triple) if top.triple else '(none)'}"
               + (f"  (gold: {triple})" if triple else ""))
     for rank, (text, prob) in enumerate(top, 1):

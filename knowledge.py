@@ -125,7 +125,7 @@ def load_run_knowledge(run_dir, config):
     """(vocabularies, KB triples or None, KG embeddings or None) of a knowledge run, from its knowledge.json, kb.csv
     (for --kb_constrained and --answer_from_kb) and kge/ (the KG embeddings it was trained with);
     (None, None, None) for a run without knowledge."""
-    if not has_vocab(config.get("knowledge", "none")):
+    if not has_vocab(util.run_option(config, "knowledge")):
         return None, None, None
     path = os.path.join(run_dir, VOCAB_FILE)
     saved = util.read_json(path)

@@ -256,8 +256,9 @@ class VQAModel(nn.Module):
     def triple_logits(self, input_ids, attention_mask, image, fused, text_f):
         """The triple heads' logits from the hidden features of the fused and the question feature: the answer
         path's (GEL-VQA), or with triple_encoder "own" those of the triple's own encoders."""
-        source = self if self.triple_encoders is None else self.triple_encoders
-        if source is not self:
+        source = self
+        if self.triple_encoders is not None:
+            source = self.triple_encoders
             text_f = source.encode_text(input_ids, attention_mask)
             fused = source.combine(text_f, source.encode_image(image), attention_mask)
         return self.triple_heads(source.hidden(fused), source.hidden(text_f[0]))
@@ -462,7 +463,7 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
                         "abstract": [clean_text(abstract)]})
     if not row["question"][0]:
         raise DataError("the question is empty (or only white space and invisible characters); type a question.")
-    knowledge = config.get("knowledge", "none")
+    knowledge = util.run_option(config, "knowledge")
     ids = torch.tensor(encode_questions(tokenizer, row, config["max_token"], knowledge))
     slots = max(1, len(parse_triples(row["triple"][0]))) if kn.has_vocab(knowledge) else 0
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
@@ -470,7 +471,7 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
              "triples": torch.tensor([model.vocab.ids(row["triple"][0], slots)] if slots else [[]],
                                      dtype=torch.long).reshape(1, slots, 3)}
     model.eval()
-    out = forward(model, batch, device, util.pick_precision(device, config.get("precision", "auto")))
+    out = forward(model, batch, device, util.pick_precision(device, util.run_option(config, "precision")))
     probs = torch.softmax(out["answer"], -1)
     if "gate" in out:
         chosen = kn.AnswerChooser(answers).choose(probs, out["gate"], kn.copy_candidates(model, out, row), top_k)[0]

@@ -208,7 +208,7 @@ def top_two(run_dir, device, rows):
     images = ImageCache(data_dir, rows["image"], config["img_size"], progress=False)
     dataset = VQADataset(rows, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
     result = predict(model, make_loader(dataset, 256, 0, device), device,
-                     util.pick_precision(device, config.get("precision", "auto")), top_k=2, progress=False)
+                     util.pick_precision(device, util.run_option(config, "precision")), top_k=2, progress=False)
     return result["pred"][:, 0].numpy(), (result["prob"][:, 0] - result["prob"][:, 1]).numpy()
 
 
