@@ -40,12 +40,14 @@ def build_loss(name, gamma=2.0, label_smoothing=0.0, weight=None):
     raise ValueError(f"unknown loss {name!r}: use focal or ce")
 
 
-def triple_loss(out, triples, head_log_prior=None):
+def triple_loss(out, triples, head_log_prior=None, heads=None):
     """GEL-VQA's knowledge loss: cross entropy of the predicted head, relation and tail against the first gold triple,
     equal weights; rows without a triple and parts unseen in training (ids below 0) add nothing. head_log_prior
     ([relations, heads], knowledge.head_log_prior): the head's logits are adjusted by the prior of the gold relation
-    (--head_logit_adjustment)."""
+    (--head_logit_adjustment). heads [B]: the head's targets (knowledge.head_targets) instead of the triples' own."""
     target = triples[:, 0].clamp(min=-1)  # ABSENT -> -1
+    if heads is not None:
+        target = torch.cat([heads[:, None].clamp(min=-1), target[:, 1:]], -1)
     logits = dict(out)
     if head_log_prior is not None:
         logits["h"] = out["h"].float() + head_log_prior[target[:, 1].clamp(min=0)]

@@ -311,17 +311,34 @@ class TripleHeads(nn.Module):
         return {"h": (h + back_h) / 2, "r": (r + back_r) / 2, "t": (t + back_t) / 2}
 
 
-def head_log_prior(triples, classes):
+def head_log_prior(triples, classes, heads=None):
     """[relations, heads] log p(h | r) of the training rows' first gold triples (triples [N, slots, 3] ids; classes:
-    the vocabulary's classes per part), add-one smoothed: the prior of --head_logit_adjustment. Trained with it
+    the vocabulary's classes per part; heads [N]: the head's targets where they are not the triples' own, as
+    head_targets gives them), add-one smoothed: the prior of --head_logit_adjustment. Trained with it
     added to its logits (logit adjustment, Menon et al., 2021), the head classifier gets no gradient toward the heads
     a relation never had in training, and so learns no bias against them; at test its own logits are used, and the
     knowledge base, not the training questions, says which heads a relation has (--kb_constrained)."""
-    first = triples[:, 0]
+    first = triples[:, 0] if heads is None else torch.cat([heads[:, None], triples[:, 0, 1:]], -1)
     known = (first[:, 0] >= 0) & (first[:, 1] >= 0)
     counts = torch.ones(classes[1], classes[0])
     counts.index_put_((first[known, 1], first[known, 0]), torch.ones(int(known.sum())), accumulate=True)
     return (counts / counts.sum(1, keepdim=True)).log()
+
+
+def head_targets(df, vocab):
+    """[N] the head classifier's targets of --head_from_answers: each row's first triple's head id, and for a row
+    without a triple whose answer is the name of a head class (by answer_key), that head; else ABSENT. Such rows
+    (type A questions like "what colour is the circle?", whose answer is the head of "which fruit has the colour of
+    the circle?") teach the head to read the entity a question points at in more questions than the triple rows, and
+    beside other relations than those the triple rows pair it with."""
+    names = {}
+    for i, name in enumerate(vocab.parts[0][:vocab.classes[0]]):
+        names.setdefault(answer_key(name), i)
+    heads = []
+    for cell, answer in zip(df["triple"], df["answer"]):
+        triples = parse_triples(cell)
+        heads.append(vocab.triple_ids(triples[0])[0] if triples else names.get(answer_key(answer), ABSENT))
+    return torch.tensor(heads, dtype=torch.long)
 
 
 def log_probs(out, vocab):

@@ -131,6 +131,10 @@ def build_parser(suppress_defaults=False):
         help="train the triple's head with logit adjustment by its training prior given the gold relation, "
              "log p(h | r) (gel, gel_text): the head then learns no preference for the heads a relation had in the "
              "training questions, so that a fact no training question uses (a held-out fact) can be predicted")
+    add("--head_from_answers", action="store_true", default=False,
+        help="the triple's head classifier also learns from the rows without a triple whose answer names a head "
+             "(gel, gel_text): type A questions such as 'what colour is the circle?' teach it to read the entity a "
+             "question points at in more questions, and beside more relations, than the triple rows alone")
     add("--answer_from_kb", action="store_true", default=False,
         help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (ideal: the "
              "gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
@@ -171,11 +175,12 @@ def check_knowledge_options(args):
     if kn.embeds(args.knowledge) and not args.kge_dir:
         problems.append(f"--knowledge {args.knowledge} needs --kge_dir, a directory of KG embeddings: train one with "
                         f"`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv)")
-    triple_options = args.kb_constrained or args.head_lr or args.head_logit_adjustment or \
+    triple_options = args.kb_constrained or args.head_lr or args.head_logit_adjustment or args.head_from_answers or \
         args.triple_encoder != "shared"
     if triple_options and not kn.predicts(args.knowledge):
-        problems.append(f"--kb_constrained, --head_lr, --head_logit_adjustment and --triple_encoder apply to the "
-                        f"modes that predict a triple (gel, gel_text), not --knowledge {args.knowledge}")
+        problems.append(f"--kb_constrained, --head_lr, --head_logit_adjustment, --head_from_answers and "
+                        f"--triple_encoder apply to the modes that predict a triple (gel, gel_text), not --knowledge "
+                        f"{args.knowledge}")
     if args.kb and not kn.uses_kb(vars(args)):
         problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
     if args.answer_from_kb and not kn.has_vocab(args.knowledge):

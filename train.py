@@ -151,7 +151,8 @@ def make_loaders(args, rt, data, tokenizer, vocab=None, run_dir=None):
         images = ImageFiles(args.data_dir, names, args.img_size)
     answer_to_id = {a: i for i, a in enumerate(data.answers)}
     train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab,
-                           kn.copy_targets(data.train) if args.answer_from_kb else None)
+                           kn.copy_targets(data.train) if args.answer_from_kb else None,
+                           kn.head_targets(data.train, vocab) if args.head_from_answers else None)
     valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
     if valid_set.unseen():
         rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail outside the "
@@ -328,7 +329,8 @@ def zero_sums():
 def build_losses(args, model, train_loader, device):
     """(the answer's loss function, the head's log prior of --head_logit_adjustment or None)."""
     loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(device)
-    head_prior = kn.head_log_prior(train_loader.dataset.triples, model.vocab.classes).to(device) \
+    dataset = train_loader.dataset
+    head_prior = kn.head_log_prior(dataset.triples, model.vocab.classes, dataset.heads).to(device) \
         if args.head_logit_adjustment else None
     return loss_fn, head_prior
 
@@ -389,7 +391,7 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
     triples, hits = 0, 0
     if "triple" in out:  # GEL-VQA: + CE of the triple's head, relation and tail
         gold = batch["triples"].to(device, non_blocking=True)
-        loss = loss + triple_loss(out, gold, head_prior)
+        loss = loss + triple_loss(out, gold, head_prior, batch["head"].to(device, non_blocking=True))
         triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
     if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
         loss = loss + nn.functional.cross_entropy(out["gate"], batch["copy"].to(device, non_blocking=True))

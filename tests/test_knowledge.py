@@ -387,6 +387,42 @@ def test_head_logit_adjustment_takes_no_gradient_toward_heads_a_relation_never_h
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_head_from_answers_teaches_the_head_on_rows_whose_answer_names_a_head(sample_dir):
+    import main
+
+    vocab = tiny_vocab("gel")
+    df = pd.DataFrame({"triple": ["apple|is|red", "", "", "", "zebra|is|red"],
+                       "answer": ["red", "Bear", "fish", "apple pie", "red"]})
+    # a triple's own head (-1 where it is unseen); an answer naming a head by answer_key (case folded); a tail's
+    # name and a name that is no head give no target
+    heads = kn.head_targets(df, vocab)
+    assert heads.tolist() == [0, 1, kn.ABSENT, kn.ABSENT, -1]
+    torch.manual_seed(0)
+    out = {k: torch.randn(5, n, requires_grad=True) for k, n in zip("hrt", SIZES)}
+    triples = torch.tensor([[vocab.ids(cell, 1)[0]] for cell in df["triple"]])
+    triple_loss(out, triples, heads=heads).backward()
+    taught = out["h"].grad.abs().sum(-1) > 0
+    assert taught.tolist() == [True, True, False, False, False]
+    assert out["h"].grad[1, 1] < 0  # toward the head its answer names
+    # the prior of --head_logit_adjustment counts such a head under the relation of rows without knowledge
+    prior = kn.head_log_prior(triples, SIZES, heads).exp()
+    assert prior[vocab.no_knowledge, 1].item() == pytest.approx(2 / 6) == prior[0, 0].item()
+    # main.py's train set: the option's targets where it is given, the triples' own heads otherwise
+    rt = train.Runtime(torch.device("cpu"), 0, 1, "fp32")
+    for option in ([], ["--head_from_answers"]):
+        args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel_text", *option])
+        data = train.load_training_data(args, rt)
+        vocab = kn.KnowledgeVocab.from_rows(pd.concat([data.train, data.valid]), predicting=True)
+        loader, _ = train.make_loaders(args, rt, data, train_tokenizer(list(data.train["question"])), vocab)
+        own = loader.dataset.triples[:, 0, 0]
+        from_answers = (loader.dataset.heads != own).numpy()
+        assert from_answers.any() == bool(option) and (loader.dataset.heads[~from_answers] == own[~from_answers]).all()
+        rows = data.train[from_answers]
+        assert (rows["triple"] == "").all() and (rows["question_type"] == "A").all()
+        names = [vocab.parts[0][i] for i in loader.dataset.heads[from_answers]]
+        assert names == rows["answer"].tolist()
+
+
 def test_text_mode_keeps_the_question_whole():
     questions = ["원의 색깔은?", "사각형과 같은 색의 과일은? " * 6]
     tokenizer = train_tokenizer(questions + ["빨간색 대표 과일 딸기 " * 5])
@@ -471,6 +507,7 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "ideal", "--kge_dir", "k", "--kb_constrained"], ["--kb_constrained", "gel, gel_text"]),
     (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "--answer_from_kb"]),
     (["--knowledge", "text", "--head_logit_adjustment"], ["--head_logit_adjustment", "gel, gel_text"]),
+    (["--knowledge", "ideal", "--kge_dir", "k", "--head_from_answers"], ["--head_from_answers", "gel, gel_text"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main

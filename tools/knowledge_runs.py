@@ -36,6 +36,11 @@ CONFIGS = {
     # the triple predicted by encoders of its own (HiLINK's triple predictor is a network of its own)
     "gel_text_own_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
                                     "--answer_from_kb", "--head_logit_adjustment"],
+    # the head also learns from the rows without a triple whose answer names a head (type A questions)
+    "gel_text_kb_copy_adjust_answers": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb",
+                                        "--head_logit_adjustment", "--head_from_answers"],
+    "gel_text_own_kb_copy_adjust_answers": ["--knowledge", "gel_text", "--triple_encoder", "own", "--kb_constrained",
+                                            "--answer_from_kb", "--head_logit_adjustment", "--head_from_answers"],
     "gel_text_own_cascade_kb_copy_adjust": ["--knowledge", "gel_text", "--triple_encoder", "own", "--triple_head",
                                             "cascade", "--kb_constrained", "--answer_from_kb",
                                             "--head_logit_adjustment"],
