@@ -43,6 +43,14 @@ def run_main(module, *args):
     return ""
 
 
+def script_output(capsys, module, *args):
+    """What a script's main() prints, run in this process (run_main); the test fails unless it succeeds."""
+    capsys.readouterr()
+    message = run_main(module, *args)
+    assert message == "", message
+    return capsys.readouterr().out
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "sample"
@@ -81,12 +89,13 @@ def kge_dir(sample_dir, tmp_path_factory):
 def held_out_run(tmp_path_factory):
     """A short gel_text run that answers from its knowledge base (--kb_constrained --answer_from_kb), on a tiny sample
     with held-out facts; (run directory, data directory)."""
+    import main
+
     data = tmp_path_factory.mktemp("held_out") / "sample"
     sample_data.generate(str(data), n_images=150, seed=0, progress=False)
     results = tmp_path_factory.mktemp("held_out_results")
-    result = run_script("main.py", *TINY_TRAIN, "--n_epoch", "4", "--data_dir", data, "--results_dir", results,
-                        "--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb")
-    assert result.returncode == 0, result.stderr[-3000:]
+    main.main(TINY_TRAIN + ["--n_epoch", "4", "--data_dir", str(data), "--results_dir", str(results),
+                            "--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb"])
     return only_run(results), data
 
 
@@ -97,12 +106,13 @@ KNOWLEDGE_RUNS = {"text": [], "ideal": [], "gel": [], "gel_text": ["--triple_hea
 @pytest.fixture(scope="session")
 def knowledge_runs(sample_dir, kge_dir, tmp_path_factory):
     """A short run of each knowledge mode on the tiny sample."""
+    import main
+
     runs = {}
     for knowledge, options in KNOWLEDGE_RUNS.items():
         results = tmp_path_factory.mktemp(knowledge)
-        options = options + (["--kge_dir", kge_dir] if knowledge in ("ideal", "gel") else [])
-        result = run_script("main.py", *TINY_TRAIN, "--data_dir", sample_dir, "--results_dir", results,
-                            "--knowledge", knowledge, *options)
-        assert result.returncode == 0, result.stderr[-3000:]
+        options = options + (["--kge_dir", str(kge_dir)] if knowledge in ("ideal", "gel") else [])
+        main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(results), "--knowledge", knowledge,
+                                *options])
         runs[knowledge] = only_run(results)
     return runs

@@ -1,4 +1,5 @@
-"""inference.py and inference_each.py run as a user would run them, on a tiny trained run."""
+"""inference.py and inference_each.py on a tiny trained run: as a user runs them (a process of their own) where the
+command line itself is tested, else their main() in this process (quicker)."""
 import json
 import shutil
 import unicodedata
@@ -6,8 +7,10 @@ import unicodedata
 import pandas as pd
 from PIL import Image
 
+import inference
+import inference_each
 import util
-from conftest import run_script
+from conftest import run_script, script_output
 from vqa_dataset import read_data, select_rows
 
 
@@ -37,42 +40,40 @@ def test_inference_all(trained_run, sample_dir):
     assert f"| {count} |" in section and "![accuracy per type](by_type.png)" in section
 
 
-def test_inference_one_category_with_weights_file(trained_run, sample_dir):
+def test_inference_one_category_with_weights_file(trained_run, sample_dir, capsys):
     weights = next(trained_run.glob("infer_model_*.safetensors"))
-    result = run_script("inference.py", "--model_path", weights, "--infer_data", "triple", "--data_dir", sample_dir)
-    assert result.returncode == 0, result.stderr
+    script_output(capsys, inference, "--model_path", weights, "--infer_data", "triple", "--data_dir", sample_dir)
     report = json.loads((trained_run / "eval_triple.json").read_text())
     assert set(report["by_type"]) == {"B", "triple"}
     assert report["by_type"]["triple"]["n"] == report["n"] > 0
     # a second --infer_data adds its own section; running one again replaces it rather than repeating it
-    run_script("inference.py", "--model_path", weights, "--infer_data", "triple", "--data_dir", sample_dir)
+    script_output(capsys, inference, "--model_path", weights, "--infer_data", "triple", "--data_dir", sample_dir)
     text = (trained_run / "report.md").read_text()
     assert text.count("<!-- test:triple -->") == 1 and (trained_run / "by_type_triple.png").is_file()
 
 
-def test_answers_unseen_in_training_count_as_wrong(trained_run, sample_dir, tmp_path):
+def test_answers_unseen_in_training_count_as_wrong(trained_run, sample_dir, tmp_path, capsys):
     data = pd.read_csv(sample_dir / "data.csv", dtype=str, keep_default_na=False)
     data["split"] = read_data(sample_dir)["split"]
     test_rows = data.index[data["split"] == "test"][:5]
     data.loc[test_rows, "answer"] = "never-seen-answer"
     (tmp_path / "image").symlink_to(sample_dir / "image")
     data.to_csv(tmp_path / "data.csv", index=False)
-    result = run_script("inference.py", "--model_path", trained_run, "--data_dir", tmp_path)
-    assert result.returncode == 0, result.stderr
+    printed = script_output(capsys, inference, "--model_path", trained_run, "--data_dir", tmp_path)
     report = json.loads((trained_run / "eval_all.json").read_text())
     assert report["unknown_answers"] == 5
-    assert "5 test answers never occur in training" in result.stdout
+    assert "5 test answers never occur in training" in printed
     predictions = pd.read_csv(trained_run / "predictions_all.csv", dtype=str, keep_default_na=False)
     assert (predictions.loc[predictions["answer"] == "never-seen-answer", "correct"] == "False").all()
 
 
-def test_inference_each_on_a_test_sample(trained_run, sample_dir):
-    result = run_script("inference_each.py", "--model_path", trained_run, "--index", "3", "--data_dir", sample_dir)
-    assert result.returncode == 0, result.stderr
+def test_inference_each_on_a_test_sample(trained_run, sample_dir, capsys):
+    printed = script_output(capsys, inference_each, "--model_path", trained_run, "--index", "3", "--data_dir",
+                            sample_dir)
     test = select_rows(read_data(sample_dir), "test")
-    assert f"question: {test.loc[3, 'question']}" in result.stdout
-    assert f"gold:     {test.loc[3, 'answer']}" in result.stdout
-    shown = [line for line in result.stdout.splitlines() if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5."}]
+    assert f"question: {test.loc[3, 'question']}" in printed
+    assert f"gold:     {test.loc[3, 'answer']}" in printed
+    shown = [line for line in printed.splitlines() if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5."}]
     assert len(shown) == 5
     probabilities = [float(line.rsplit(None, 1)[-1].rstrip("%")) for line in shown]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 100.01
@@ -82,12 +83,11 @@ def test_inference_each_on_a_test_sample(trained_run, sample_dir):
     assert len(columns) == 1, shown
 
 
-def test_inference_each_on_an_image_and_question(trained_run, sample_dir):
+def test_inference_each_on_an_image_and_question(trained_run, sample_dir, capsys):
     image = sample_dir / "image" / "scene_00001.jpg"
-    result = run_script("inference_each.py", "--model_path", trained_run, "--image", image,
-                        "--question", "이미지에 도형이 몇 개 있어?")
-    assert result.returncode == 0, result.stderr
-    assert "question: 이미지에 도형이 몇 개 있어?" in result.stdout and "gold" not in result.stdout
+    printed = script_output(capsys, inference_each, "--model_path", trained_run, "--image", image,
+                            "--question", "이미지에 도형이 몇 개 있어?")
+    assert "question: 이미지에 도형이 몇 개 있어?" in printed and "gold" not in printed
 
 
 def test_bad_model_path_is_a_clear_error(tmp_path):
@@ -100,7 +100,7 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp_path):
+def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp_path, capsys):
     """inference.py, inference_each.py and the demo (model.answer) all compute in the precision the run chose."""
     import shutil
 
@@ -114,8 +114,7 @@ def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp
     config = json.loads((run_dir / "config.json").read_text())
     config["precision"] = "bf16"  # as a run trained with --precision bf16 has it
     (run_dir / "config.json").write_text(json.dumps(config))
-    result = run_script("inference.py", "--model_path", run_dir, "--data_dir", sample_dir, "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
+    script_output(capsys, inference, "--model_path", run_dir, "--data_dir", sample_dir, "--device", "cpu")
     confidence = pd.read_csv(run_dir / "predictions_all.csv")["confidence"].to_numpy()
 
     model, tokenizer, config, answers, _ = load_run(str(run_dir))
@@ -132,15 +131,13 @@ def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp
     top = answer(model, tokenizer, config, answers, image, row["question"], "cpu")
     top_fp32 = answer(model, tokenizer, {**config, "precision": "fp32"}, answers, image, row["question"], "cpu")
     assert max(abs(p - q) for (_, p), (_, q) in zip(top, top_fp32)) > 1e-4
-    result = run_script("inference_each.py", "--model_path", run_dir, "--index", "3", "--data_dir", sample_dir,
-                        "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.splitlines()
+    lines = script_output(capsys, inference_each, "--model_path", run_dir, "--index", "3", "--data_dir", sample_dir,
+                          "--device", "cpu").splitlines()
     for rank, (text, prob) in enumerate(top, 1):
         assert any(line.startswith(f"  {rank}. {text} ") and line.endswith(f" {100 * prob:6.2f}%") for line in lines)
 
 
-def test_a_run_is_evaluated_on_its_own_split_after_rows_are_added(trained_run, sample_dir, tmp_path):
+def test_a_run_is_evaluated_on_its_own_split_after_rows_are_added(trained_run, sample_dir, tmp_path, capsys):
     """Rows added to data.csv after training, here new questions on training images, do not enter the run's test
     set, and the data's split.csv is left as it was: inference.py, inference_each.py and the demo take the test rows
     the run saved in its run directory."""
@@ -161,9 +158,8 @@ def test_a_run_is_evaluated_on_its_own_split_after_rows_are_added(trained_run, s
     rows = pd.read_csv(sample_dir / "data.csv", dtype=str, keep_default_na=False)
     pd.concat([rows, added]).to_csv(data / "data.csv", index=False)
 
-    result = run_script("inference.py", "--model_path", run_dir, "--data_dir", data)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "20 rows of data.csv are not in it (added since) and are left out" in result.stdout
+    printed = script_output(capsys, inference, "--model_path", run_dir, "--data_dir", data)
+    assert "20 rows of data.csv are not in it (added since) and are left out" in printed
     predictions = pd.read_csv(run_dir / "predictions_all.csv", dtype=str, keep_default_na=False)
     assert sorted(predictions["question"] + predictions["image"]) == sorted(run_test["question"] + run_test["image"])
     assert (data / "split.csv").read_bytes() == split_before
@@ -173,11 +169,10 @@ def test_a_run_is_evaluated_on_its_own_split_after_rows_are_added(trained_run, s
     assert [s[2] for s in demo.load_samples(config, run_dir, data, 5)] == run_test["question"].tolist()[:5]
 
 
-def test_a_run_of_an_earlier_version_is_evaluated_on_the_datas_split(trained_run, sample_dir, tmp_path):
+def test_a_run_of_an_earlier_version_is_evaluated_on_the_datas_split(trained_run, sample_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
     (run_dir / "split.csv").unlink()  # runs before this version saved no split
-    result = run_script("inference.py", "--model_path", run_dir, "--data_dir", sample_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "trained by an earlier version" in result.stdout
+    printed = script_output(capsys, inference, "--model_path", run_dir, "--data_dir", sample_dir)
+    assert "trained by an earlier version" in printed
     assert json.loads((run_dir / "eval_all.json").read_text())["n"] == len(select_rows(read_data(sample_dir), "test"))

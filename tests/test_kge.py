@@ -88,7 +88,7 @@ def test_all_triples_are_trained_and_a_held_out_slice_only_when_asked(triples_cs
 def test_link_prediction_uses_the_models_own_scores(triples_csv, tmp_path, model):
     """tail_scores, rebuilt from the saved tensors, gives the true tails of training triples high ranks once the
     embeddings have learned them; and the same scores twice (no randomness, no pickle)."""
-    out = train(triples_csv, tmp_path, "--model", model, "--epochs", "60", "--lr", "0.01", "--dim", "16")
+    out = train(triples_csv, tmp_path, "--model", model, "--epochs", "20", "--lr", "0.03", "--dim", "16")
     loaded = kge.load_kge(out)
     triples = synthetic_triples()[:60]
     heads = torch.tensor([loaded.entity_to_id[h] for h, _, _ in triples])

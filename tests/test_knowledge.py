@@ -14,7 +14,7 @@ import torch
 import knowledge as kn
 import test_model
 import train
-from conftest import REAL_CSV, TINY_TRAIN, only_run, run_script
+from conftest import REAL_CSV, TINY_TRAIN, only_run, run_main, run_script, script_output
 from focal import build_loss, triple_loss
 from model import run_config, train_tokenizer
 from test_resume import Script, assert_same_as, outcome, resume
@@ -529,18 +529,20 @@ def test_a_short_run_of_each_mode_learns(knowledge_runs, sample_dir, knowledge):
         assert history[-1]["valid_r"] > 0.5
 
 
-def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sample_dir, kge_dir, tmp_path):
+def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sample_dir, kge_dir, tmp_path, capsys):
+    import inference
+    import inference_each
+
     moved = tmp_path / "kge_elsewhere"
     shutil.move(kge_dir, moved)  # the run directory holds the embeddings it used
     try:
         for knowledge, run_dir in knowledge_runs.items():
-            result = run_script("inference.py", "--model_path", run_dir, "--data_dir", sample_dir)
-            assert result.returncode == 0, result.stderr[-2000:]
+            assert run_main(inference, "--model_path", run_dir, "--data_dir", sample_dir) == ""
             report = json.loads((run_dir / "eval_all.json").read_text())
             assert report["knowledge"] == knowledge and ("triple_accuracy" in report) == kn.predicts(knowledge)
-            each = run_script("inference_each.py", "--model_path", run_dir, "--index", "0", "--data_dir", sample_dir)
-            assert each.returncode == 0, each.stderr[-2000:]
-            assert ("predicted knowledge:" in each.stdout) == kn.predicts(knowledge)
+            each = script_output(capsys, inference_each, "--model_path", run_dir, "--index", "0", "--data_dir",
+                                 sample_dir)
+            assert ("predicted knowledge:" in each) == kn.predicts(knowledge)
         for knowledge in ("gel", "gel_text"):
             accuracy = json.loads((knowledge_runs[knowledge] / "eval_all.json").read_text())["triple_accuracy"]
             predictions = pd.read_csv(knowledge_runs[knowledge] / "predictions_all.csv", dtype=str,
@@ -559,38 +561,41 @@ def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sam
         shutil.move(moved, kge_dir)
 
 
-def test_editing_a_fact_changes_the_answer_without_training_again(held_out_run, tmp_path):
+def test_editing_a_fact_changes_the_answer_without_training_again(held_out_run, tmp_path, capsys):
     """inference_each.py answers a test question with the tail its knowledge base gives; with that fact's tail
     changed in a copy of the KB (--kb), the answer is the new tail."""
+    import inference_each
+
     run_dir, data_dir = held_out_run
     test = select_rows(read_data(data_dir, run_dir), "test")
     for index in (i for i, cell in enumerate(test["triple"]) if cell):
-        each = run_script("inference_each.py", "--model_path", run_dir, "--index", index)
-        assert each.returncode == 0, each.stderr[-2000:]
-        first = next(line for line in each.stdout.splitlines() if line.startswith("  1. "))
+        each = script_output(capsys, inference_each, "--model_path", run_dir, "--index", index)
+        first = next(line for line in each.splitlines() if line.startswith("  1. "))
         if "(copied: tail)" in first:
             break
     else:
         pytest.fail("no test question was answered with a copied tail")
-    predicted = next(line for line in each.stdout.splitlines() if line.startswith("predicted knowledge:"))
+    predicted = next(line for line in each.splitlines() if line.startswith("predicted knowledge:"))
     head, relation, tail = (part.strip() for part in predicted.split(":", 1)[1].split("(gold")[0].split("|"))
     kb = pd.read_csv(run_dir / kn.KB_FILE, dtype=str, keep_default_na=False)
     fact = (kb["h"] == head) & (kb["r"] == relation)
     assert (kb.loc[fact, "t"] == tail).any() and first.split()[1] != "새보석"
     kb.loc[fact, "t"] = "새보석"  # the fact edited: a tail no run has seen
     kb.to_csv(tmp_path / "kb.csv", index=False)
-    edited = run_script("inference_each.py", "--model_path", run_dir, "--index", index, "--kb", tmp_path / "kb.csv")
-    assert edited.returncode == 0, edited.stderr[-2000:]
-    first = next(line for line in edited.stdout.splitlines() if line.startswith("  1. "))
-    assert first.split()[1] == "새보석" and "(copied: tail)" in first, edited.stdout
-    again = run_script("inference_each.py", "--model_path", run_dir, "--index", index)  # the run's own KB is unchanged
-    assert next(line for line in again.stdout.splitlines() if line.startswith("  1. ")).split()[1] == tail
+    edited = script_output(capsys, inference_each, "--model_path", run_dir, "--index", index, "--kb",
+                           tmp_path / "kb.csv")
+    first = next(line for line in edited.splitlines() if line.startswith("  1. "))
+    assert first.split()[1] == "새보석" and "(copied: tail)" in first, edited
+    # the run's own KB is unchanged
+    again = script_output(capsys, inference_each, "--model_path", run_dir, "--index", index)
+    assert next(line for line in again.splitlines() if line.startswith("  1. ")).split()[1] == tail
 
 
 def test_held_out_facts_are_answered_from_the_kb_and_reported_apart(held_out_run):
+    import inference
+
     run_dir, data_dir = held_out_run
-    result = run_script("inference.py", "--model_path", run_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_main(inference, "--model_path", run_dir) == ""
     report = json.loads((run_dir / "eval_all.json").read_text())
     assert report["unseen"]["answer"]["n"] > 0 and report["unseen"]["triple"]["n"] > 0
     assert {"vocabulary", "tail"} <= set(report["answered_from"])
@@ -637,7 +642,7 @@ def test_compare_tabulates_the_runs(knowledge_runs, tmp_path):
 
 
 def test_a_stopped_and_resumed_cascade_run_ends_as_an_uninterrupted_one(sample_dir, kge_dir, tmp_path):
-    args = [*TINY_TRAIN, "--n_epoch", "4", "--knowledge", "gel", "--kge_dir", kge_dir, "--data_dir", sample_dir,
+    args = [*TINY_TRAIN, "--n_epoch", "3", "--knowledge", "gel", "--kge_dir", kge_dir, "--data_dir", sample_dir,
             "--triple_head", "cascade", "--kb_constrained", "--knowledge_fusion", "film", "--head_lr", "3e-3"]
     code, _, stderr = Script("main.py", *args, "--results_dir", tmp_path / "reference").finish()
     assert code == 0, stderr[-3000:]

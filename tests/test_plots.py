@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import plots
-from conftest import run_script
+from conftest import run_script, script_output
 
 HISTORY = [{"epoch": e, "train_loss": 2.0 / e, "valid_loss": 2.2 / e, "train_acc": 0.2 * e, "valid_acc": a}
            for e, a in zip(range(1, 5), [0.3, 0.6, 0.7, 0.65])]
@@ -83,11 +83,12 @@ def test_save_png_replaces_atomically(tmp_path, image_file):
     check_png(path)
 
 
-def test_inference_each_save_png(trained_run, tmp_path):
+def test_inference_each_save_png(trained_run, tmp_path, capsys):
+    import inference_each
+
     out = tmp_path / "answer.png"
-    result = run_script("inference_each.py", "--model_path", trained_run, "--index", "0", "--save_png", out)
-    assert result.returncode == 0, result.stderr
-    assert f"wrote {out}" in result.stdout
+    assert f"wrote {out}" in script_output(capsys, inference_each, "--model_path", trained_run, "--index", "0",
+                                           "--save_png", out)
     check_png(out)
 
 

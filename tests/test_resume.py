@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import util
-from conftest import ROOT, TINY_TRAIN, only_run, run_script
+from conftest import ROOT, TINY_TRAIN, only_run, run_script, script_output
 
-N_EPOCH = 4
+N_EPOCH = 3
 TRAIN = TINY_TRAIN + ["--n_epoch", str(N_EPOCH), "--freeze_text_epochs", "1"]
 
 
@@ -250,8 +250,10 @@ def test_a_crafted_pickle_is_refused_and_runs_no_code(trained_run, tmp_path, scr
     assert not marker.exists()
 
 
-def test_a_plain_state_dict_pt_loads_with_the_same_answers(trained_run, tmp_path):
+def test_a_plain_state_dict_pt_loads_with_the_same_answers(trained_run, tmp_path, capsys):
     from safetensors.torch import load_file
+
+    import inference_each
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
@@ -259,9 +261,7 @@ def test_a_plain_state_dict_pt_loads_with_the_same_answers(trained_run, tmp_path
     torch.save(load_file(weights), run_dir / "colleague.pt")
     answers = []
     for path in [weights, run_dir / "colleague.pt"]:
-        result = run_script("inference_each.py", "--model_path", path, "--index", "3", "--device", "cpu")
-        assert result.returncode == 0, result.stderr[-2000:]
-        answers.append(result.stdout)
+        answers.append(script_output(capsys, inference_each, "--model_path", path, "--index", "3", "--device", "cpu"))
     assert answers[0] == answers[1]
 
 
