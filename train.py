@@ -154,6 +154,11 @@ def make_loaders(args, rt, data, tokenizer, vocab=None, run_dir=None):
                            kn.copy_targets(data.train) if args.answer_from_kb else None,
                            kn.head_targets(data.train, vocab) if args.head_from_answers else None)
     valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
+    if args.head_from_answers:
+        taught = int((train_set.heads != train_set.triples[:, 0, 0]).sum())
+        note = "" if taught else "; with none, the option changes nothing"
+        rt.log(f"--head_from_answers: {taught} of {len(train_set)} training rows have no triple but an answer that "
+               f"names a head, and teach the head classifier that head{note}")
     if valid_set.unseen():
         rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail outside the "
                f"vocabulary (it takes the learned unknown vector; a predicted triple cannot name it)")

@@ -387,7 +387,7 @@ def test_head_logit_adjustment_takes_no_gradient_toward_heads_a_relation_never_h
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_head_from_answers_teaches_the_head_on_rows_whose_answer_names_a_head(sample_dir):
+def test_head_from_answers_teaches_the_head_on_rows_whose_answer_names_a_head(sample_dir, capsys):
     import main
 
     vocab = tiny_vocab("gel")
@@ -413,9 +413,12 @@ def test_head_from_answers_teaches_the_head_on_rows_whose_answer_names_a_head(sa
         args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel_text", *option])
         data = train.load_training_data(args, rt)
         vocab = kn.KnowledgeVocab.from_rows(pd.concat([data.train, data.valid]), predicting=True)
+        capsys.readouterr()
         loader, _ = train.make_loaders(args, rt, data, train_tokenizer(list(data.train["question"])), vocab)
         own = loader.dataset.triples[:, 0, 0]
         from_answers = (loader.dataset.heads != own).numpy()
+        told = f"--head_from_answers: {from_answers.sum()} of {len(from_answers)} training rows have no triple"
+        assert (told in capsys.readouterr().out) == bool(option)
         assert from_answers.any() == bool(option) and (loader.dataset.heads[~from_answers] == own[~from_answers]).all()
         rows = data.train[from_answers]
         assert (rows["triple"] == "").all() and (rows["question_type"] == "A").all()
