@@ -20,6 +20,7 @@ MODES = ["none", "text", "ideal", "gel", "gel_text"]
 FUSIONS = ["mul", "film", "concat"]
 TRIPLE_HEADS = ["independent", "cascade"]
 TRIPLE_ENCODERS = ["shared", "own"]
+KB_SCORES = ["pair", "product"]  # how --kb_constrained scores a KB triple's tail (choose_triple)
 ABSENT = -2  # a triple slot of a row with fewer triples (or none); -1 is a part outside the vocabulary
 NO_KNOWLEDGE = "(no knowledge)"  # the relation class of rows without a triple, in the modes that predict one
 VOCAB_FILE = "knowledge.json"  # a knowledge run's vocabularies
@@ -347,19 +348,22 @@ def log_probs(out, vocab):
             for p, n in zip((out[k].detach().float().log_softmax(-1) for k in "hrt"), vocab.sizes)]
 
 
-def choose_triple(out, kb=None, no_knowledge=None, vocab=None):
+def choose_triple(out, kb=None, no_knowledge=None, vocab=None, kb_score="pair"):
     """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB (a KnowledgeBase of the
     extended vocabulary), the KB triple with the highest product of the head's, the relation's and the tail's
-    probability, the tail's taken among the KB's tails of that head and relation (p(t | h, r, KB)): a fact's tail
-    comes from the knowledge base, so that an edited or added fact is found as readily as a trained one. A name past
-    the heads' classes takes the uniform probability of its part (1 / classes). A predicted NO_KNOWLEDGE relation
-    gives (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
+    probability. kb_score says which tail probability: "pair", p(t | h, r, KB), the tail's probability among the KB's
+    tails of that head and relation, so that an edited or added fact is found as readily as a trained one; or
+    "product", the tail classifier's own p(t), so that the tail the question points at also chooses the head and
+    relation (a tail the classifier never learnt, as an added fact's, is then seldom chosen). A name past the heads'
+    classes takes the uniform probability of its part (1 / classes). A predicted NO_KNOWLEDGE relation gives
+    (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
     if kb is None:
         logp = [out[k].detach().float().log_softmax(-1) for k in "hrt"]
         triple = torch.stack([p.argmax(-1) for p in logp], -1)
     else:
         logp = log_probs(out, vocab)
-        score = logp[0][:, kb.ids[:, 0]] + logp[1][:, kb.ids[:, 1]] + kb.tail_given_pair(logp[2])  # [B, K]
+        tail = kb.tail_given_pair(logp[2]) if kb_score == "pair" else logp[2][:, kb.ids[:, 2]]
+        score = logp[0][:, kb.ids[:, 0]] + logp[1][:, kb.ids[:, 1]] + tail  # [B, K]
         triple = kb.ids[score.argmax(-1)]
     if no_knowledge is not None:
         none = logp[1].argmax(-1) == no_knowledge

@@ -122,6 +122,10 @@ def build_parser(suppress_defaults=False):
              "that the triple's loss does not share the answer's features; twice the encoder weights and passes)")
     add("--kb_constrained", action="store_true", default=False,
         help="snap each predicted triple to the most probable triple of the knowledge base (gel, gel_text)")
+    add("--kb_score", default="pair", choices=kn.KB_SCORES,
+        help="how --kb_constrained scores a KB triple: p(h) p(r) times pair: p(t | h, r, KB), the tail among the KB's "
+             "tails of that head and relation, so an edited or added fact is found as readily as a trained one; or "
+             "product: the tail classifier's own p(t), so the tail a question points at also chooses the relation")
     add("--kb", default=None,
         help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
              "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
@@ -181,6 +185,8 @@ def check_knowledge_options(args):
         problems.append(f"--kb_constrained, --head_lr, --head_logit_adjustment, --head_from_answers and "
                         f"--triple_encoder apply to the modes that predict a triple (gel, gel_text), not --knowledge "
                         f"{args.knowledge}")
+    if args.kb_score != "pair" and not args.kb_constrained:
+        problems.append("--kb_score says how --kb_constrained scores a KB triple; give --kb_constrained")
     if args.kb and not kn.uses_kb(vars(args)):
         problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
     if args.answer_from_kb and not kn.has_vocab(args.knowledge):

@@ -26,7 +26,7 @@ SCRATCH = "scratch"
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 # the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
 KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
-                     "kb_constrained"]
+                     "kb_constrained", "kb_score"]
 
 
 class OfflineError(Exception):
@@ -178,7 +178,8 @@ class VQAModel(nn.Module):
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
                  knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
-                 triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False):
+                 triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False,
+                 kb_score="pair"):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -211,7 +212,7 @@ class VQAModel(nn.Module):
         # ids (--kb_constrained, --answer_from_kb) and the pairing of questions with predicted triples (gel_text)
         self.vocab, self.kge, self.triple_text = None, None, None
         self.kb = None  # a knowledge.KnowledgeBase
-        self.kb_constrained = kb_constrained
+        self.kb_constrained, self.kb_score = kb_constrained, kb_score
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
@@ -240,7 +241,7 @@ class VQAModel(nn.Module):
         if kn.predicts(self.knowledge):
             out = self.triple_logits(input_ids, attention_mask, image, fused, text_f)
             out["triple"] = kn.choose_triple(out, self.kb if self.kb_constrained else None, self.no_knowledge,
-                                             self.vocab)
+                                             self.vocab, self.kb_score)
             triples = out["triple"][:, None]
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, out["triple"])

@@ -76,7 +76,8 @@ OPTIONS = ([("none", {}), ("text", {})]
               ("gel", {"triple_head": "cascade", "kb_constrained": True, "answer_from_kb": True}),
               ("gel_text", {"answer_from_kb": True}),
               ("gel", {"triple_encoder": "own", "triple_head": "cascade"}),
-              ("gel_text", {"triple_encoder": "own", "kb_constrained": True, "answer_from_kb": True})])
+              ("gel_text", {"triple_encoder": "own", "kb_constrained": True, "answer_from_kb": True}),
+              ("gel_text", {"triple_head": "cascade", "kb_constrained": True, "kb_score": "product"})])
 KB = [("apple", "has", "fur"), ("bear", "eats", "fish"), ("dog", "is", "big")]
 
 
@@ -193,7 +194,8 @@ def test_cascade_conditions_the_relation_on_the_head():
         assert (not torch.allclose(before["t"], after["t"])) == conditioned, kind  # through the relation
 
 
-def test_the_kb_constraint_only_ever_yields_kb_triples():
+@pytest.mark.parametrize("kb_score", kn.KB_SCORES)
+def test_the_kb_constraint_only_ever_yields_kb_triples(kb_score):
     vocab = tiny_vocab("gel")
     kb_triples = KB + [("zebra", "is", "striped")]  # names no training row has: ids past the heads' classes
     kb_triples += [("apple", "has", "red")]  # a second tail of (apple, has)
@@ -204,18 +206,33 @@ def test_the_kb_constraint_only_ever_yields_kb_triples():
     torch.manual_seed(0)
     for _ in range(20):
         out = {k: torch.randn(64, n) * 3 for k, n in zip("hrt", SIZES)}
-        chosen = kn.choose_triple(out, knowledge_base, vocab=extended)
+        chosen = kn.choose_triple(out, knowledge_base, vocab=extended, kb_score=kb_score)
         assert {tuple(t) for t in chosen.tolist()} <= {tuple(t) for t in kb.tolist()}
         logp = [torch.cat([out[p].log_softmax(-1), torch.full((64, n - SIZES[i]), -math.log(SIZES[i]))], -1)
                 for i, (p, n) in enumerate(zip("hrt", extended.sizes))]
 
-        def tail_given_pair(i, k, logp=logp):  # p(t | h, r, KB): among the KB's tails of the triple's head and relation
+        def tail(i, k, logp=logp):  # pair: p(t | h, r, KB), among the KB's tails of the triple's head and relation
+            if kb_score == "product":
+                return logp[2][i, kb[k, 2]]
             tails = [j for j in range(len(kb)) if kb[j, :2].tolist() == kb[k, :2].tolist()]
             return logp[2][i, kb[k, 2]] - torch.logsumexp(logp[2][i, kb[tails, 2]], 0)
-        best = [max(range(len(kb)), key=lambda k: logp[0][i, kb[k, 0]] + logp[1][i, kb[k, 1]] + tail_given_pair(i, k))
+        best = [max(range(len(kb)), key=lambda k: logp[0][i, kb[k, 0]] + logp[1][i, kb[k, 1]] + tail(i, k))
                 for i in range(64)]
         assert chosen.tolist() == kb[best].tolist()  # the most probable KB triple, a new name at 1 / classes
         assert not torch.equal(chosen, kn.choose_triple(out))
+
+
+def test_kb_score_product_lets_the_tail_choose_the_relation():
+    """A head with one KB tail per relation: pair scores p(h) p(r) alone, so the relation classifier decides;
+    product also weighs the tail the question points at."""
+    vocab = tiny_vocab("gel")
+    kb_triples = [("apple", "is", "red"), ("apple", "has", "fur")]
+    knowledge_base = kn.KnowledgeBase(kb_triples, vocab)
+    out = {"h": torch.tensor([[9.0, 0, 0, 0, 0]]), "r": torch.tensor([[2.0, 1.0, 0, 0]]),
+           "t": torch.tensor([[0, 5.0, 0, 0, 0, 0]])}  # the relation leans to "is", the tail points at "fur"
+    pair, product = (kn.choose_triple(out, knowledge_base, vocab=vocab, kb_score=s) for s in kn.KB_SCORES)
+    assert vocab.names(pair[0].tolist()) == ("apple", "is", "red")
+    assert vocab.names(product[0].tolist()) == ("apple", "has", "fur")
 
 
 def test_gel_text_reads_only_its_predicted_triple():
@@ -340,15 +357,19 @@ def test_an_own_triple_encoder_keeps_the_triples_loss_off_the_answer_path(knowle
     assert not any(p.requires_grad for encoder in model.text_encoders() for p in encoder.parameters())
 
 
-def test_the_triple_encoder_is_rebuilt_from_the_runs_config():
+def test_the_triple_encoder_and_kb_score_are_rebuilt_from_the_runs_config():
     import main
     from model import build_model, small_text_config
 
-    args = main.parse_args(["--preset", "sample", "--knowledge", "gel_text", "--triple_encoder", "own"])
+    args = main.parse_args(["--preset", "sample", "--knowledge", "gel_text", "--triple_encoder", "own",
+                            "--kb_constrained", "--kb_score", "product"])
     config = {**run_config(args, num_answers=3), "knowledge_sizes": list(SIZES)}
     text_config = small_text_config(50, 16, hidden=32, layers=1, heads=2)
     trained, rebuilt = build_model(config, text_config, from_sources=True), build_model(config, text_config)
     assert hasattr(rebuilt, "triple_encoders") and not hasattr(rebuilt.triple_encoders, "classifier")
+    assert rebuilt.kb_score == "product" and build_model({**config, "kb_score": "pair"}, text_config).kb_score == "pair"
+    del config["kb_score"]  # a run of an earlier version
+    assert build_model(config, text_config).kb_score == "pair"
     assert trained.state_dict().keys() == rebuilt.state_dict().keys()
 
 
@@ -511,7 +532,8 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel_text", "--kb", "all_triple.csv"], ["--kb", "--answer_from_kb"]),
     (["--knowledge", "text", "--head_logit_adjustment"], ["--head_logit_adjustment", "gel, gel_text"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--head_from_answers"], ["--head_from_answers", "gel, gel_text"]),
-    (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"])])
+    (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"]),
+    (["--knowledge", "gel_text", "--kb_score", "product"], ["--kb_score", "--kb_constrained"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 
