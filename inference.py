@@ -2,8 +2,10 @@
 
     python inference.py --model_path results/all_1228_1734 --infer_data all|abstract|triple|vqa
 
-Writes <run>/predictions_<infer_data>.csv and <run>/eval_<infer_data>.json; for a GEL-VQA run (--knowledge gel) also the
-accuracy of the predicted triple's head, relation, tail and whole (hrt) on the rows with a gold triple.
+Writes <run>/predictions_<infer_data>.csv and <run>/eval_<infer_data>.json (with --split train or valid,
+predictions_<split>_<infer_data>.csv and eval_<split>_<infer_data>.json, beside the test's); for a GEL-VQA run
+(--knowledge gel) also the accuracy of the predicted triple's head, relation, tail and whole (hrt) on the rows with a
+gold triple.
 """
 import argparse
 import os
@@ -44,8 +46,10 @@ def main():
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, ...; the precision is the run's (--precision of main.py) on this device")
     p.add_argument("--skip_bad", action="store_true",
-                   help="leave out rows with problems instead of stopping; written to skipped_rows_<infer_data>.csv")
+                   help="leave out rows with problems instead of stopping; written to skipped_rows_<infer_data>.csv "
+                        "(skipped_rows_<split>_<infer_data>.csv for --split train or valid)")
     args = p.parse_args()
+    evaluation = report.evaluation_name(args.split, args.infer_data)  # its files: eval_<evaluation>.json, ...
 
     try:
         device = util.pick_device(args.device)
@@ -62,9 +66,9 @@ def main():
     except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if len(skipped):
-        skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{args.infer_data}.csv"), index=False)
+        skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{evaluation}.csv"), index=False)
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in "
-              f"{run_dir}/skipped_rows_{args.infer_data}.csv")
+              f"{run_dir}/skipped_rows_{evaluation}.csv")
     answer_to_id = {a: i for i, a in enumerate(answers)}
     dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"], util.run_option(config, "knowledge"),
                          model.vocab)
@@ -84,8 +88,8 @@ def main():
         summary["answered_from"] = report.path_table(df)
     summary.update(report.seen_table(df, select_rows(data, "train", config["train_data"],
                                                      lang=config.get("lang", "bi"))))
-    df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{args.infer_data}.csv"), index=False)
-    util.write_json(os.path.join(run_dir, f"eval_{args.infer_data}.json"), summary)
+    df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{evaluation}.csv"), index=False)
+    util.write_json(os.path.join(run_dir, f"eval_{evaluation}.json"), summary)
     image = report.add_test_section(run_dir, summary, df)
     plots.plot_by_type(summary["by_type"], os.path.join(run_dir, image), overall=summary,
                        title=f"{args.split} accuracy, infer_data {args.infer_data}")
@@ -112,7 +116,7 @@ def main():
         print(f"answered from (--answer_from_kb):\n{'path':<12}{'share':>8}{'accuracy':>10}{'n':>8}")
         for path, row in summary["answered_from"].items():
             print(f"{path:<12}{100 * row['share']:>7.1f}%{100 * row['accuracy']:>9.1f}%{row['n']:>8}")
-    print(f"wrote {run_dir}/predictions_{args.infer_data}.csv, eval_{args.infer_data}.json, {image} and report.md")
+    print(f"wrote {run_dir}/predictions_{evaluation}.csv, eval_{evaluation}.json, {image} and report.md")
 
 
 if __name__ == "__main__":

@@ -112,14 +112,22 @@ def write_training_report(run_dir, config, data, answers, answer_counts, history
     util.atomic_write(path, (text + "\n\n" + tests).encode("utf-8"))
 
 
+def evaluation_name(split, infer_data):
+    """What an evaluation's files are named after (eval_NAME.json, predictions_NAME.csv, its report section): its
+    --infer_data on the test split, else split_infer_data, so that evaluating another split never replaces the test's
+    evaluation, which report.py --compare and tools/knowledge_runs.py read."""
+    return infer_data if split == "test" else f"{split}_{infer_data}"
+
+
 def add_test_section(run_dir, report, df):
-    """Adds (or replaces) the section of one --infer_data: accuracy per type, by_type.png, frequent confusions."""
-    infer_data = report["infer_data"]
+    """Adds (or replaces) the section of one split and --infer_data: accuracy per type, by_type.png, frequent
+    confusions."""
+    infer_data, name = report["infer_data"], evaluation_name(report["split"], report["infer_data"])
     wrong = df[~df["correct"]]
     confusions = wrong.groupby(["answer", "prediction"]).size().sort_values(ascending=False).head(10)
-    image = "by_type.png" if infer_data == "all" else f"by_type_{infer_data}.png"
+    image = "by_type.png" if name == "all" else f"by_type_{name}.png"
     section = "\n\n".join([
-        f"<!-- test:{infer_data} -->\n## Test ({report['split']} split, infer_data {infer_data})",
+        f"<!-- test:{name} -->\n## Test ({report['split']} split, infer_data {infer_data})",
         f"Accuracy {100 * report['accuracy']:.2f}% on {report['n']} questions"
         + (f"; {report['unknown_answers']} answers never seen in training count as wrong"
            if report["unknown_answers"] else "")
@@ -134,7 +142,7 @@ def add_test_section(run_dir, report, df):
                                            if len(confusions) else "none"),
     ]) + "\n<!-- /test -->\n"
     path = os.path.join(run_dir, REPORT_FILE)
-    text = re.sub(rf"<!-- test:{infer_data} -->.*?<!-- /test -->\n", "", _read(path), flags=re.S)
+    text = re.sub(rf"<!-- test:{name} -->.*?<!-- /test -->\n", "", _read(path), flags=re.S)
     util.atomic_write(path, (text.rstrip("\n") + "\n\n" + section).encode("utf-8"))
     return image
 

@@ -40,6 +40,22 @@ def test_inference_all(trained_run, sample_dir):
     assert f"| {count} |" in section and "![accuracy per type](by_type.png)" in section
 
 
+def test_another_split_is_written_beside_the_test_evaluation(trained_run, sample_dir, capsys):
+    script_output(capsys, inference, "--model_path", trained_run, "--data_dir", sample_dir)
+    test_files = {name: (trained_run / name).read_bytes() for name in ("eval_all.json", "predictions_all.csv")}
+    printed = script_output(capsys, inference, "--model_path", trained_run, "--data_dir", sample_dir, "--split",
+                            "valid")
+    assert {name: (trained_run / name).read_bytes() for name in test_files} == test_files  # the test's, unchanged
+    report = json.loads((trained_run / "eval_valid_all.json").read_text())
+    valid = select_rows(read_data(sample_dir), "valid")
+    assert report["split"] == "valid" and report["n"] == len(valid) == len(pd.read_csv(
+        trained_run / "predictions_valid_all.csv"))
+    assert "eval_valid_all.json" in printed and (trained_run / "by_type_valid_all.png").is_file()
+    text = (trained_run / "report.md").read_text()
+    assert text.count("<!-- test:all -->") == text.count("<!-- test:valid_all -->") == 1
+    assert "## Test (valid split, infer_data all)" in text
+
+
 def test_inference_one_category_with_weights_file(trained_run, sample_dir, capsys):
     weights = next(trained_run.glob("infer_model_*.safetensors"))
     script_output(capsys, inference, "--model_path", weights, "--infer_data", "triple", "--data_dir", sample_dir)

@@ -709,6 +709,6 @@ def test_bok_vqa_gel_and_ideal_for_each_language(tmp_path):
             run_dir = only_run(results)
             result = run_script("inference.py", "--model_path", run_dir, "--split", "valid")
             assert result.returncode == 0, result.stderr[-2000:]
-            report = json.loads((run_dir / "eval_all.json").read_text())
+            report = json.loads((run_dir / "eval_valid_all.json").read_text())
             assert report["n"] == len(select_rows(read_data(tmp_path / "data"), "valid", lang=lang)) > 0
             assert ("triple_accuracy" in report) == (knowledge == "gel")
