@@ -76,8 +76,8 @@ knowledge-kb: install sample
 knowledge-cost: install sample
 	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
 	$(PYTHON) tools/knowledge_cost.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_cost \
-	  --configs none ideal_concat_copy gel gel_text_kb_copy gel_text_kb_copy_adjust gel_text_own_kb_copy_adjust \
-	  gel_text_cascade_kb_copy
+	  --rounds 10 --configs none text ideal ideal_concat_copy gel gel_text_kb_copy gel_text_kb_copy_adjust_answers \
+	  gel_text_cascade_kb_copy gel_text_own_kb_copy_adjust
 	@echo "the table: results/knowledge_cost/cost.md"
 
 bok-proxy: install
