@@ -47,9 +47,6 @@ CONFIGS = {
     # the KB triple scored by the tail classifier's own p(t), so that the tail a question names also picks the relation
     "gel_text_cascade_kb_copy_product": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained",
                                          "--kb_score", "product", "--answer_from_kb"],
-    "gel_text_own_cascade_kb_copy_adjust_product": ["--knowledge", "gel_text", "--triple_encoder", "own",
-                                                    "--triple_head", "cascade", "--kb_constrained", "--kb_score",
-                                                    "product", "--answer_from_kb", "--head_logit_adjustment"],
 }
 DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
