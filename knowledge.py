@@ -362,13 +362,38 @@ def choose_triple(out, kb=None, no_knowledge=None, vocab=None, kb_score="pair"):
         triple = torch.stack([p.argmax(-1) for p in logp], -1)
     else:
         logp = log_probs(out, vocab)
-        tail = kb.tail_given_pair(logp[2]) if kb_score == "pair" else logp[2][:, kb.ids[:, 2]]
-        score = logp[0][:, kb.ids[:, 0]] + logp[1][:, kb.ids[:, 1]] + tail  # [B, K]
-        triple = kb.ids[score.argmax(-1)]
+        triple = kb.ids[kb_triple_scores(logp, kb, kb_score).argmax(-1)]
     if no_knowledge is not None:
         none = logp[1].argmax(-1) == no_knowledge
         triple = torch.where(none[:, None], torch.tensor([ABSENT, no_knowledge, ABSENT], device=triple.device), triple)
     return triple
+
+
+def kb_triple_scores(logp, kb, kb_score="pair"):
+    """[B, K] log score of every KB triple (choose_triple's): log p(h) + log p(r) + the tail's (kb_score); logp: the
+    heads' log_probs."""
+    tail = kb.tail_given_pair(logp[2]) if kb_score == "pair" else logp[2][:, kb.ids[:, 2]]
+    return logp[0][:, kb.ids[:, 0]] + logp[1][:, kb.ids[:, 1]] + tail
+
+
+def runner_up_noise(out, kb, vocab, kb_score, rate):
+    """--triple_noise: the chosen triples out["triple"] [B, 3], each row with a triple replaced, with probability rate
+    (torch's generator), by the KB triple the model ranks next. On the training questions the triple heads end up
+    right almost always, at test far less often (train_hrt and valid_hrt in history.json); fed the model's own
+    nearest confusions, the answer pass learns not to follow a wrong triple, and with fed_copy_targets the gate
+    learns when the triple it read can be copied from."""
+    score = kb_triple_scores(log_probs(out, vocab), kb, kb_score)
+    runner_up = kb.ids[score.topk(min(2, score.shape[-1]), dim=-1).indices[:, -1]]
+    pick = (torch.rand(len(score), device=score.device) < rate) & (out["triple"][:, 0] >= 0)
+    return torch.where(pick[:, None], runner_up, out["triple"])
+
+
+def fed_copy_targets(copy, fed, gold):
+    """[B] the copy gate's targets for the triples the answer pass read (fed [B, 3] ids; --triple_noise): a row's
+    copy_targets value (copy [B]) where the part it copies (head or tail) is the gold triple's (gold [B, 3]), else the
+    vocabulary, so that the gate learns whether the triple it is given can be copied from."""
+    right = torch.where(copy == PATHS.index("head"), fed[:, 0] == gold[:, 0], fed[:, 2] == gold[:, 2])
+    return torch.where((copy == 0) | right, copy, torch.zeros_like(copy))
 
 
 # ---------------------------------------------------------------- the predicted triple as words (gel_text)

@@ -126,6 +126,10 @@ def build_parser(suppress_defaults=False):
         help="how --kb_constrained scores a KB triple: p(h) p(r) times pair: p(t | h, r, KB), the tail among the KB's "
              "tails of that head and relation, so an edited or added fact is found as readily as a trained one; or "
              "product: the tail classifier's own p(t), so the tail a question points at also chooses the relation")
+    add("--triple_noise", type=float, default=0.0,
+        help="in training, the rate at which the answer pass reads the KB triple the model ranks next in place of its "
+             "choice (with --kb_constrained; gel, gel_text): the triple heads are right on nearly every training "
+             "question but not at test, so the answer pass learns not to follow a wrong triple; e.g. 1 - valid_hrt")
     add("--kb", default=None,
         help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
              "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
@@ -187,6 +191,10 @@ def check_knowledge_options(args):
                         f"{args.knowledge}")
     if args.kb_score != "pair" and not args.kb_constrained:
         problems.append("--kb_score says how --kb_constrained scores a KB triple; give --kb_constrained")
+    if args.triple_noise and not args.kb_constrained:
+        problems.append("--triple_noise feeds the KB triple ranked next by --kb_constrained; give --kb_constrained")
+    if not 0 <= args.triple_noise < 1:
+        problems.append(f"--triple_noise is a rate in [0, 1), not {args.triple_noise}")
     if args.kb and not kn.uses_kb(vars(args)):
         problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
     if args.answer_from_kb and not kn.has_vocab(args.knowledge):

@@ -26,7 +26,7 @@ SCRATCH = "scratch"
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 # the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
 KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
-                     "kb_constrained", "kb_score"]
+                     "kb_constrained", "kb_score", "triple_noise"]
 
 
 class OfflineError(Exception):
@@ -172,14 +172,15 @@ class VQAModel(nn.Module):
     input only (the question paired with its gold knowledge text). With triple_encoder "own" the triple is predicted
     from encoders of its own (triple_encoders: a copy of the text and image encoders and the hidden layer, trained
     with the rest), so that the triple's loss does not share the answer's features (HiLINK's triple predictor is a
-    network of its own); gel_text then encodes only the paired question for its answer.
+    network of its own); gel_text then encodes only the paired question for its answer. With triple_noise, in
+    training, the answer pass reads at that rate the KB triple the model ranks next instead of its choice.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
                  knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
                  triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False,
-                 kb_score="pair"):
+                 kb_score="pair", triple_noise=0.0):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -213,6 +214,7 @@ class VQAModel(nn.Module):
         self.vocab, self.kge, self.triple_text = None, None, None
         self.kb = None  # a knowledge.KnowledgeBase
         self.kb_constrained, self.kb_score = kb_constrained, kb_score
+        self.triple_noise = triple_noise  # acts in training only (knowledge.runner_up_noise)
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
@@ -230,8 +232,8 @@ class VQAModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, image, triples=None):
         """{"answer": logits}, and in the modes that predict a triple the logits "h", "r", "t" and the chosen
-        "triple" [B, 3] (ids). triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last
-        one), used by "ideal"."""
+        "triple" [B, 3] (ids), and while training with triple_noise the "fed_triple" the answer pass read instead.
+        triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last one), used by "ideal"."""
         image_f = self.encode_image(image)
         text_f = fused = None
         if not (self.knowledge == "gel_text" and self.triple_encoders is not None):  # it answers from the pair only
@@ -242,9 +244,11 @@ class VQAModel(nn.Module):
             out = self.triple_logits(input_ids, attention_mask, image, fused, text_f)
             out["triple"] = kn.choose_triple(out, self.kb if self.kb_constrained else None, self.no_knowledge,
                                              self.vocab, self.kb_score)
-            triples = out["triple"][:, None]
+            if self.training and self.triple_noise:  # what the answer pass reads instead
+                out["fed_triple"] = kn.runner_up_noise(out, self.kb, self.vocab, self.kb_score, self.triple_noise)
+            triples = out.get("fed_triple", out["triple"])[:, None]
         if self.knowledge == "gel_text":
-            input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, out["triple"])
+            input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
             fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
         elif kn.embeds(self.knowledge):
             fused, extra = self.injection(fused, *self.codes(triples))

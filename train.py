@@ -399,7 +399,10 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
         loss = loss + triple_loss(out, gold, head_prior, batch["head"].to(device, non_blocking=True))
         triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
     if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
-        loss = loss + nn.functional.cross_entropy(out["gate"], batch["copy"].to(device, non_blocking=True))
+        copy = batch["copy"].to(device, non_blocking=True)
+        if "fed_triple" in out:  # --triple_noise: whether the triple the answer pass read can be copied from
+            copy = kn.fed_copy_targets(copy, out["fed_triple"], gold[:, 0])
+        loss = loss + nn.functional.cross_entropy(out["gate"], copy)
     optimize(wrapped, optimizer, loss, clip_grad, lr)
     return dict(zip(SUMS, [loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label),
                            triples, hits]))

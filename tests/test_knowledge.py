@@ -235,6 +235,33 @@ def test_kb_score_product_lets_the_tail_choose_the_relation():
     assert vocab.names(product[0].tolist()) == ("apple", "has", "fur")
 
 
+def test_triple_noise_feeds_the_answer_pass_the_kb_triple_ranked_next_in_training_only():
+    model = tiny_model("gel_text", kb=KB, kb_constrained=True, triple_noise=0.999)
+    ids, mask, image, triples = tiny_batch("gel_text")
+    read = []
+    model.text_encoder.register_forward_hook(lambda module, args, kwargs, output: read.append(kwargs["input_ids"]),
+                                             with_kwargs=True)
+    torch.manual_seed(0)
+    out = model(ids, mask, image, triples)
+    order = kn.kb_triple_scores(kn.log_probs(out, model.vocab), model.kb).argsort(-1, descending=True)
+    chose = out["triple"][:, 0] >= 0  # the other rows predicted no knowledge: they keep it
+    assert 0 < chose.sum() < len(chose) and torch.equal(out["fed_triple"][~chose], out["triple"][~chose])
+    assert torch.equal(out["triple"][chose], model.kb.ids[order[chose, 0]])
+    assert torch.equal(out["fed_triple"][chose], model.kb.ids[order[chose, 1]])  # what it would have chosen next
+    assert torch.equal(read[-1], model.triple_text.pair(ids, mask, out["fed_triple"])[0])  # the answer pass reads it
+    model.eval()
+    assert "fed_triple" not in model(ids, mask, image, triples)
+    model.train().triple_noise = 0.0
+    assert "fed_triple" not in model(ids, mask, image, triples)
+
+
+def test_the_copy_gate_learns_from_the_triple_the_answer_pass_read():
+    copy = torch.tensor([1, 1, 2, 2, 0, 2])  # vocabulary 0, head 1, tail 2
+    gold = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 1, 1], [2, 2, 2], [3, 3, 3]])
+    fed = torch.tensor([[0, 1, 2], [4, 0, 0], [2, 2, 1], [1, 1, 5], [0, 0, 0], [3, 3, 3]])
+    assert kn.fed_copy_targets(copy, fed, gold).tolist() == [1, 0, 2, 0, 0, 2]
+
+
 def test_gel_text_reads_only_its_predicted_triple():
     model = tiny_model("gel_text").eval()
     ids, mask, image, triples = tiny_batch("gel_text")
@@ -357,19 +384,20 @@ def test_an_own_triple_encoder_keeps_the_triples_loss_off_the_answer_path(knowle
     assert not any(p.requires_grad for encoder in model.text_encoders() for p in encoder.parameters())
 
 
-def test_the_triple_encoder_and_kb_score_are_rebuilt_from_the_runs_config():
+def test_the_triple_encoder_kb_score_and_triple_noise_are_rebuilt_from_the_runs_config():
     import main
     from model import build_model, small_text_config
 
     args = main.parse_args(["--preset", "sample", "--knowledge", "gel_text", "--triple_encoder", "own",
-                            "--kb_constrained", "--kb_score", "product"])
+                            "--kb_constrained", "--kb_score", "product", "--triple_noise", "0.3"])
     config = {**run_config(args, num_answers=3), "knowledge_sizes": list(SIZES)}
     text_config = small_text_config(50, 16, hidden=32, layers=1, heads=2)
     trained, rebuilt = build_model(config, text_config, from_sources=True), build_model(config, text_config)
     assert hasattr(rebuilt, "triple_encoders") and not hasattr(rebuilt.triple_encoders, "classifier")
     assert rebuilt.kb_score == "product" and build_model({**config, "kb_score": "pair"}, text_config).kb_score == "pair"
-    del config["kb_score"]  # a run of an earlier version
-    assert build_model(config, text_config).kb_score == "pair"
+    assert rebuilt.triple_noise == 0.3
+    del config["kb_score"], config["triple_noise"]  # a run of an earlier version
+    assert build_model(config, text_config).kb_score == "pair" and build_model(config, text_config).triple_noise == 0
     assert trained.state_dict().keys() == rebuilt.state_dict().keys()
 
 
@@ -477,11 +505,12 @@ def test_the_vocabularies_are_separate_and_built_from_train_and_valid(sample_dir
     assert config["knowledge_sizes"] == vocab.sizes and kb == kn.read_kb(sample_dir / "triples.csv")
 
 
-def test_gel_runs_one_forward_per_step(sample_dir, kge_dir):
+def one_training_step(sample_dir, options, before_step=lambda model: None):
+    """Builds a tiny run's model from main.py's options on the sample, calls before_step(model), and trains one
+    batch."""
     import main
 
-    args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), "--knowledge", "gel",
-                                         "--kge_dir", str(kge_dir)])
+    args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), *options])
     rt = train.setup(args)
     data = train.load_training_data(args, rt)
     tokenizer = train_tokenizer(list(data.train["question"]))
@@ -489,14 +518,31 @@ def test_gel_runs_one_forward_per_step(sample_dir, kge_dir):
     vocab, kb, embeddings = train.knowledge_config(args, config, data, rt)
     model = train.initial_model(config, tokenizer, vocab, kb, embeddings)
     loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
-    calls = []
-    model.text_encoder.register_forward_hook(lambda *a: calls.append(1))
-    model.image_encoder.register_forward_hook(lambda *a: calls.append(2))
     optimizer = train.build_optimizer(model, args, rt.device)
-    batch = next(iter(loader))
+    before_step(model)
     loss_fn = build_loss(args.loss, gamma=args.gamma)
-    train.train_step(model, optimizer, loss_fn, batch, rt.device, rt.precision, args.clip_grad, args.lr)
+    train.train_step(model, optimizer, loss_fn, next(iter(loader)), rt.device, rt.precision, args.clip_grad, args.lr)
+
+
+def test_gel_runs_one_forward_per_step(sample_dir, kge_dir):
+    calls = []
+
+    def count_encoder_calls(model):
+        model.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+        model.image_encoder.register_forward_hook(lambda *a: calls.append(2))
+    one_training_step(sample_dir, ["--knowledge", "gel", "--kge_dir", str(kge_dir)], count_encoder_calls)
     assert sorted(calls) == [1, 2]
+
+
+def test_with_triple_noise_the_copy_gate_trains_on_the_triple_the_answer_pass_read(sample_dir, monkeypatch):
+    outputs, calls, fed_copy_targets = [], [], kn.fed_copy_targets
+    monkeypatch.setattr(kn, "fed_copy_targets", lambda *args: calls.append(args) or fed_copy_targets(*args))
+    one_training_step(sample_dir, ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb", "--triple_noise",
+                                   "0.999"], lambda model: model.register_forward_hook(
+                                       lambda module, args, out: outputs.append(out)))
+    (out,), ((_, fed, _),) = outputs, calls
+    assert fed is out["fed_triple"] and not torch.equal(fed, out["triple"])
+
 
 
 def test_head_lr_is_the_triple_heads_own():
@@ -533,7 +579,9 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "text", "--head_logit_adjustment"], ["--head_logit_adjustment", "gel, gel_text"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--head_from_answers"], ["--head_from_answers", "gel, gel_text"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"]),
-    (["--knowledge", "gel_text", "--kb_score", "product"], ["--kb_score", "--kb_constrained"])])
+    (["--knowledge", "gel_text", "--kb_score", "product"], ["--kb_score", "--kb_constrained"]),
+    (["--knowledge", "gel_text", "--triple_noise", "0.3"], ["--triple_noise", "--kb_constrained"]),
+    (["--knowledge", "gel_text", "--kb_constrained", "--triple_noise", "1"], ["--triple_noise", "[0, 1)"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 
