@@ -255,7 +255,7 @@ def seeds_markdown(grouped):
     """The grouped table: every metric as mean ± standard deviation over the seeds."""
     shown = [c for c in grouped.columns if not c.endswith("_std")]
     rows = []
-    for _, row in grouped.iterrows():
+    for row in grouped.to_dict("records"):  # each column's own type: iterrows would make seeds a float
         rows.append([(f"{row[c]:.0f} ± {row[c + '_std']:.0f} s" if row["seeds"] > 1 else f"{row[c]:.0f} s")
                      if c == "train_seconds" and row[c] == row[c] else
                      cell(row[c], row.get(f"{c}_std")) if c in METRICS else cell(row[c]) for c in shown])

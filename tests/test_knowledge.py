@@ -704,6 +704,9 @@ def test_compare_groups_runs_that_differ_only_in_seed(tmp_path):
     text = (tmp_path / "out" / "comparison.md").read_text()
     assert "| none | `3` | 60.0 ± 10.0" in text and "20 ± 10 s" in text
     assert len(pd.read_csv(tmp_path / "out" / "comparison.csv")) == 5  # every run, too
+    result = run_script("report.py", "--compare", *runs[3:], "--out", tmp_path / "one")  # one configuration only
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| `2` | 85.0 ± 7.1" in (tmp_path / "one" / "comparison.md").read_text()
 
 
 def test_compare_tabulates_the_runs(knowledge_runs, tmp_path):
