@@ -50,6 +50,12 @@ CONFIGS = {
     # the answer pass trained on the model's runner-up KB triple at 0.3, about the valid triple error (1 - valid_hrt)
     "gel_text_cascade_kb_copy_noise": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained",
                                        "--answer_from_kb", "--triple_noise", "0.3"],
+    "gel_text_own_cascade_kb_copy_adjust_noise": ["--knowledge", "gel_text", "--triple_encoder", "own",
+                                                  "--triple_head", "cascade", "--kb_constrained", "--answer_from_kb",
+                                                  "--head_logit_adjustment", "--triple_noise", "0.3"],
+    "gel_text_kb_copy_adjust_answers_noise": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb",
+                                              "--head_logit_adjustment", "--head_from_answers",
+                                              "--triple_noise", "0.3"],
 }
 DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
