@@ -544,7 +544,6 @@ def test_with_triple_noise_the_copy_gate_trains_on_the_triple_the_answer_pass_re
     assert fed is out["fed_triple"] and not torch.equal(fed, out["triple"])
 
 
-
 def test_head_lr_is_the_triple_heads_own():
     import main
 
