@@ -23,7 +23,8 @@ SEEDS = {"ko": [42, 43, 44], "en": [42], "bi": [42]}  # ko: mean of three; en an
 CONFIGS = {"ko": ["none", "ideal_concat_copy", "gel", "gel_text_cascade_kb_copy", "gel_text_cascade_kb_copy_noise",
                   "gel_text_cascade_kb_copy_adjust", "gel_text_own_cascade_kb_copy_adjust",
                   "gel_text_own_cascade_kb_copy_adjust_noise"],
-           "en": ["none", "ideal_concat_copy", "gel", "gel_text_own_cascade_kb_copy_adjust"],
+           "en": ["none", "ideal_concat_copy", "gel", "gel_text_own_cascade_kb_copy_adjust",
+                  "gel_text_own_cascade_kb_copy_adjust_noise"],
            "bi": ["none", "ideal_concat_copy", "gel", "gel_text_cascade_kb_copy", "gel_text_cascade_kb_copy_noise"]}
 
 
