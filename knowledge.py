@@ -348,7 +348,7 @@ def log_probs(out, vocab):
             for p, n in zip((out[k].detach().float().log_softmax(-1) for k in "hrt"), vocab.sizes)]
 
 
-def choose_triple(out, kb=None, no_knowledge=None, vocab=None, kb_score="pair"):
+def choose_triple(out, kb=None, no_knowledge=None, vocab=None, kb_score="pair", noise=0.0):
     """[B, 3] ids of the predicted triple: the argmax head, relation and tail, or, with a KB (a KnowledgeBase of the
     extended vocabulary), the KB triple with the highest product of the head's, the relation's and the tail's
     probability. kb_score says which tail probability: "pair", p(t | h, r, KB), the tail's probability among the KB's
@@ -356,17 +356,28 @@ def choose_triple(out, kb=None, no_knowledge=None, vocab=None, kb_score="pair"):
     "product", the tail classifier's own p(t), so that the tail the question points at also chooses the head and
     relation (a tail the classifier never learnt, as an added fact's, is then seldom chosen). A name past the heads'
     classes takes the uniform probability of its part (1 / classes). A predicted NO_KNOWLEDGE relation gives
-    (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice."""
+    (ABSENT, NO_KNOWLEDGE, ABSENT). No gradient flows through the choice.
+
+    noise (--triple_noise, in training, with a KB): returns (chosen, fed), fed the choice with each row that has a
+    triple replaced, with probability noise (torch's generator), by the KB triple ranked next, from the same scores.
+    On the training questions the triple heads end up right almost always, at test far less often (train_hrt and
+    valid_hrt in history.json); fed the model's own nearest confusions, the answer pass learns not to follow a wrong
+    triple, and with fed_copy_targets the gate learns when the triple it read can be copied from."""
     if kb is None:
         logp = [out[k].detach().float().log_softmax(-1) for k in "hrt"]
         triple = torch.stack([p.argmax(-1) for p in logp], -1)
     else:
         logp = log_probs(out, vocab)
-        triple = kb.ids[kb_triple_scores(logp, kb, kb_score).argmax(-1)]
+        score = kb_triple_scores(logp, kb, kb_score)
+        triple = kb.ids[score.argmax(-1)]
     if no_knowledge is not None:
         none = logp[1].argmax(-1) == no_knowledge
         triple = torch.where(none[:, None], torch.tensor([ABSENT, no_knowledge, ABSENT], device=triple.device), triple)
-    return triple
+    if not noise:
+        return triple
+    runner_up = kb.ids[score.topk(min(2, score.shape[-1]), dim=-1).indices[:, -1]]
+    pick = (torch.rand(len(triple), device=triple.device) < noise) & (triple[:, 0] >= 0)
+    return triple, torch.where(pick[:, None], runner_up, triple)
 
 
 def kb_triple_scores(logp, kb, kb_score="pair"):
@@ -374,18 +385,6 @@ def kb_triple_scores(logp, kb, kb_score="pair"):
     heads' log_probs."""
     tail = kb.tail_given_pair(logp[2]) if kb_score == "pair" else logp[2][:, kb.ids[:, 2]]
     return logp[0][:, kb.ids[:, 0]] + logp[1][:, kb.ids[:, 1]] + tail
-
-
-def runner_up_noise(out, kb, vocab, kb_score, rate):
-    """--triple_noise: the chosen triples out["triple"] [B, 3], each row with a triple replaced, with probability rate
-    (torch's generator), by the KB triple the model ranks next. On the training questions the triple heads end up
-    right almost always, at test far less often (train_hrt and valid_hrt in history.json); fed the model's own
-    nearest confusions, the answer pass learns not to follow a wrong triple, and with fed_copy_targets the gate
-    learns when the triple it read can be copied from."""
-    score = kb_triple_scores(log_probs(out, vocab), kb, kb_score)
-    runner_up = kb.ids[score.topk(min(2, score.shape[-1]), dim=-1).indices[:, -1]]
-    pick = (torch.rand(len(score), device=score.device) < rate) & (out["triple"][:, 0] >= 0)
-    return torch.where(pick[:, None], runner_up, out["triple"])
 
 
 def fed_copy_targets(copy, fed, gold):

@@ -214,7 +214,7 @@ class VQAModel(nn.Module):
         self.vocab, self.kge, self.triple_text = None, None, None
         self.kb = None  # a knowledge.KnowledgeBase
         self.kb_constrained, self.kb_score = kb_constrained, kb_score
-        self.triple_noise = triple_noise  # acts in training only (knowledge.runner_up_noise)
+        self.triple_noise = triple_noise  # acts in training only (knowledge.choose_triple)
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
@@ -242,10 +242,13 @@ class VQAModel(nn.Module):
         out, extra = {}, None
         if kn.predicts(self.knowledge):
             out = self.triple_logits(input_ids, attention_mask, image, fused, text_f)
-            out["triple"] = kn.choose_triple(out, self.kb if self.kb_constrained else None, self.no_knowledge,
-                                             self.vocab, self.kb_score)
-            if self.training and self.triple_noise:  # what the answer pass reads instead
-                out["fed_triple"] = kn.runner_up_noise(out, self.kb, self.vocab, self.kb_score, self.triple_noise)
+            noise = self.triple_noise if self.training else 0.0
+            chosen = kn.choose_triple(out, self.kb if self.kb_constrained else None, self.no_knowledge, self.vocab,
+                                      self.kb_score, noise)
+            if noise:  # the answer pass reads chosen[1] instead
+                out["triple"], out["fed_triple"] = chosen
+            else:
+                out["triple"] = chosen
             triples = out.get("fed_triple", out["triple"])[:, None]
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
