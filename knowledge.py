@@ -395,6 +395,20 @@ def fed_copy_targets(copy, fed, gold):
     return torch.where((copy == 0) | right, copy, torch.zeros_like(copy))
 
 
+# ---------------------------------------------------------------- gold knowledge as words (text)
+
+def withhold_knowledge_text(input_ids, attention_mask, rate, separator):
+    """attention_mask with each row's knowledge text masked out at rate (torch's generator; --knowledge_dropout):
+    every token after the question's first separator, so that the encoder reads "<s> q </s>", the question as it is
+    encoded alone (a row without knowledge text is unchanged). In training, the answer path then also learns to
+    answer a type B question from the image and question, as the baseline does, and not only by reading the answer
+    from its knowledge text."""
+    is_separator = (input_ids == separator).long()
+    after_question = is_separator.cumsum(-1) - is_separator > 0
+    withhold = torch.rand(len(input_ids), device=input_ids.device) < rate
+    return attention_mask.masked_fill(withhold[:, None] & after_question, 0)
+
+
 # ---------------------------------------------------------------- the predicted triple as words (gel_text)
 
 class TripleText:

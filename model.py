@@ -26,7 +26,7 @@ SCRATCH = "scratch"
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 # the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
 KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
-                     "kb_constrained", "kb_score", "triple_noise"]
+                     "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout"]
 
 
 class OfflineError(Exception):
@@ -173,14 +173,15 @@ class VQAModel(nn.Module):
     from encoders of its own (triple_encoders: a copy of the text and image encoders and the hidden layer, trained
     with the rest), so that the triple's loss does not share the answer's features (HiLINK's triple predictor is a
     network of its own); gel_text then encodes only the paired question for its answer. With triple_noise, in
-    training, the answer pass reads at that rate the KB triple the model ranks next instead of its choice.
+    training, the answer pass reads at that rate the KB triple the model ranks next instead of its choice. With
+    knowledge_dropout ("text"), in training, a row's knowledge text is withheld at that rate.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
                  knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
                  triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False,
-                 kb_score="pair", triple_noise=0.0):
+                 kb_score="pair", triple_noise=0.0, knowledge_dropout=0.0):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -215,6 +216,10 @@ class VQAModel(nn.Module):
         self.kb = None  # a knowledge.KnowledgeBase
         self.kb_constrained, self.kb_score = kb_constrained, kb_score
         self.triple_noise = triple_noise  # acts in training only (knowledge.choose_triple)
+        self.knowledge_dropout = knowledge_dropout  # acts in training only (knowledge.withhold_knowledge_text)
+        if knowledge_dropout and text_encoder.config.eos_token_id is None:
+            raise util.UsageError("--knowledge_dropout masks the knowledge text after the question's </s>, but the "
+                                  "question encoder's config names no eos_token_id; use an XLM-RoBERTa-type encoder")
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
@@ -234,6 +239,9 @@ class VQAModel(nn.Module):
         """{"answer": logits}, and in the modes that predict a triple the logits "h", "r", "t" and the chosen
         "triple" [B, 3] (ids), and while training with triple_noise the "fed_triple" the answer pass read instead.
         triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last one), used by "ideal"."""
+        if self.knowledge_dropout and self.training:
+            attention_mask = kn.withhold_knowledge_text(input_ids, attention_mask, self.knowledge_dropout,
+                                                        self.text_encoder.config.eos_token_id)
         image_f = self.encode_image(image)
         text_f = fused = None
         if not (self.knowledge == "gel_text" and self.triple_encoders is not None):  # it answers from the pair only

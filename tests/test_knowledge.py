@@ -66,7 +66,7 @@ def tiny_batch(knowledge="ideal"):
     return *test_model.tiny_batch(), triples
 
 
-OPTIONS = ([("none", {}), ("text", {})]
+OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5})]
            + [("ideal", {"knowledge_fusion": f}) for f in kn.FUSIONS]
            + [("gel", {"knowledge_fusion": f, "triple_head": h, "kb_constrained": kb})
               for f, h, kb in itertools.product(kn.FUSIONS, kn.TRIPLE_HEADS, (False, True))]
@@ -255,6 +255,33 @@ def test_triple_noise_feeds_the_answer_pass_the_kb_triple_ranked_next_in_trainin
     assert "fed_triple" not in model(ids, mask, image, triples)
 
 
+@pytest.mark.parametrize("text_pool", ["cls", "mean"])
+def test_knowledge_dropout_makes_the_encoder_read_the_question_alone_in_training_only(text_pool):
+    tokenizer = tiny_tokenizer()
+    df = pd.DataFrame({"question": ["what is the animal"] * 2, "triple": ["bear|eats|fish", ""], "abstract": [""] * 2})
+    alone, paired = (encode_questions(tokenizer, df, 16, mode) for mode in ("none", "text"))
+    pad = torch.nn.utils.rnn.pad_sequence
+    ids = pad([torch.tensor(row) for row in paired], batch_first=True, padding_value=tokenizer.pad_token_id)
+    mask = (ids != tokenizer.pad_token_id).long()
+    model = tiny_model("text", knowledge_dropout=0.999, text_pool=text_pool)
+    read = []
+    model.text_encoder.register_forward_hook(
+        lambda module, args, kwargs, output: read.append(kwargs["attention_mask"]), with_kwargs=True)
+    torch.manual_seed(0)
+    model(ids, mask, test_model.tiny_batch()[2][:2])
+    withheld = read[-1]
+    assert withheld[0].tolist() == [1] * len(alone[0]) + [0] * (len(ids[0]) - len(alone[0]))  # "<s> q </s>" only
+    assert torch.equal(withheld[1], mask[1])  # no knowledge text: as it was
+    model.eval()  # what the encoder reads is the question as it is encoded alone
+    q_alone = model.encode_text(torch.tensor(alone[:1]), torch.ones(1, len(alone[0]), dtype=torch.long))[0]
+    assert torch.allclose(model.encode_text(ids[:1], withheld[:1])[0], q_alone, atol=1e-5)
+    model(ids, mask, test_model.tiny_batch()[2][:2])
+    assert torch.equal(read[-1], mask)
+    model.train().knowledge_dropout = 0.0
+    model(ids, mask, test_model.tiny_batch()[2][:2])
+    assert torch.equal(read[-1], mask)
+
+
 def test_the_copy_gate_learns_from_the_triple_the_answer_pass_read():
     copy = torch.tensor([1, 1, 2, 2, 0, 2])  # vocabulary 0, head 1, tail 2
     gold = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 1, 1], [2, 2, 2], [3, 3, 3]])
@@ -384,20 +411,23 @@ def test_an_own_triple_encoder_keeps_the_triples_loss_off_the_answer_path(knowle
     assert not any(p.requires_grad for encoder in model.text_encoders() for p in encoder.parameters())
 
 
-def test_the_triple_encoder_kb_score_and_triple_noise_are_rebuilt_from_the_runs_config():
+def test_the_triple_encoder_kb_score_triple_noise_and_knowledge_dropout_are_rebuilt_from_the_runs_config():
     import main
     from model import build_model, small_text_config
 
     args = main.parse_args(["--preset", "sample", "--knowledge", "gel_text", "--triple_encoder", "own",
                             "--kb_constrained", "--kb_score", "product", "--triple_noise", "0.3"])
+    text_args = main.parse_args(["--preset", "sample", "--knowledge", "text", "--knowledge_dropout", "0.5"])
     config = {**run_config(args, num_answers=3), "knowledge_sizes": list(SIZES)}
     text_config = small_text_config(50, 16, hidden=32, layers=1, heads=2)
     trained, rebuilt = build_model(config, text_config, from_sources=True), build_model(config, text_config)
     assert hasattr(rebuilt, "triple_encoders") and not hasattr(rebuilt.triple_encoders, "classifier")
     assert rebuilt.kb_score == "product" and build_model({**config, "kb_score": "pair"}, text_config).kb_score == "pair"
     assert rebuilt.triple_noise == 0.3
-    del config["kb_score"], config["triple_noise"]  # a run of an earlier version
+    assert build_model(run_config(text_args, num_answers=3), text_config).knowledge_dropout == 0.5
+    del config["kb_score"], config["triple_noise"], config["knowledge_dropout"]  # a run of an earlier version
     assert build_model(config, text_config).kb_score == "pair" and build_model(config, text_config).triple_noise == 0
+    assert build_model(config, text_config).knowledge_dropout == 0
     assert trained.state_dict().keys() == rebuilt.state_dict().keys()
 
 
@@ -580,7 +610,9 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "ideal", "--kge_dir", "k", "--triple_encoder", "own"], ["--triple_encoder", "gel, gel_text"]),
     (["--knowledge", "gel_text", "--kb_score", "product"], ["--kb_score", "--kb_constrained"]),
     (["--knowledge", "gel_text", "--triple_noise", "0.3"], ["--triple_noise", "--kb_constrained"]),
-    (["--knowledge", "gel_text", "--kb_constrained", "--triple_noise", "1"], ["--triple_noise", "[0, 1)"])])
+    (["--knowledge", "gel_text", "--kb_constrained", "--triple_noise", "1"], ["--triple_noise", "[0, 1)"]),
+    (["--knowledge", "ideal", "--kge_dir", "k", "--knowledge_dropout", "0.5"], ["--knowledge_dropout", "text"]),
+    (["--knowledge", "text", "--knowledge_dropout", "1"], ["--knowledge_dropout", "[0, 1)"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 

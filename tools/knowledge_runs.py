@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "none": ["--knowledge", "none"],  # the baseline
     "text": ["--knowledge", "text"],  # gold knowledge as words (an upper bound)
+    # ... withheld in training from half the rows, so that the answer path also learns to read the image
+    "text_dropout": ["--knowledge", "text", "--knowledge_dropout", "0.5"],
     "ideal": ["--knowledge", "ideal"],  # the gold triple's KG embeddings, GEL-VQA's product fusion (an upper bound)
     "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
     "gel": ["--knowledge", "gel"],  # GEL-VQA as published
