@@ -155,7 +155,9 @@ def save_run_kge(run_dir, kge_dir):
 
 
 def uses_kb(config):
-    return bool(config.get("kb_constrained") or config.get("answer_from_kb"))
+    """Whether a run keeps a knowledge base: a mode with a vocabulary, with --kb_constrained or --answer_from_kb."""
+    return has_vocab(util.run_option(config, "knowledge")) and \
+        bool(config.get("kb_constrained") or config.get("answer_from_kb"))
 
 
 # ---------------------------------------------------------------- KG-embedding codes and how they enter
@@ -535,8 +537,8 @@ def copy_targets(df):
 
 
 def copy_candidates(model, out, df):
-    """Per row, the (head, tail, whether the tail is inferred) names an answer may be copied from, or None: for ideal
-    the row's gold triple; else the predicted triple's head, and its tail as the knowledge base gives it: the
+    """Per row, the (head, tail, whether the tail is inferred) names an answer may be copied from, or None: for text
+    and ideal the row's gold triple; else the predicted triple's head, and its tail as the knowledge base gives it: the
     --kb_constrained choice's own, else the KB tail of the predicted head and relation that the tail head finds
     most probable, else (the KB has no tail for them) the KG embeddings' best-scoring tail, inferred by link
     prediction, or without KG embeddings the tail head's own, also marked inferred."""

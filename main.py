@@ -148,8 +148,8 @@ def build_parser(suppress_defaults=False):
              "(gel, gel_text): type A questions such as 'what colour is the circle?' teach it to read the entity a "
              "question points at in more questions, and beside more relations, than the triple rows alone")
     add("--answer_from_kb", action="store_true", default=False,
-        help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (ideal: the "
-             "gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
+        help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (text, ideal: "
+             "the gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
     # optimisation
     add("--loss", default="focal", choices=["focal", "ce"], help="focal loss (the original's) or cross entropy")
     add("--gamma", type=at_least(0.0, float), default=2.0, help="focal loss gamma")
@@ -205,10 +205,11 @@ def check_knowledge_options(args):
     if not 0 <= args.knowledge_dropout < 1:
         problems.append(f"--knowledge_dropout is a rate in [0, 1), not {args.knowledge_dropout}")
     if args.kb and not kn.uses_kb(vars(args)):
-        problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb; give one of them")
-    if args.answer_from_kb and not kn.has_vocab(args.knowledge):
-        problems.append(f"--answer_from_kb copies a triple's head or tail: it needs --knowledge ideal, gel or "
-                        f"gel_text, not {args.knowledge}")
+        problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb with --knowledge ideal, "
+                        "gel or gel_text; give one of them (--knowledge text copies from the row's own triple)")
+    if args.answer_from_kb and args.knowledge == "none":
+        problems.append("--answer_from_kb copies a triple's head or tail: it needs --knowledge text, ideal, gel or "
+                        "gel_text")
     if problems:
         sys.exit("error: " + "; ".join(problems) + ".")
 

@@ -66,7 +66,7 @@ def tiny_batch(knowledge="ideal"):
     return *test_model.tiny_batch(), triples
 
 
-OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5})]
+OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5, "answer_from_kb": True})]
            + [("ideal", {"knowledge_fusion": f}) for f in kn.FUSIONS]
            + [("gel", {"knowledge_fusion": f, "triple_head": h, "kb_constrained": kb})
               for f, h, kb in itertools.product(kn.FUSIONS, kn.TRIPLE_HEADS, (False, True))]
@@ -317,6 +317,13 @@ def test_the_copy_gate_learns_where_the_answer_is_the_triples_head_or_tail():
                        "answer": ["arena", "Araceae", "monocot", "red"]})
     assert kn.copy_targets(df).tolist() == [1, 2, 0, 0]  # case and underscores do not matter; no triple: vocabulary
     assert kn.answer_key("Sports_Facilities") == kn.answer_key("sports  facilities") == "sports facilities"
+
+
+def test_text_and_ideal_copy_from_the_rows_gold_triple():
+    df = pd.DataFrame({"triple": ["Taro|family|Araceae", ""], "answer": ["Araceae", "red"]})
+    for knowledge in ("text", "ideal"):
+        model = tiny_model(knowledge, answer_from_kb=True)
+        assert kn.copy_candidates(model, {}, df) == [("Taro", "Araceae", False), None]
 
 
 def test_a_copied_name_outside_the_vocabulary_can_be_the_right_answer():
@@ -612,7 +619,9 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel_text", "--triple_noise", "0.3"], ["--triple_noise", "--kb_constrained"]),
     (["--knowledge", "gel_text", "--kb_constrained", "--triple_noise", "1"], ["--triple_noise", "[0, 1)"]),
     (["--knowledge", "ideal", "--kge_dir", "k", "--knowledge_dropout", "0.5"], ["--knowledge_dropout", "text"]),
-    (["--knowledge", "text", "--knowledge_dropout", "1"], ["--knowledge_dropout", "[0, 1)"])])
+    (["--knowledge", "text", "--knowledge_dropout", "1"], ["--knowledge_dropout", "[0, 1)"]),
+    (["--answer_from_kb"], ["--answer_from_kb", "text, ideal, gel or gel_text"]),
+    (["--knowledge", "text", "--answer_from_kb", "--kb", "all_triple.csv"], ["--kb", "row's own triple"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main
 
@@ -644,6 +653,7 @@ def test_each_mode_is_evaluated_from_its_run_directory_alone(knowledge_runs, sam
             assert run_main(inference, "--model_path", run_dir, "--data_dir", sample_dir) == ""
             report = json.loads((run_dir / "eval_all.json").read_text())
             assert report["knowledge"] == knowledge and ("triple_accuracy" in report) == kn.predicts(knowledge)
+            assert ("answered_from" in report) == (knowledge == "text")  # the short text run copies (conftest)
             each = script_output(capsys, inference_each, "--model_path", run_dir, "--index", "0", "--data_dir",
                                  sample_dir)
             assert ("predicted knowledge:" in each) == kn.predicts(knowledge)

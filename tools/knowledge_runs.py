@@ -23,6 +23,8 @@ CONFIGS = {
     "text": ["--knowledge", "text"],  # gold knowledge as words (an upper bound)
     # ... withheld in training from half the rows, so that the answer path also learns to read the image
     "text_dropout": ["--knowledge", "text", "--knowledge_dropout", "0.5"],
+    # ... and the answer copied from the row's triple: a held-out fact's answer is in no vocabulary
+    "text_dropout_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--answer_from_kb"],
     "ideal": ["--knowledge", "ideal"],  # the gold triple's KG embeddings, GEL-VQA's product fusion (an upper bound)
     "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
     "gel": ["--knowledge", "gel"],  # GEL-VQA as published
@@ -66,7 +68,7 @@ def options(config, args):
     chosen = CONFIGS[config]
     knowledge = chosen[chosen.index("--knowledge") + 1]
     extra = ["--kge_dir", args.kge_dir] if knowledge in ("ideal", "gel") else []
-    if args.kb and ("--kb_constrained" in chosen or "--answer_from_kb" in chosen):
+    if args.kb and knowledge != "text" and ("--kb_constrained" in chosen or "--answer_from_kb" in chosen):
         extra += ["--kb", args.kb]
     return chosen + extra
 
