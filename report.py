@@ -235,18 +235,20 @@ def group_seeds(table):
     return pd.DataFrame(rows)
 
 
-def cell(value, std=None):
+def cell(value, std=None, metric=False):
+    """A table cell: a metric as a percentage (± its std), an option as it was given."""
     if value is None or value != value:  # absent, NaN
         return ""
-    if isinstance(value, float):
+    if metric:
         return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None and std == std else "")
     return value if isinstance(value, str) else f"`{value}`"
 
 
 def comparison_markdown(table):
     header = [c.replace("test_", "test ").replace("best_valid", "best valid") for c in table.columns]
-    rows = [[cell(v) if c != "train_seconds" else (f"{v:.0f} s" if v == v and v is not None else "")
-             for c, v in zip(table.columns, row)] for row in table.itertuples(index=False)]
+    rows = [[cell(v, metric=c in METRICS) if c != "train_seconds" else
+             (f"{v:.0f} s" if v == v and v is not None else "") for c, v in zip(table.columns, row)]
+            for row in table.itertuples(index=False)]
     return markdown_table(rows, header) + \
         "\n\nAccuracies in %; test from each run's eval_all.json (python inference.py --model_path RUN)."
 
@@ -258,7 +260,7 @@ def seeds_markdown(grouped):
     for row in grouped.to_dict("records"):  # each column's own type: iterrows would make seeds a float
         rows.append([(f"{row[c]:.0f} ± {row[c + '_std']:.0f} s" if row["seeds"] > 1 else f"{row[c]:.0f} s")
                      if c == "train_seconds" and row[c] == row[c] else
-                     cell(row[c], row.get(f"{c}_std")) if c in METRICS else cell(row[c]) for c in shown])
+                     cell(row[c], row.get(f"{c}_std"), c in METRICS) for c in shown])
     header = [c.replace("test_", "test ").replace("best_valid", "best valid") for c in shown]
     return markdown_table(rows, header) + ("\n\nMean ± standard deviation over the seeds of the runs that differ "
                                            "only in --seed; accuracies in %.")

@@ -731,8 +731,9 @@ def fake_run(path, seed, knowledge, accuracy, **options):
 
 
 def test_compare_groups_runs_that_differ_only_in_seed(tmp_path):
-    runs = [fake_run(tmp_path / f"{k}_{seed}", seed, k, acc) for k, seed, acc in
-            [("none", 1, 0.5), ("none", 2, 0.7), ("gel", 1, 0.8), ("gel", 2, 0.9)]]
+    noise = {"triple_noise": 0.3}
+    runs = [fake_run(tmp_path / f"{k}_{seed}", seed, k, acc, **options) for k, seed, acc, options in
+            [("none", 1, 0.5, {}), ("none", 2, 0.7, {}), ("gel", 1, 0.8, noise), ("gel", 2, 0.9, noise)]]
     # a run of this version saves an option that the earlier runs lack, at the value they had
     runs.insert(2, fake_run(tmp_path / "none_3", 3, "none", 0.6, triple_encoder="shared"))
     result = run_script("report.py", "--compare", *runs, "--out", tmp_path / "out")
@@ -743,7 +744,8 @@ def test_compare_groups_runs_that_differ_only_in_seed(tmp_path):
     assert grouped["test_all_std"].tolist() == pytest.approx([0.1, 0.0707107], rel=1e-5)
     assert grouped["test_B"].tolist() == pytest.approx([0.3, 0.425]) and grouped["train_seconds"][0] == 20
     text = (tmp_path / "out" / "comparison.md").read_text()
-    assert "| none | `3` | 60.0 ± 10.0" in text and "20 ± 10 s" in text
+    assert "| none | `0.0` | `3` | 60.0 ± 10.0" in text and "20 ± 10 s" in text
+    assert "| gel | `0.3` | `2` | 85.0" in text and "| gel | `1` | `0.3` | 80.0 |" in text  # options not as percentages
     assert len(pd.read_csv(tmp_path / "out" / "comparison.csv")) == 5  # every run, too
     result = run_script("report.py", "--compare", *runs[3:], "--out", tmp_path / "one")  # one configuration only
     assert result.returncode == 0, result.stderr[-2000:]
