@@ -17,6 +17,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import knowledge as kn  # noqa: E402  (which modes read KG embeddings and keep a KB: decided there)
+
 # name: main.py options; --kge_dir is added where KG embeddings are read, --kb where a knowledge base is
 CONFIGS = {
     "none": ["--knowledge", "none"],  # the baseline
@@ -68,8 +71,10 @@ DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 def options(config, args):
     chosen = CONFIGS[config]
     knowledge = chosen[chosen.index("--knowledge") + 1]
-    extra = ["--kge_dir", args.kge_dir] if knowledge in ("ideal", "gel") else []
-    if args.kb and knowledge != "text" and ("--kb_constrained" in chosen or "--answer_from_kb" in chosen):
+    extra = ["--kge_dir", args.kge_dir] if kn.embeds(knowledge) else []
+    flags = {"knowledge": knowledge, "kb_constrained": "--kb_constrained" in chosen,
+             "answer_from_kb": "--answer_from_kb" in chosen}
+    if args.kb and kn.uses_kb(flags):
         extra += ["--kb", args.kb]
     return chosen + extra
 
