@@ -411,6 +411,14 @@ def withhold_knowledge_text(input_ids, attention_mask, rate, separator):
     return attention_mask.masked_fill(withhold[:, None] & after_question, 0)
 
 
+def withhold_triples(triples, rate):
+    """triples [B, slots, 3] with each row's gold triples withheld at rate (torch's generator; --knowledge_dropout
+    with ideal): made ABSENT, so that the row passes the injection unchanged, as a row without knowledge does. The
+    copy gate still copies from the row's triple (copy_candidates reads it from the data, not from these ids)."""
+    withhold = torch.rand(len(triples), device=triples.device) < rate
+    return triples.masked_fill(withhold[:, None, None], ABSENT)
+
+
 # ---------------------------------------------------------------- the predicted triple as words (gel_text)
 
 class TripleText:

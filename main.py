@@ -131,9 +131,9 @@ def build_parser(suppress_defaults=False):
              "choice (with --kb_constrained; gel, gel_text): the triple heads are right on nearly every training "
              "question but not at test, so the answer pass learns not to follow a wrong triple; e.g. 1 - valid_hrt")
     add("--knowledge_dropout", type=float, default=0.0,
-        help="in training, the rate at which a row's knowledge text is withheld (text): the answer path then also "
-             "learns to read the image for the questions whose knowledge text spells out the answer, as the "
-             "baseline does")
+        help="in training, the rate at which a row's gold knowledge is withheld (text: its knowledge text; ideal: "
+             "its triples' codes): the answer path then also learns to read the image for the questions whose "
+             "knowledge spells out the answer, as the baseline does")
     add("--kb", default=None,
         help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
              "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
@@ -199,9 +199,9 @@ def check_knowledge_options(args):
         problems.append("--triple_noise feeds the KB triple ranked next by --kb_constrained; give --kb_constrained")
     if not 0 <= args.triple_noise < 1:
         problems.append(f"--triple_noise is a rate in [0, 1), not {args.triple_noise}")
-    if args.knowledge_dropout and args.knowledge != "text":
-        problems.append(f"--knowledge_dropout withholds the gold knowledge text of --knowledge text, not --knowledge "
-                        f"{args.knowledge}")
+    if args.knowledge_dropout and args.knowledge not in ("text", "ideal"):
+        problems.append(f"--knowledge_dropout withholds the gold knowledge of --knowledge text or ideal; --knowledge "
+                        f"{args.knowledge} reads no gold knowledge")
     if not 0 <= args.knowledge_dropout < 1:
         problems.append(f"--knowledge_dropout is a rate in [0, 1), not {args.knowledge_dropout}")
     if args.kb and not kn.uses_kb(vars(args)):

@@ -174,7 +174,8 @@ class VQAModel(nn.Module):
     with the rest), so that the triple's loss does not share the answer's features (HiLINK's triple predictor is a
     network of its own); gel_text then encodes only the paired question for its answer. With triple_noise, in
     training, the answer pass reads at that rate the KB triple the model ranks next instead of its choice. With
-    knowledge_dropout ("text"), in training, a row's knowledge text is withheld at that rate.
+    knowledge_dropout, in training, a row's knowledge text ("text") or gold triples ("ideal") are withheld at that
+    rate.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
@@ -216,8 +217,8 @@ class VQAModel(nn.Module):
         self.kb = None  # a knowledge.KnowledgeBase
         self.kb_constrained, self.kb_score = kb_constrained, kb_score
         self.triple_noise = triple_noise  # acts in training only (knowledge.choose_triple)
-        self.knowledge_dropout = knowledge_dropout  # acts in training only (knowledge.withhold_knowledge_text)
-        if knowledge_dropout and text_encoder.config.eos_token_id is None:
+        self.knowledge_dropout = knowledge_dropout  # in training only (withhold_knowledge_text, withhold_triples)
+        if knowledge_dropout and knowledge == "text" and text_encoder.config.eos_token_id is None:
             raise util.UsageError("--knowledge_dropout masks the knowledge text after the question's </s>, but the "
                                   "question encoder's config names no eos_token_id; use an XLM-RoBERTa-type encoder")
         if kn.embeds(knowledge):
@@ -239,9 +240,11 @@ class VQAModel(nn.Module):
         """{"answer": logits}, and in the modes that predict a triple the logits "h", "r", "t" and the chosen
         "triple" [B, 3] (ids), and while training with triple_noise the "fed_triple" the answer pass read instead.
         triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last one), used by "ideal"."""
-        if self.knowledge_dropout and self.training:
+        if self.knowledge_dropout and self.training and self.knowledge == "text":
             attention_mask = kn.withhold_knowledge_text(input_ids, attention_mask, self.knowledge_dropout,
                                                         self.text_encoder.config.eos_token_id)
+        elif self.knowledge_dropout and self.training:  # ideal
+            triples = kn.withhold_triples(triples, self.knowledge_dropout)
         image_f = self.encode_image(image)
         text_f = fused = None
         if not (self.knowledge == "gel_text" and self.triple_encoders is not None):  # it answers from the pair only

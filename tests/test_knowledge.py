@@ -73,6 +73,7 @@ OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5, "ans
            + [("gel_text", {"triple_head": h, "kb_constrained": kb})
               for h, kb in itertools.product(kn.TRIPLE_HEADS, (False, True))]
            + [("ideal", {"knowledge_fusion": "film", "answer_from_kb": True}),
+              ("ideal", {"knowledge_fusion": "concat", "knowledge_dropout": 0.5, "answer_from_kb": True}),
               ("gel", {"triple_head": "cascade", "kb_constrained": True, "answer_from_kb": True}),
               ("gel_text", {"answer_from_kb": True}),
               ("gel", {"triple_encoder": "own", "triple_head": "cascade"}),
@@ -280,6 +281,29 @@ def test_knowledge_dropout_makes_the_encoder_read_the_question_alone_in_training
     model.train().knowledge_dropout = 0.0
     model(ids, mask, test_model.tiny_batch()[2][:2])
     assert torch.equal(read[-1], mask)
+
+
+def test_knowledge_dropout_makes_ideal_rows_pass_as_rows_without_knowledge_in_training_only():
+    model = tiny_model("ideal", knowledge_fusion="concat", knowledge_dropout=0.999, answer_from_kb=True)
+    read = []  # the triples whose codes the injection receives, and whether a row has one
+    model.codes.register_forward_hook(lambda module, args, output: read.append((args[0], output[1])))
+    ids, mask, image, triples = tiny_batch("ideal")
+    torch.manual_seed(0)
+    model(ids, mask, image, triples)
+    assert torch.all(read[-1][0] == kn.ABSENT) and not read[-1][1].any()  # withheld: no row has knowledge
+    model.eval()  # at test the gold triples are read
+    model(ids, mask, image, triples)
+    assert torch.equal(read[-1][0], triples) and read[-1][1].tolist() == [True, True, False, True]
+    model.train().knowledge_dropout = 0.0
+    model(ids, mask, image, triples)
+    assert torch.equal(read[-1][0], triples)
+    model.knowledge_dropout = 0.5  # at a rate, whole rows are withheld, each with all its triples
+    torch.manual_seed(1)
+    expected = torch.rand(len(triples)) < 0.5
+    torch.manual_seed(1)
+    model(ids, mask, image, triples)
+    assert 0 < int(expected.sum()) < len(triples)
+    assert torch.equal(read[-1][0], triples.masked_fill(expected[:, None, None], kn.ABSENT))
 
 
 def test_the_copy_gate_learns_from_the_triple_the_answer_pass_read():
@@ -618,7 +642,7 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel_text", "--kb_score", "product"], ["--kb_score", "--kb_constrained"]),
     (["--knowledge", "gel_text", "--triple_noise", "0.3"], ["--triple_noise", "--kb_constrained"]),
     (["--knowledge", "gel_text", "--kb_constrained", "--triple_noise", "1"], ["--triple_noise", "[0, 1)"]),
-    (["--knowledge", "ideal", "--kge_dir", "k", "--knowledge_dropout", "0.5"], ["--knowledge_dropout", "text"]),
+    (["--knowledge", "gel", "--kge_dir", "k", "--knowledge_dropout", "0.5"], ["--knowledge_dropout", "text or ideal"]),
     (["--knowledge", "text", "--knowledge_dropout", "1"], ["--knowledge_dropout", "[0, 1)"]),
     (["--answer_from_kb"], ["--answer_from_kb", "text, ideal, gel or gel_text"]),
     (["--knowledge", "text", "--answer_from_kb", "--kb", "all_triple.csv"], ["--kb", "row's own triple"])])

@@ -31,6 +31,9 @@ CONFIGS = {
     "text_dropout08_copy": ["--knowledge", "text", "--knowledge_dropout", "0.8", "--answer_from_kb"],
     "ideal": ["--knowledge", "ideal"],  # the gold triple's KG embeddings, GEL-VQA's product fusion (an upper bound)
     "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
+    # ... the gold triples withheld in training from half the rows, as text_dropout_copy
+    "ideal_dropout_concat_copy": ["--knowledge", "ideal", "--knowledge_dropout", "0.5", "--knowledge_fusion", "concat",
+                                  "--answer_from_kb"],
     "gel": ["--knowledge", "gel"],  # GEL-VQA as published
     "gel_text_cascade_kb": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained"],
     "gel_text_kb_copy": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb"],  # GEL-VQA's heads
