@@ -26,7 +26,7 @@ SCRATCH = "scratch"
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 # the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
 KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
-                     "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout"]
+                     "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout", "knowledge_free_loss"]
 
 
 class OfflineError(Exception):
@@ -175,14 +175,15 @@ class VQAModel(nn.Module):
     network of its own); gel_text then encodes only the paired question for its answer. With triple_noise, in
     training, the answer pass reads at that rate the KB triple the model ranks next instead of its choice. With
     knowledge_dropout, in training, a row's knowledge text ("text") or gold triples ("ideal") are withheld at that
-    rate.
+    rate. With knowledge_free_loss ("ideal"), in training, the answer path also answers from the fused feature
+    without the codes, "answer_without_knowledge", at no added encoder pass.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
                  knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
                  triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False,
-                 kb_score="pair", triple_noise=0.0, knowledge_dropout=0.0):
+                 kb_score="pair", triple_noise=0.0, knowledge_dropout=0.0, knowledge_free_loss=False):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -218,6 +219,7 @@ class VQAModel(nn.Module):
         self.kb_constrained, self.kb_score = kb_constrained, kb_score
         self.triple_noise = triple_noise  # acts in training only (knowledge.choose_triple)
         self.knowledge_dropout = knowledge_dropout  # in training only (withhold_knowledge_text, withhold_triples)
+        self.knowledge_free_loss = knowledge_free_loss  # in training only
         if knowledge_dropout and knowledge == "text" and text_encoder.config.eos_token_id is None:
             raise util.UsageError("--knowledge_dropout masks the knowledge text after the question's </s>, but the "
                                   "question encoder's config names no eos_token_id; use an XLM-RoBERTa-type encoder")
@@ -265,6 +267,8 @@ class VQAModel(nn.Module):
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
             fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
         elif kn.embeds(self.knowledge):
+            if self.knowledge_free_loss and self.training:  # the baseline's answer from the same encoders' features
+                out["answer_without_knowledge"] = self.classifier(self.hidden(fused))
             fused, extra = self.injection(fused, *self.codes(triples))
         hidden = self.hidden(fused, extra)
         out["answer"] = self.classifier(hidden)

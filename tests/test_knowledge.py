@@ -74,6 +74,7 @@ OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5, "ans
               for h, kb in itertools.product(kn.TRIPLE_HEADS, (False, True))]
            + [("ideal", {"knowledge_fusion": "film", "answer_from_kb": True}),
               ("ideal", {"knowledge_fusion": "concat", "knowledge_dropout": 0.5, "answer_from_kb": True}),
+              ("ideal", {"knowledge_fusion": "film", "knowledge_free_loss": True}),
               ("gel", {"triple_head": "cascade", "kb_constrained": True, "answer_from_kb": True}),
               ("gel_text", {"answer_from_kb": True}),
               ("gel", {"triple_encoder": "own", "triple_head": "cascade"}),
@@ -90,10 +91,12 @@ def test_every_mode_and_option_runs_forward_and_backward(knowledge, options):
     model = tiny_model(knowledge, kb=kb, **options)
     out = model(*tiny_batch(knowledge))
     assert out["answer"].shape == (test_model.BATCH, test_model.ANSWERS)
-    expected = {"answer"} | ({"h", "r", "t", "triple"} if kn.predicts(knowledge) else set())
+    expected = {"answer"} | ({"h", "r", "t", "triple"} if kn.predicts(knowledge) else set()) | (
+        {"answer_without_knowledge"} if options.get("knowledge_free_loss") else set())
     assert set(out) == expected | ({"gate"} if options.get("answer_from_kb") else set())
     loss = out["answer"].logsumexp(-1).mean() + (triple_loss(out, tiny_batch(knowledge)[3]) if "h" in out else 0)
     loss = loss + (out["gate"].logsumexp(-1).mean() if "gate" in out else 0)
+    loss = loss + (out["answer_without_knowledge"].logsumexp(-1).mean() if "answer_without_knowledge" in out else 0)
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []  # DistributedDataParallel needs them all
     if kn.embeds(knowledge):
@@ -304,6 +307,43 @@ def test_knowledge_dropout_makes_ideal_rows_pass_as_rows_without_knowledge_in_tr
     model(ids, mask, image, triples)
     assert 0 < int(expected.sum()) < len(triples)
     assert torch.equal(read[-1][0], triples.masked_fill(expected[:, None, None], kn.ABSENT))
+
+
+@pytest.mark.parametrize("fusion", kn.FUSIONS)
+def test_the_knowledge_free_answer_is_the_baselines_in_training_only(fusion):
+    base, ideal = baseline_and("ideal", knowledge_fusion=fusion, knowledge_free_loss=True)
+    with torch.no_grad():  # the codes move the answers of the rows that have some
+        ideal.injection.project.weight.normal_()
+    ids, mask, image, triples = tiny_batch()
+    base.train().drop.p = ideal.train().drop.p = 0.0  # train mode, without dropout's randomness
+    for encoder in (base.text_encoder, ideal.text_encoder, base.image_encoder, ideal.image_encoder):
+        encoder.eval()
+    out = ideal(ids, mask, image, triples)
+    assert torch.allclose(out["answer_without_knowledge"], base(ids, mask, image)["answer"], atol=1e-5)
+    assert not torch.allclose(out["answer"][:2], out["answer_without_knowledge"][:2], atol=1e-4)
+    assert "answer_without_knowledge" not in ideal.eval()(ids, mask, image, triples)
+
+
+def test_the_knowledge_free_loss_adds_the_rows_with_knowledge_at_no_added_encoder_pass(sample_dir, kge_dir,
+                                                                                        monkeypatch):
+    calls, batches, losses = [], [], []
+
+    def watch(model):
+        model.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+        model.image_encoder.register_forward_hook(lambda *a: calls.append(2))
+
+    def loss_fn(logits, label):
+        losses.append((logits.detach(), label))
+        return logits.logsumexp(-1).mean()
+    forward = train.forward
+    monkeypatch.setattr(train, "forward", lambda model, batch, *a: batches.append(batch) or forward(model, batch, *a))
+    one_training_step(sample_dir, ["--knowledge", "ideal", "--kge_dir", str(kge_dir), "--knowledge_free_loss"], watch,
+                      loss_fn)
+    assert sorted(calls) == [1, 2]  # one encoder pass each
+    has = (batches[0]["triples"][..., 0] != kn.ABSENT).any(1)
+    assert 0 < int(has.sum()) < len(has)  # the batch has type A rows, without a triple
+    (answer, label), (without, label_with_knowledge) = losses
+    assert torch.equal(label_with_knowledge, label[has]) and len(without) == int(has.sum())
 
 
 def test_the_copy_gate_learns_from_the_triple_the_answer_pass_read():
@@ -566,9 +606,9 @@ def test_the_vocabularies_are_separate_and_built_from_train_and_valid(sample_dir
     assert config["knowledge_sizes"] == vocab.sizes and kb == kn.read_kb(sample_dir / "triples.csv")
 
 
-def one_training_step(sample_dir, options, before_step=lambda model: None):
+def one_training_step(sample_dir, options, before_step=lambda model: None, loss_fn=None):
     """Builds a tiny run's model from main.py's options on the sample, calls before_step(model), and trains one
-    batch."""
+    batch (with the answer's loss_fn, default main.py's)."""
     import main
 
     args = main.parse_args(TINY_TRAIN + ["--data_dir", str(sample_dir), *options])
@@ -581,7 +621,7 @@ def one_training_step(sample_dir, options, before_step=lambda model: None):
     loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
     optimizer = train.build_optimizer(model, args, rt.device)
     before_step(model)
-    loss_fn = build_loss(args.loss, gamma=args.gamma)
+    loss_fn = loss_fn or build_loss(args.loss, gamma=args.gamma)
     train.train_step(model, optimizer, loss_fn, next(iter(loader)), rt.device, rt.precision, args.clip_grad, args.lr)
 
 
@@ -644,6 +684,7 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel_text", "--kb_constrained", "--triple_noise", "1"], ["--triple_noise", "[0, 1)"]),
     (["--knowledge", "gel", "--kge_dir", "k", "--knowledge_dropout", "0.5"], ["--knowledge_dropout", "text or ideal"]),
     (["--knowledge", "text", "--knowledge_dropout", "1"], ["--knowledge_dropout", "[0, 1)"]),
+    (["--knowledge", "text", "--knowledge_free_loss"], ["--knowledge_free_loss", "ideal"]),
     (["--answer_from_kb"], ["--answer_from_kb", "text, ideal, gel or gel_text"]),
     (["--knowledge", "text", "--answer_from_kb", "--kb", "all_triple.csv"], ["--kb", "row's own triple"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
