@@ -399,16 +399,21 @@ def fed_copy_targets(copy, fed, gold):
 
 # ---------------------------------------------------------------- gold knowledge as words (text)
 
-def withhold_knowledge_text(input_ids, attention_mask, rate, separator):
-    """attention_mask with each row's knowledge text masked out at rate (torch's generator; --knowledge_dropout):
-    every token after the question's first separator, so that the encoder reads "<s> q </s>", the question as it is
-    encoded alone (a row without knowledge text is unchanged). In training, the answer path then also learns to
-    answer a type B question from the image and question, as the baseline does, and not only by reading the answer
-    from its knowledge text."""
+def question_alone(input_ids, attention_mask, separator):
+    """attention_mask with every row's knowledge text masked out: every token after the question's first separator,
+    so that the encoder reads "<s> q </s>", the question as it is encoded alone (a row without knowledge text is
+    unchanged)."""
     is_separator = (input_ids == separator).long()
     after_question = is_separator.cumsum(-1) - is_separator > 0
+    return attention_mask.masked_fill(after_question, 0)
+
+
+def withhold_knowledge_text(input_ids, attention_mask, rate, separator):
+    """attention_mask with each row's knowledge text masked out (question_alone) at rate (torch's generator;
+    --knowledge_dropout). In training, the answer path then also learns to answer a type B question from the image
+    and question, as the baseline does, and not only by reading the answer from its knowledge text."""
     withhold = torch.rand(len(input_ids), device=input_ids.device) < rate
-    return attention_mask.masked_fill(withhold[:, None] & after_question, 0)
+    return torch.where(withhold[:, None], question_alone(input_ids, attention_mask, separator), attention_mask)
 
 
 def withhold_triples(triples, rate):

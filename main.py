@@ -135,9 +135,10 @@ def build_parser(suppress_defaults=False):
              "its triples' codes): the answer path then also learns to read the image for the questions whose "
              "knowledge spells out the answer, as the baseline does")
     add("--knowledge_free_loss", action="store_true", default=False,
-        help="in training, add the loss of the answer without the gold triples' codes for every row that has them "
-             "(ideal): each type B row then also teaches the baseline's task, reading the image, from the same "
-             "encoders' features, at no added encoder pass")
+        help="in training, add the loss of the answer without the gold knowledge for every row that has some (ideal: "
+             "from the fused feature before the codes enter, at no added pass; text: the question encoded alone, an "
+             "added text-encoder pass over those rows): each type B row then also teaches the baseline's task, "
+             "reading the image")
     add("--kb", default=None,
         help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
              "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
@@ -206,9 +207,9 @@ def check_knowledge_options(args):
     if args.knowledge_dropout and args.knowledge not in ("text", "ideal"):
         problems.append(f"--knowledge_dropout withholds the gold knowledge of --knowledge text or ideal; --knowledge "
                         f"{args.knowledge} reads no gold knowledge")
-    if args.knowledge_free_loss and args.knowledge != "ideal":
-        problems.append(f"--knowledge_free_loss answers without the gold triples' codes of --knowledge ideal, not "
-                        f"--knowledge {args.knowledge}")
+    if args.knowledge_free_loss and args.knowledge not in ("text", "ideal"):
+        problems.append(f"--knowledge_free_loss answers without the gold knowledge of --knowledge text or ideal; "
+                        f"--knowledge {args.knowledge} reads no gold knowledge")
     if not 0 <= args.knowledge_dropout < 1:
         problems.append(f"--knowledge_dropout is a rate in [0, 1), not {args.knowledge_dropout}")
     if args.kb and not kn.uses_kb(vars(args)):

@@ -175,8 +175,8 @@ class VQAModel(nn.Module):
     network of its own); gel_text then encodes only the paired question for its answer. With triple_noise, in
     training, the answer pass reads at that rate the KB triple the model ranks next instead of its choice. With
     knowledge_dropout, in training, a row's knowledge text ("text") or gold triples ("ideal") are withheld at that
-    rate. With knowledge_free_loss ("ideal"), in training, the answer path also answers from the fused feature
-    without the codes, "answer_without_knowledge", at no added encoder pass.
+    rate. With knowledge_free_loss, in training, the answer path also answers the rows that have gold knowledge
+    without it ("answer_without_knowledge", "knowledge_rows"): the baseline's task, taught by every type B row.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
@@ -220,9 +220,11 @@ class VQAModel(nn.Module):
         self.triple_noise = triple_noise  # acts in training only (knowledge.choose_triple)
         self.knowledge_dropout = knowledge_dropout  # in training only (withhold_knowledge_text, withhold_triples)
         self.knowledge_free_loss = knowledge_free_loss  # in training only
-        if knowledge_dropout and knowledge == "text" and text_encoder.config.eos_token_id is None:
-            raise util.UsageError("--knowledge_dropout masks the knowledge text after the question's </s>, but the "
-                                  "question encoder's config names no eos_token_id; use an XLM-RoBERTa-type encoder")
+        if (knowledge_dropout or knowledge_free_loss) and knowledge == "text" and \
+                text_encoder.config.eos_token_id is None:
+            raise util.UsageError("--knowledge_dropout and --knowledge_free_loss mask the knowledge text after the "
+                                  "question's </s>, but the question encoder's config names no eos_token_id; use an "
+                                  "XLM-RoBERTa-type encoder")
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
@@ -263,18 +265,33 @@ class VQAModel(nn.Module):
             else:
                 out["triple"] = chosen
             triples = out.get("fed_triple", out["triple"])[:, None]
+        if self.knowledge_free_loss and self.training:
+            out["answer_without_knowledge"], out["knowledge_rows"] = self.answer_without_knowledge(
+                input_ids, attention_mask, image_f, fused, triples)
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
             fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
         elif kn.embeds(self.knowledge):
-            if self.knowledge_free_loss and self.training:  # the baseline's answer from the same encoders' features
-                out["answer_without_knowledge"] = self.classifier(self.hidden(fused))
             fused, extra = self.injection(fused, *self.codes(triples))
         hidden = self.hidden(fused, extra)
         out["answer"] = self.classifier(hidden)
         if hasattr(self, "copy_gate"):
             out["gate"] = self.copy_gate(hidden)
         return out
+
+    def answer_without_knowledge(self, input_ids, attention_mask, image_f, fused, triples):
+        """(answer logits [n, answers] of the n rows that have gold knowledge, read without it; which rows, [B] bool)
+        (knowledge_free_loss): ideal answers from the fused feature before the codes enter, at no added pass; text
+        encodes those rows' questions alone, an added text-encoder pass over them."""
+        if self.knowledge == "ideal":
+            rows = (triples[..., 0] != kn.ABSENT).any(1)
+            return self.classifier(self.hidden(fused[rows])), rows
+        alone = kn.question_alone(input_ids, attention_mask, self.text_encoder.config.eos_token_id)
+        rows = (alone != attention_mask).any(1)
+        if not rows.any():  # the text encoder takes no empty batch
+            return image_f[1].new_zeros(0, self.classifier.out_features), rows
+        text_f = self.encode_text(input_ids[rows], alone[rows])
+        return self.classifier(self.hidden(self.combine(text_f, [f[rows] for f in image_f], alone[rows]))), rows
 
     def triple_logits(self, input_ids, attention_mask, image, fused, text_f):
         """The triple heads' logits from the hidden features of the fused and the question feature: the answer

@@ -398,10 +398,8 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
         gold = batch["triples"].to(device, non_blocking=True)
         loss = loss + triple_loss(out, gold, head_prior, batch["head"].to(device, non_blocking=True))
         triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
-    if "answer_without_knowledge" in out:  # --knowledge_free_loss: + the answer's loss without the codes
-        has = (batch["triples"][..., 0] != kn.ABSENT).any(1).to(device)
-        if has.any():
-            loss = loss + loss_fn(out["answer_without_knowledge"][has], label[has])
+    if "answer_without_knowledge" in out and out["knowledge_rows"].any():  # --knowledge_free_loss
+        loss = loss + loss_fn(out["answer_without_knowledge"], label[out["knowledge_rows"]])
     if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
         copy = batch["copy"].to(device, non_blocking=True)
         if "fed_triple" in out:  # --triple_noise: whether the triple the answer pass read can be copied from

@@ -75,6 +75,7 @@ OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5, "ans
            + [("ideal", {"knowledge_fusion": "film", "answer_from_kb": True}),
               ("ideal", {"knowledge_fusion": "concat", "knowledge_dropout": 0.5, "answer_from_kb": True}),
               ("ideal", {"knowledge_fusion": "film", "knowledge_free_loss": True}),
+              ("text", {"knowledge_free_loss": True, "knowledge_dropout": 0.5, "answer_from_kb": True}),
               ("gel", {"triple_head": "cascade", "kb_constrained": True, "answer_from_kb": True}),
               ("gel_text", {"answer_from_kb": True}),
               ("gel", {"triple_encoder": "own", "triple_head": "cascade"}),
@@ -92,7 +93,7 @@ def test_every_mode_and_option_runs_forward_and_backward(knowledge, options):
     out = model(*tiny_batch(knowledge))
     assert out["answer"].shape == (test_model.BATCH, test_model.ANSWERS)
     expected = {"answer"} | ({"h", "r", "t", "triple"} if kn.predicts(knowledge) else set()) | (
-        {"answer_without_knowledge"} if options.get("knowledge_free_loss") else set())
+        {"answer_without_knowledge", "knowledge_rows"} if options.get("knowledge_free_loss") else set())
     assert set(out) == expected | ({"gate"} if options.get("answer_from_kb") else set())
     loss = out["answer"].logsumexp(-1).mean() + (triple_loss(out, tiny_batch(knowledge)[3]) if "h" in out else 0)
     loss = loss + (out["gate"].logsumexp(-1).mean() if "gate" in out else 0)
@@ -262,8 +263,9 @@ def test_triple_noise_feeds_the_answer_pass_the_kb_triple_ranked_next_in_trainin
 @pytest.mark.parametrize("text_pool", ["cls", "mean"])
 def test_knowledge_dropout_makes_the_encoder_read_the_question_alone_in_training_only(text_pool):
     tokenizer = tiny_tokenizer()
-    df = pd.DataFrame({"question": ["what is the animal"] * 2, "triple": ["bear|eats|fish", ""], "abstract": [""] * 2})
+    df = pd.DataFrame({"question": ["the animal"] * 2, "triple": ["bear|eats|fish", ""], "abstract": [""] * 2})
     alone, paired = (encode_questions(tokenizer, df, 16, mode) for mode in ("none", "text"))
+    assert len(paired[0]) > len(alone[0])  # the knowledge text fits
     pad = torch.nn.utils.rnn.pad_sequence
     ids = pad([torch.tensor(row) for row in paired], batch_first=True, padding_value=tokenizer.pad_token_id)
     mask = (ids != tokenizer.pad_token_id).long()
@@ -319,9 +321,32 @@ def test_the_knowledge_free_answer_is_the_baselines_in_training_only(fusion):
     for encoder in (base.text_encoder, ideal.text_encoder, base.image_encoder, ideal.image_encoder):
         encoder.eval()
     out = ideal(ids, mask, image, triples)
-    assert torch.allclose(out["answer_without_knowledge"], base(ids, mask, image)["answer"], atol=1e-5)
+    assert out["knowledge_rows"].tolist() == [True, True, False, True]  # row 2 has no triple
+    assert torch.allclose(out["answer_without_knowledge"], base(ids, mask, image)["answer"][out["knowledge_rows"]],
+                          atol=1e-5)
     assert not torch.allclose(out["answer"][:2], out["answer_without_knowledge"][:2], atol=1e-4)
     assert "answer_without_knowledge" not in ideal.eval()(ids, mask, image, triples)
+
+
+def test_the_knowledge_free_answer_of_text_reads_the_question_alone():
+    tokenizer = tiny_tokenizer()
+    df = pd.DataFrame({"question": ["the animal", "what colour"], "triple": ["bear|eats|fish", ""],
+                       "abstract": [""] * 2})
+    alone, paired = (encode_questions(tokenizer, df, 16, mode) for mode in ("none", "text"))
+    assert len(paired[0]) > len(alone[0])  # the knowledge text fits
+    pad = torch.nn.utils.rnn.pad_sequence
+    ids = pad([torch.tensor(row) for row in paired], batch_first=True, padding_value=tokenizer.pad_token_id)
+    mask = (ids != tokenizer.pad_token_id).long()
+    model = tiny_model("text", knowledge_free_loss=True, text_pool="mean")
+    model.train().drop.p = 0.0
+    model.text_encoder.eval(), model.image_encoder.eval()
+    image = test_model.tiny_batch()[2][:2]
+    out = model(ids, mask, image)
+    assert out["knowledge_rows"].tolist() == [True, False]  # the second row has no knowledge text
+    q_alone = torch.tensor(alone[:1])
+    expected = model(q_alone, torch.ones_like(q_alone), image[:1])["answer"]
+    assert torch.allclose(out["answer_without_knowledge"], expected, atol=1e-5)
+    assert "answer_without_knowledge" not in model.eval()(ids, mask, image)
 
 
 def test_the_knowledge_free_loss_adds_the_rows_with_knowledge_at_no_added_encoder_pass(sample_dir, kge_dir,
@@ -344,6 +369,18 @@ def test_the_knowledge_free_loss_adds_the_rows_with_knowledge_at_no_added_encode
     assert 0 < int(has.sum()) < len(has)  # the batch has type A rows, without a triple
     (answer, label), (without, label_with_knowledge) = losses
     assert torch.equal(label_with_knowledge, label[has]) and len(without) == int(has.sum())
+
+
+def test_the_knowledge_free_loss_of_text_adds_one_text_pass_over_the_rows_with_knowledge(sample_dir):
+    rows = []
+
+    def watch(model):
+        model.text_encoder.register_forward_hook(lambda module, args, kwargs, output: rows.append(
+            len(kwargs["input_ids"])), with_kwargs=True)
+        model.image_encoder.register_forward_hook(lambda *a: rows.append(-1))
+    one_training_step(sample_dir, ["--knowledge", "text", "--knowledge_free_loss"], watch)
+    batch, with_knowledge = rows[1], rows[2]
+    assert rows[0] == -1 and 0 < with_knowledge < batch  # one image pass; the knowledge rows' questions again
 
 
 def test_the_copy_gate_learns_from_the_triple_the_answer_pass_read():
@@ -684,7 +721,7 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel_text", "--kb_constrained", "--triple_noise", "1"], ["--triple_noise", "[0, 1)"]),
     (["--knowledge", "gel", "--kge_dir", "k", "--knowledge_dropout", "0.5"], ["--knowledge_dropout", "text or ideal"]),
     (["--knowledge", "text", "--knowledge_dropout", "1"], ["--knowledge_dropout", "[0, 1)"]),
-    (["--knowledge", "text", "--knowledge_free_loss"], ["--knowledge_free_loss", "ideal"]),
+    (["--knowledge", "gel", "--kge_dir", "k", "--knowledge_free_loss"], ["--knowledge_free_loss", "text or ideal"]),
     (["--answer_from_kb"], ["--answer_from_kb", "text, ideal, gel or gel_text"]),
     (["--knowledge", "text", "--answer_from_kb", "--kb", "all_triple.csv"], ["--kb", "row's own triple"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):

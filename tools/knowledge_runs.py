@@ -28,6 +28,8 @@ CONFIGS = {
     "text_dropout": ["--knowledge", "text", "--knowledge_dropout", "0.5"],
     # ... and the answer copied from the row's triple: a held-out fact's answer is in no vocabulary
     "text_dropout_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--answer_from_kb"],
+    # ... every row with knowledge text also trained to answer from its question alone (an added text pass)
+    "text_free_copy": ["--knowledge", "text", "--knowledge_free_loss", "--answer_from_kb"],
     "text_dropout08_copy": ["--knowledge", "text", "--knowledge_dropout", "0.8", "--answer_from_kb"],
     "ideal": ["--knowledge", "ideal"],  # the gold triple's KG embeddings, GEL-VQA's product fusion (an upper bound)
     "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
