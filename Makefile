@@ -68,9 +68,9 @@ knowledge: install
 knowledge-kb: install sample
 	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
 	$(PYTHON) tools/knowledge_runs.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_kb \
-	  --configs none ideal_concat_copy gel_text_cascade_kb_copy gel_text_kb_copy gel_text_kb_copy_adjust \
-	  gel_text_own_kb_copy_adjust gel_text_kb_copy_adjust_answers gel_text_own_kb_copy_adjust_answers text \
-	  text_dropout_copy
+	  --configs none ideal_concat_copy ideal_free_concat_copy gel_text_cascade_kb_copy gel_text_kb_copy \
+	  gel_text_kb_copy_adjust gel_text_own_kb_copy_adjust gel_text_kb_copy_adjust_answers \
+	  gel_text_own_kb_copy_adjust_answers text text_dropout_copy
 	@echo "the table: results/knowledge_kb/comparison.md"
 
 # seconds per training step of the knowledge configurations, side by side (tools/knowledge_cost.py)
