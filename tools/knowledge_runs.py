@@ -39,6 +39,7 @@ CONFIGS = {
     # ... every row with gold triples also trained to answer without them, the baseline's task, from the same features
     "ideal_free_concat_copy": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_fusion", "concat",
                                "--answer_from_kb"],
+    "ideal_free_concat": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_fusion", "concat"],
     "gel": ["--knowledge", "gel"],  # GEL-VQA as published
     "gel_text_cascade_kb": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained"],
     "gel_text_kb_copy": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb"],  # GEL-VQA's heads
