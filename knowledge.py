@@ -40,6 +40,11 @@ def predicts(mode):
     return mode in ("gel", "gel_text")
 
 
+def reads_gold(mode):
+    """The upper-bound modes: they read the row's gold knowledge (as words, or as the triple's KG embeddings)."""
+    return mode in ("text", "ideal")
+
+
 def embeds(mode):
     """The modes that inject a triple's KG embeddings (and need --kge_dir)."""
     return mode in ("ideal", "gel")

@@ -204,12 +204,10 @@ def check_knowledge_options(args):
         problems.append("--triple_noise feeds the KB triple ranked next by --kb_constrained; give --kb_constrained")
     if not 0 <= args.triple_noise < 1:
         problems.append(f"--triple_noise is a rate in [0, 1), not {args.triple_noise}")
-    if args.knowledge_dropout and args.knowledge not in ("text", "ideal"):
-        problems.append(f"--knowledge_dropout withholds the gold knowledge of --knowledge text or ideal; --knowledge "
-                        f"{args.knowledge} reads no gold knowledge")
-    if args.knowledge_free_loss and args.knowledge not in ("text", "ideal"):
-        problems.append(f"--knowledge_free_loss answers without the gold knowledge of --knowledge text or ideal; "
-                        f"--knowledge {args.knowledge} reads no gold knowledge")
+    for option in ("knowledge_dropout", "knowledge_free_loss"):
+        if getattr(args, option) and not kn.reads_gold(args.knowledge):
+            problems.append(f"--{option} acts on the gold knowledge of --knowledge text or ideal; --knowledge "
+                            f"{args.knowledge} reads no gold knowledge")
     if not 0 <= args.knowledge_dropout < 1:
         problems.append(f"--knowledge_dropout is a rate in [0, 1), not {args.knowledge_dropout}")
     if args.kb and not kn.uses_kb(vars(args)):

@@ -244,11 +244,12 @@ class VQAModel(nn.Module):
         """{"answer": logits}, and in the modes that predict a triple the logits "h", "r", "t" and the chosen
         "triple" [B, 3] (ids), and while training with triple_noise the "fed_triple" the answer pass read instead.
         triples: [B, slots, 3] vocabulary ids of the gold triples (ABSENT past a row's last one), used by "ideal"."""
-        if self.knowledge_dropout and self.training and self.knowledge == "text":
-            attention_mask = kn.withhold_knowledge_text(input_ids, attention_mask, self.knowledge_dropout,
-                                                        self.text_encoder.config.eos_token_id)
-        elif self.knowledge_dropout and self.training:  # ideal
-            triples = kn.withhold_triples(triples, self.knowledge_dropout)
+        if self.knowledge_dropout and self.training:
+            if self.knowledge == "text":
+                attention_mask = kn.withhold_knowledge_text(input_ids, attention_mask, self.knowledge_dropout,
+                                                            self.text_encoder.config.eos_token_id)
+            else:  # ideal
+                triples = kn.withhold_triples(triples, self.knowledge_dropout)
         image_f = self.encode_image(image)
         text_f = fused = None
         if not (self.knowledge == "gel_text" and self.triple_encoders is not None):  # it answers from the pair only
@@ -265,26 +266,27 @@ class VQAModel(nn.Module):
             else:
                 out["triple"] = chosen
             triples = out.get("fed_triple", out["triple"])[:, None]
+        codes = self.codes(triples) if kn.embeds(self.knowledge) else None  # (code, whether a row has a triple)
         if self.knowledge_free_loss and self.training:
             out["answer_without_knowledge"], out["knowledge_rows"] = self.answer_without_knowledge(
-                input_ids, attention_mask, image_f, fused, triples)
+                input_ids, attention_mask, image_f, fused, codes)
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
             fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
-        elif kn.embeds(self.knowledge):
-            fused, extra = self.injection(fused, *self.codes(triples))
+        elif codes is not None:
+            fused, extra = self.injection(fused, *codes)
         hidden = self.hidden(fused, extra)
         out["answer"] = self.classifier(hidden)
         if hasattr(self, "copy_gate"):
             out["gate"] = self.copy_gate(hidden)
         return out
 
-    def answer_without_knowledge(self, input_ids, attention_mask, image_f, fused, triples):
+    def answer_without_knowledge(self, input_ids, attention_mask, image_f, fused, codes):
         """(answer logits [n, answers] of the n rows that have gold knowledge, read without it; which rows, [B] bool)
-        (knowledge_free_loss): ideal answers from the fused feature before the codes enter, at no added pass; text
-        encodes those rows' questions alone, an added text-encoder pass over them."""
+        (knowledge_free_loss): ideal answers from the fused feature before its codes (KnowledgeCodes' output) enter,
+        at no added pass; text encodes those rows' questions alone, an added text-encoder pass over them."""
         if self.knowledge == "ideal":
-            rows = (triples[..., 0] != kn.ABSENT).any(1)
+            rows = codes[1]
             return self.classifier(self.hidden(fused[rows])), rows
         alone = kn.question_alone(input_ids, attention_mask, self.text_encoder.config.eos_token_id)
         rows = (alone != attention_mask).any(1)

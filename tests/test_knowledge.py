@@ -260,15 +260,21 @@ def test_triple_noise_feeds_the_answer_pass_the_kb_triple_ranked_next_in_trainin
     assert "fed_triple" not in model(ids, mask, image, triples)
 
 
-@pytest.mark.parametrize("text_pool", ["cls", "mean"])
-def test_knowledge_dropout_makes_the_encoder_read_the_question_alone_in_training_only(text_pool):
+def text_batch(questions, triples):
+    """(each question's ids encoded alone, and the padded ids and attention mask of the questions paired with their
+    triples as --knowledge text encodes them) with the tiny tokenizer; the first row's knowledge text must fit."""
     tokenizer = tiny_tokenizer()
-    df = pd.DataFrame({"question": ["the animal"] * 2, "triple": ["bear|eats|fish", ""], "abstract": [""] * 2})
+    df = pd.DataFrame({"question": questions, "triple": triples, "abstract": [""] * len(questions)})
     alone, paired = (encode_questions(tokenizer, df, 16, mode) for mode in ("none", "text"))
     assert len(paired[0]) > len(alone[0])  # the knowledge text fits
-    pad = torch.nn.utils.rnn.pad_sequence
-    ids = pad([torch.tensor(row) for row in paired], batch_first=True, padding_value=tokenizer.pad_token_id)
-    mask = (ids != tokenizer.pad_token_id).long()
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(row) for row in paired], batch_first=True,
+                                          padding_value=tokenizer.pad_token_id)
+    return alone, ids, (ids != tokenizer.pad_token_id).long()
+
+
+@pytest.mark.parametrize("text_pool", ["cls", "mean"])
+def test_knowledge_dropout_makes_the_encoder_read_the_question_alone_in_training_only(text_pool):
+    alone, ids, mask = text_batch(["the animal"] * 2, ["bear|eats|fish", ""])
     model = tiny_model("text", knowledge_dropout=0.999, text_pool=text_pool)
     read = []
     model.text_encoder.register_forward_hook(
@@ -329,17 +335,11 @@ def test_the_knowledge_free_answer_is_the_baselines_in_training_only(fusion):
 
 
 def test_the_knowledge_free_answer_of_text_reads_the_question_alone():
-    tokenizer = tiny_tokenizer()
-    df = pd.DataFrame({"question": ["the animal", "what colour"], "triple": ["bear|eats|fish", ""],
-                       "abstract": [""] * 2})
-    alone, paired = (encode_questions(tokenizer, df, 16, mode) for mode in ("none", "text"))
-    assert len(paired[0]) > len(alone[0])  # the knowledge text fits
-    pad = torch.nn.utils.rnn.pad_sequence
-    ids = pad([torch.tensor(row) for row in paired], batch_first=True, padding_value=tokenizer.pad_token_id)
-    mask = (ids != tokenizer.pad_token_id).long()
+    alone, ids, mask = text_batch(["the animal", "what colour"], ["bear|eats|fish", ""])
     model = tiny_model("text", knowledge_free_loss=True, text_pool="mean")
-    model.train().drop.p = 0.0
-    model.text_encoder.eval(), model.image_encoder.eval()
+    model.train().drop.p = 0.0  # train mode, without dropout's randomness
+    model.text_encoder.eval()
+    model.image_encoder.eval()
     image = test_model.tiny_batch()[2][:2]
     out = model(ids, mask, image)
     assert out["knowledge_rows"].tolist() == [True, False]  # the second row has no knowledge text
