@@ -139,6 +139,10 @@ def build_parser(suppress_defaults=False):
              "from the fused feature before the codes enter, at no added pass; text: the question encoded alone, an "
              "added text-encoder pass over those rows): each type B row then also teaches the baseline's task, "
              "reading the image")
+    add("--knowledge_head", default="shared", choices=["shared", "own"],
+        help="which hidden layer and classifier answer the rows that have gold knowledge (text, ideal): shared, the "
+             "one that answers the rows without it, or own, a copy of it at init, so that the knowledge never "
+             "retrains the head that answers type A questions")
     add("--kb", default=None,
         help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
              "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
@@ -204,8 +208,8 @@ def check_knowledge_options(args):
         problems.append("--triple_noise feeds the KB triple ranked next by --kb_constrained; give --kb_constrained")
     if not 0 <= args.triple_noise < 1:
         problems.append(f"--triple_noise is a rate in [0, 1), not {args.triple_noise}")
-    for option in ("knowledge_dropout", "knowledge_free_loss"):
-        if getattr(args, option) and not kn.reads_gold(args.knowledge):
+    for option in ("knowledge_dropout", "knowledge_free_loss", "knowledge_head"):
+        if getattr(args, option) != util.LATER_OPTIONS[option] and not kn.reads_gold(args.knowledge):
             problems.append(f"--{option} acts on the gold knowledge of --knowledge text or ideal; --knowledge "
                             f"{args.knowledge} reads no gold knowledge")
     if not 0 <= args.knowledge_dropout < 1:

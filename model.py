@@ -26,7 +26,7 @@ SCRATCH = "scratch"
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 # the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
 KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
-                     "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout", "knowledge_free_loss"]
+                     "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout", "knowledge_free_loss", "knowledge_head"]
 
 
 class OfflineError(Exception):
@@ -176,14 +176,18 @@ class VQAModel(nn.Module):
     training, the answer pass reads at that rate the KB triple the model ranks next instead of its choice. With
     knowledge_dropout, in training, a row's knowledge text ("text") or gold triples ("ideal") are withheld at that
     rate. With knowledge_free_loss, in training, the answer path also answers the rows that have gold knowledge
-    without it ("answer_without_knowledge", "knowledge_rows"): the baseline's task, taught by every type B row.
+    without it ("answer_without_knowledge", "knowledge_rows"): the baseline's task, taught by every type B row. With
+    knowledge_head "own" ("text", "ideal"), the rows that have gold knowledge are answered by a hidden layer and
+    classifier of their own (a copy of the answer path's at init), so that the knowledge never retrains the head that
+    answers the rows without it.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
                  use_transformer_layer=False, n_transformer_layers=1, n_heads=8, ablate="none", text_pool="cls",
                  knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
                  triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False,
-                 kb_score="pair", triple_noise=0.0, knowledge_dropout=0.0, knowledge_free_loss=False):
+                 kb_score="pair", triple_noise=0.0, knowledge_dropout=0.0, knowledge_free_loss=False,
+                 knowledge_head="shared"):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -220,11 +224,15 @@ class VQAModel(nn.Module):
         self.triple_noise = triple_noise  # acts in training only (knowledge.choose_triple)
         self.knowledge_dropout = knowledge_dropout  # in training only (withhold_knowledge_text, withhold_triples)
         self.knowledge_free_loss = knowledge_free_loss  # in training only
-        if (knowledge_dropout or knowledge_free_loss) and knowledge == "text" and \
+        if (knowledge_dropout or knowledge_free_loss or knowledge_head == "own") and knowledge == "text" and \
                 text_encoder.config.eos_token_id is None:
-            raise util.UsageError("--knowledge_dropout and --knowledge_free_loss mask the knowledge text after the "
-                                  "question's </s>, but the question encoder's config names no eos_token_id; use an "
-                                  "XLM-RoBERTa-type encoder")
+            raise util.UsageError("--knowledge_dropout, --knowledge_free_loss and --knowledge_head own find the "
+                                  "knowledge text after the question's </s>, but the question encoder's config names "
+                                  "no eos_token_id; use an XLM-RoBERTa-type encoder")
+        self.knowledge_answer = None  # the rows with gold knowledge's own answer head (knowledge_head "own")
+        if knowledge_head == "own":
+            self.knowledge_answer = nn.ModuleDict({name: copy.deepcopy(getattr(self, name))
+                                                   for name in ("linear", "h_layer_norm", "classifier")})
         if kn.embeds(knowledge):
             self.codes = kn.KnowledgeCodes(kge_widths, centre_and_normalise=knowledge_fusion != "mul")
             self.injection = kn.Injection(knowledge_fusion, self.codes.width, dim_q, dim_h)
@@ -267,9 +275,11 @@ class VQAModel(nn.Module):
                 out["triple"] = chosen
             triples = out.get("fed_triple", out["triple"])[:, None]
         codes = self.codes(triples) if kn.embeds(self.knowledge) else None  # (code, whether a row has a triple)
+        rows = self.gold_rows(input_ids, attention_mask, codes) if kn.reads_gold(self.knowledge) else None
         if self.knowledge_free_loss and self.training:
-            out["answer_without_knowledge"], out["knowledge_rows"] = self.answer_without_knowledge(
-                input_ids, attention_mask, image_f, fused, codes)
+            out["answer_without_knowledge"] = self.answer_without_knowledge(input_ids, attention_mask, image_f,
+                                                                            fused, rows)
+            out["knowledge_rows"] = rows
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
             fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
@@ -277,23 +287,33 @@ class VQAModel(nn.Module):
             fused, extra = self.injection(fused, *codes)
         hidden = self.hidden(fused, extra)
         out["answer"] = self.classifier(hidden)
+        if self.knowledge_answer is not None:  # the rows with gold knowledge read their own head
+            own = self.hidden(fused, extra, self.knowledge_answer)
+            hidden = torch.where(rows[:, None], own, hidden)
+            out["answer"] = torch.where(rows[:, None], self.knowledge_answer.classifier(own), out["answer"])
         if hasattr(self, "copy_gate"):
             out["gate"] = self.copy_gate(hidden)
         return out
 
-    def answer_without_knowledge(self, input_ids, attention_mask, image_f, fused, codes):
-        """(answer logits [n, answers] of the n rows that have gold knowledge, read without it; which rows, [B] bool)
-        (knowledge_free_loss): ideal answers from the fused feature before its codes (KnowledgeCodes' output) enter,
-        at no added pass; text encodes those rows' questions alone, an added text-encoder pass over them."""
+    def gold_rows(self, input_ids, attention_mask, codes):
+        """[B] bool: which rows have gold knowledge ("text": knowledge text after the question; "ideal": a triple,
+        from KnowledgeCodes' output), as the model reads them (after knowledge_dropout)."""
         if self.knowledge == "ideal":
-            rows = codes[1]
-            return self.classifier(self.hidden(fused[rows])), rows
-        alone = kn.question_alone(input_ids, attention_mask, self.text_encoder.config.eos_token_id)
-        rows = (alone != attention_mask).any(1)
+            return codes[1]
+        return (kn.question_alone(input_ids, attention_mask, self.text_encoder.config.eos_token_id)
+                != attention_mask).any(1)
+
+    def answer_without_knowledge(self, input_ids, attention_mask, image_f, fused, rows):
+        """Answer logits [n, answers] of the n rows that have gold knowledge (rows), read without it
+        (knowledge_free_loss), by the head of the rows without knowledge: ideal answers from the fused feature before
+        the codes enter, at no added pass; text encodes those rows' questions alone, an added text-encoder pass."""
+        if self.knowledge == "ideal":
+            return self.classifier(self.hidden(fused[rows]))
         if not rows.any():  # the text encoder takes no empty batch
-            return image_f[1].new_zeros(0, self.classifier.out_features), rows
-        text_f = self.encode_text(input_ids[rows], alone[rows])
-        return self.classifier(self.hidden(self.combine(text_f, [f[rows] for f in image_f], alone[rows]))), rows
+            return image_f[1].new_zeros(0, self.classifier.out_features)
+        alone = kn.question_alone(input_ids[rows], attention_mask[rows], self.text_encoder.config.eos_token_id)
+        text_f = self.encode_text(input_ids[rows], alone)
+        return self.classifier(self.hidden(self.combine(text_f, [f[rows] for f in image_f], alone)))
 
     def triple_logits(self, input_ids, attention_mask, image, fused, text_f):
         """The triple heads' logits from the hidden features of the fused and the question feature: the answer
@@ -309,12 +329,14 @@ class VQAModel(nn.Module):
         """The question encoders: the answer path's and, with triple_encoder "own", the triple's."""
         return [self.text_encoder] + ([self.triple_encoders.text_encoder] if self.triple_encoders is not None else [])
 
-    def hidden(self, x, extra=None):
-        """The answer path's hidden feature drop(relu(LN(linear(x) [+ extra]))); GEL-VQA's triple heads read it too."""
-        pre = self.linear(x)
+    def hidden(self, x, extra=None, head=None):
+        """The answer path's hidden feature drop(relu(LN(linear(x) [+ extra]))); GEL-VQA's triple heads read it too.
+        head: whose linear and LayerNorm (default this model's; knowledge_answer for knowledge_head "own")."""
+        head = head if head is not None else self
+        pre = head.linear(x)
         if extra is not None:
             pre = pre + extra
-        return self.drop(torch.relu(self.h_layer_norm(pre)))
+        return self.drop(torch.relu(head.h_layer_norm(pre)))
 
     def encode_image(self, image):
         """(feature map [B, C, H, W], image feature i_f)."""

@@ -76,6 +76,9 @@ OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5, "ans
               ("ideal", {"knowledge_fusion": "concat", "knowledge_dropout": 0.5, "answer_from_kb": True}),
               ("ideal", {"knowledge_fusion": "film", "knowledge_free_loss": True}),
               ("text", {"knowledge_free_loss": True, "knowledge_dropout": 0.5, "answer_from_kb": True}),
+              ("ideal", {"knowledge_fusion": "concat", "knowledge_free_loss": True, "knowledge_head": "own",
+                         "answer_from_kb": True}),
+              ("text", {"knowledge_dropout": 0.5, "knowledge_head": "own", "answer_from_kb": True}),
               ("gel", {"triple_head": "cascade", "kb_constrained": True, "answer_from_kb": True}),
               ("gel_text", {"answer_from_kb": True}),
               ("gel", {"triple_encoder": "own", "triple_head": "cascade"}),
@@ -110,7 +113,8 @@ def baseline_and(knowledge, **options):
     base = test_model.tiny_model().eval()
     other = tiny_model(knowledge, **options).eval()
     missing, unexpected = other.load_state_dict(base.state_dict(), strict=False)
-    assert unexpected == [] and all(n.startswith(("codes.", "injection.", "triple_heads.")) for n in missing)
+    assert unexpected == [] and all(n.startswith(("codes.", "injection.", "triple_heads.", "knowledge_answer.", "copy_gate."))
+                                    for n in missing)
     return base, other
 
 
@@ -381,6 +385,43 @@ def test_the_knowledge_free_loss_of_text_adds_one_text_pass_over_the_rows_with_k
     one_training_step(sample_dir, ["--knowledge", "text", "--knowledge_free_loss"], watch)
     batch, with_knowledge = rows[1], rows[2]
     assert rows[0] == -1 and 0 < with_knowledge < batch  # one image pass; the knowledge rows' questions again
+
+
+def perturb(*modules):
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.add_(torch.randn_like(p))
+
+
+def test_an_own_knowledge_head_answers_only_the_rows_with_a_triple_and_starts_as_the_shared_one():
+    base, ideal = baseline_and("ideal", knowledge_fusion="concat", knowledge_head="own", answer_from_kb=True)
+    ids, mask, image, triples = tiny_batch()
+    start = ideal(ids, mask, image, triples)
+    assert torch.allclose(start["answer"], base(ids, mask, image)["answer"], atol=1e-5)  # a copy at init
+    has = torch.tensor([True, True, False, True])  # row 2 has no triple
+    perturb(ideal.knowledge_answer)
+    own = ideal(ids, mask, image, triples)
+    assert torch.equal(own["answer"][~has], start["answer"][~has])
+    assert not torch.allclose(own["answer"][has], start["answer"][has], atol=1e-3)
+    assert not torch.allclose(own["gate"][has], start["gate"][has], atol=1e-3)  # the gate reads the own hidden too
+    perturb(ideal.linear, ideal.h_layer_norm, ideal.classifier)
+    assert torch.equal(ideal(ids, mask, image, triples)["answer"][has], own["answer"][has])
+
+
+def test_an_own_knowledge_head_keeps_the_gradient_of_the_rows_with_knowledge_text_off_the_shared_head():
+    alone, ids, mask = text_batch(["the animal", "what colour"], ["bear|eats|fish", ""])
+    model = tiny_model("text", knowledge_head="own").train()
+    image = test_model.tiny_batch()[2][:2]
+    answer = model(ids, mask, image)["answer"]
+    answer[0].sum().backward(retain_graph=True)  # the row with knowledge text
+    shared = [p.grad for m in (model.linear, model.h_layer_norm, model.classifier) for p in m.parameters()]
+    assert all(g is None or not g.any() for g in shared)
+    assert model.knowledge_answer.classifier.weight.grad.abs().sum() > 0
+    assert model.text_encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0  # the encoders learn from it
+    model.zero_grad()
+    answer[1].sum().backward()  # the row without
+    assert model.classifier.weight.grad.abs().sum() > 0 and not model.knowledge_answer.classifier.weight.grad.any()
 
 
 def test_the_copy_gate_learns_from_the_triple_the_answer_pass_read():
@@ -722,6 +763,7 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel", "--kge_dir", "k", "--knowledge_dropout", "0.5"], ["--knowledge_dropout", "text or ideal"]),
     (["--knowledge", "text", "--knowledge_dropout", "1"], ["--knowledge_dropout", "[0, 1)"]),
     (["--knowledge", "gel", "--kge_dir", "k", "--knowledge_free_loss"], ["--knowledge_free_loss", "text or ideal"]),
+    (["--knowledge", "gel_text", "--knowledge_head", "own"], ["--knowledge_head", "text or ideal"]),
     (["--answer_from_kb"], ["--answer_from_kb", "text, ideal, gel or gel_text"]),
     (["--knowledge", "text", "--answer_from_kb", "--kb", "all_triple.csv"], ["--kb", "row's own triple"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):

@@ -30,6 +30,9 @@ CONFIGS = {
     "text_dropout_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--answer_from_kb"],
     # ... every row with knowledge text also trained to answer from its question alone (an added text pass)
     "text_free_copy": ["--knowledge", "text", "--knowledge_free_loss", "--answer_from_kb"],
+    # ... the rows with knowledge text answered by a head of their own: knowledge never retrains type A's head
+    "text_dropout_own_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--knowledge_head", "own",
+                              "--answer_from_kb"],
     "text_dropout08_copy": ["--knowledge", "text", "--knowledge_dropout", "0.8", "--answer_from_kb"],
     "ideal": ["--knowledge", "ideal"],  # the gold triple's KG embeddings, GEL-VQA's product fusion (an upper bound)
     "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
@@ -39,6 +42,9 @@ CONFIGS = {
     # ... every row with gold triples also trained to answer without them, the baseline's task, from the same features
     "ideal_free_concat_copy": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_fusion", "concat",
                                "--answer_from_kb"],
+    # ... and a head of their own: type A's head then gets exactly the baseline's loss
+    "ideal_free_own_concat_copy": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_head", "own",
+                                   "--knowledge_fusion", "concat", "--answer_from_kb"],
     "ideal_free_concat": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_fusion", "concat"],
     "gel": ["--knowledge", "gel"],  # GEL-VQA as published
     "gel_text_cascade_kb": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained"],
