@@ -26,7 +26,8 @@ SCRATCH = "scratch"
 HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool"]
 # the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
 KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
-                     "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout", "knowledge_free_loss", "knowledge_head"]
+                     "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout", "knowledge_free_loss",
+                     "knowledge_head"]
 
 
 class OfflineError(Exception):

@@ -113,8 +113,8 @@ def baseline_and(knowledge, **options):
     base = test_model.tiny_model().eval()
     other = tiny_model(knowledge, **options).eval()
     missing, unexpected = other.load_state_dict(base.state_dict(), strict=False)
-    assert unexpected == [] and all(n.startswith(("codes.", "injection.", "triple_heads.", "knowledge_answer.", "copy_gate."))
-                                    for n in missing)
+    added = ("codes.", "injection.", "triple_heads.", "knowledge_answer.", "copy_gate.")
+    assert unexpected == [] and all(n.startswith(added) for n in missing)
     return base, other
 
 
