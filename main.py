@@ -139,10 +139,11 @@ def build_parser(suppress_defaults=False):
              "from the fused feature before the codes enter, at no added pass; text: the question encoded alone, an "
              "added text-encoder pass over those rows): each type B row then also teaches the baseline's task, "
              "reading the image")
-    add("--knowledge_head", default="shared", choices=["shared", "own"],
+    add("--knowledge_head", default="shared", choices=["shared", "own", "detached"],
         help="which hidden layer and classifier answer the rows that have gold knowledge (text, ideal): shared, the "
-             "one that answers the rows without it, or own, a copy of it at init, so that the knowledge never "
-             "retrains the head that answers type A questions")
+             "one that answers the rows without it; own, a copy of it at init, so that the knowledge never retrains "
+             "the head that answers type A questions; detached, own and its gradient stopped at the fused feature, "
+             "so that the encoders learn only from the rows without knowledge (and --knowledge_free_loss)")
     add("--kb", default=None,
         help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
              "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")

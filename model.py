@@ -180,7 +180,8 @@ class VQAModel(nn.Module):
     without it ("answer_without_knowledge", "knowledge_rows"): the baseline's task, taught by every type B row. With
     knowledge_head "own" ("text", "ideal"), the rows that have gold knowledge are answered by a hidden layer and
     classifier of their own (a copy of the answer path's at init), so that the knowledge never retrains the head that
-    answers the rows without it.
+    answers the rows without it; with "detached", their gradient also stops at the fused feature they read, so that
+    the encoders learn only from the rows without knowledge (and the knowledge-free answers).
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
@@ -225,13 +226,14 @@ class VQAModel(nn.Module):
         self.triple_noise = triple_noise  # acts in training only (knowledge.choose_triple)
         self.knowledge_dropout = knowledge_dropout  # in training only (withhold_knowledge_text, withhold_triples)
         self.knowledge_free_loss = knowledge_free_loss  # in training only
-        if (knowledge_dropout or knowledge_free_loss or knowledge_head == "own") and knowledge == "text" and \
+        if (knowledge_dropout or knowledge_free_loss or knowledge_head != "shared") and knowledge == "text" and \
                 text_encoder.config.eos_token_id is None:
-            raise util.UsageError("--knowledge_dropout, --knowledge_free_loss and --knowledge_head own find the "
+            raise util.UsageError("--knowledge_dropout, --knowledge_free_loss and --knowledge_head find the "
                                   "knowledge text after the question's </s>, but the question encoder's config names "
                                   "no eos_token_id; use an XLM-RoBERTa-type encoder")
-        self.knowledge_answer = None  # the rows with gold knowledge's own answer head (knowledge_head "own")
-        if knowledge_head == "own":
+        self.knowledge_head = knowledge_head
+        self.knowledge_answer = None  # the rows with gold knowledge's own answer head (knowledge_head own, detached)
+        if knowledge_head != "shared":
             self.knowledge_answer = nn.ModuleDict({name: copy.deepcopy(getattr(self, name))
                                                    for name in ("linear", "h_layer_norm", "classifier")})
         if kn.embeds(knowledge):
@@ -281,6 +283,8 @@ class VQAModel(nn.Module):
             out["answer_without_knowledge"] = self.answer_without_knowledge(input_ids, attention_mask, image_f,
                                                                             fused, rows)
             out["knowledge_rows"] = rows
+        if self.knowledge_head == "detached":  # the rows with knowledge train their head and injection, not encoders
+            fused = torch.where(rows[:, None], fused.detach(), fused)
         if self.knowledge == "gel_text":
             input_ids, attention_mask = self.triple_text.pair(input_ids, attention_mask, triples[:, 0])
             fused = self.combine(self.encode_text(input_ids, attention_mask), image_f, attention_mask)
@@ -332,7 +336,7 @@ class VQAModel(nn.Module):
 
     def hidden(self, x, extra=None, head=None):
         """The answer path's hidden feature drop(relu(LN(linear(x) [+ extra]))); GEL-VQA's triple heads read it too.
-        head: whose linear and LayerNorm (default this model's; knowledge_answer for knowledge_head "own")."""
+        head: whose linear and LayerNorm (default this model's; knowledge_answer for knowledge_head own, detached)."""
         head = head if head is not None else self
         pre = head.linear(x)
         if extra is not None:

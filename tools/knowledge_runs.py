@@ -33,6 +33,9 @@ CONFIGS = {
     # ... the rows with knowledge text answered by a head of their own: knowledge never retrains type A's head
     "text_dropout_own_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--knowledge_head", "own",
                               "--answer_from_kb"],
+    # ... whose gradient also stops at the fused feature: the encoders learn only from the rows without knowledge
+    "text_dropout_detached_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--knowledge_head", "detached",
+                                   "--answer_from_kb"],
     "text_dropout08_copy": ["--knowledge", "text", "--knowledge_dropout", "0.8", "--answer_from_kb"],
     "ideal": ["--knowledge", "ideal"],  # the gold triple's KG embeddings, GEL-VQA's product fusion (an upper bound)
     "ideal_concat_copy": ["--knowledge", "ideal", "--knowledge_fusion", "concat", "--answer_from_kb"],
@@ -45,6 +48,9 @@ CONFIGS = {
     # ... and a head of their own: type A's head then gets exactly the baseline's loss
     "ideal_free_own_concat_copy": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_head", "own",
                                    "--knowledge_fusion", "concat", "--answer_from_kb"],
+    # ... and the encoders trained by the baseline's loss alone
+    "ideal_free_detached_concat_copy": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_head", "detached",
+                                        "--knowledge_fusion", "concat", "--answer_from_kb"],
     "ideal_free_concat": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_fusion", "concat"],
     "gel": ["--knowledge", "gel"],  # GEL-VQA as published
     "gel_text_cascade_kb": ["--knowledge", "gel_text", "--triple_head", "cascade", "--kb_constrained"],
