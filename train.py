@@ -399,7 +399,7 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
         loss = loss + triple_loss(out, gold, head_prior, batch["head"].to(device, non_blocking=True))
         triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
     if "answer_without_knowledge" in out and out["knowledge_rows"].any():  # --knowledge_free_loss
-        loss = loss + loss_fn(out["answer_without_knowledge"], label[out["knowledge_rows"]])
+        loss = loss + knowledge_free_loss(loss_fn, out, label)
     if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
         copy = batch["copy"].to(device, non_blocking=True)
         if "fed_triple" in out:  # --triple_noise: whether the triple the answer pass read can be copied from
@@ -408,6 +408,15 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
     optimize(wrapped, optimizer, loss, clip_grad, lr)
     return dict(zip(SUMS, [loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label),
                            triples, hits]))
+
+
+def knowledge_free_loss(loss_fn, out, label):
+    """The loss of the answers without knowledge of the rows that have some (--knowledge_free_loss), each row weighted
+    as in the answer loss's mean over the batch rather than over those rows alone: with the answers of the rows
+    without knowledge, the head that answers them is trained by exactly the baseline's loss."""
+    free_label = label[out["knowledge_rows"]]
+    share = (free_label >= 0).sum() / (label >= 0).sum().clamp(min=1)
+    return loss_fn(out["answer_without_knowledge"], free_label) * share
 
 
 def optimize(wrapped, optimizer, loss, clip_grad, lr):

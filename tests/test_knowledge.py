@@ -376,6 +376,19 @@ def test_the_knowledge_free_loss_adds_the_rows_with_knowledge_at_no_added_encode
     assert torch.equal(label_with_knowledge, label[has]) and len(without) == int(has.sum())
 
 
+@pytest.mark.parametrize("loss", ["focal", "ce"])
+def test_the_knowledge_free_loss_weighs_each_row_as_the_baselines_mean_does(loss):
+    """With the answers of the rows without knowledge, the knowledge-free answers make up the baseline's loss."""
+    loss_fn = build_loss(loss)
+    g = torch.Generator().manual_seed(0)
+    answers, label = torch.randn(6, 5, generator=g), torch.tensor([0, 3, -1, 2, 4, 1])  # -1: outside the vocabulary
+    rows = torch.tensor([True, False, True, True, False, False])
+    out = {"answer_without_knowledge": answers[rows], "knowledge_rows": rows}
+    known_without = int((label[~rows] >= 0).sum())
+    without = loss_fn(answers[~rows], label[~rows]) * known_without / int((label >= 0).sum())
+    assert torch.allclose(without + train.knowledge_free_loss(loss_fn, out, label), loss_fn(answers, label))
+
+
 def test_the_knowledge_free_loss_of_text_adds_one_text_pass_over_the_rows_with_knowledge(sample_dir):
     rows = []
 
@@ -389,6 +402,7 @@ def test_the_knowledge_free_loss_of_text_adds_one_text_pass_over_the_rows_with_k
 
 
 def perturb(*modules):
+    torch.manual_seed(1)
     with torch.no_grad():
         for module in modules:
             for p in module.parameters():

@@ -48,7 +48,7 @@ CONFIGS = {
     # ... and a head of their own: type A's head then gets exactly the baseline's loss
     "ideal_free_own_concat_copy": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_head", "own",
                                    "--knowledge_fusion", "concat", "--answer_from_kb"],
-    # ... and the encoders trained by the baseline's loss alone
+    # ... and the encoders trained by the baseline's loss (and the copy gate's) alone
     "ideal_free_detached_concat_copy": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_head", "detached",
                                         "--knowledge_fusion", "concat", "--answer_from_kb"],
     "ideal_free_concat": ["--knowledge", "ideal", "--knowledge_free_loss", "--knowledge_fusion", "concat"],
