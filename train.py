@@ -412,8 +412,8 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
 
 def knowledge_free_loss(loss_fn, out, label):
     """The loss of the answers without knowledge of the rows that have some (--knowledge_free_loss), each row weighted
-    as in the answer loss's mean over the batch rather than over those rows alone: with the answers of the rows
-    without knowledge, the head that answers them is trained by exactly the baseline's loss."""
+    as in the answer loss's mean over the batch rather than over those rows alone, so that with the answers of the
+    rows without knowledge it makes exactly the baseline's loss."""
     free_label = label[out["knowledge_rows"]]
     share = (free_label >= 0).sum() / (label >= 0).sum().clamp(min=1)
     return loss_fn(out["answer_without_knowledge"], free_label) * share
