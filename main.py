@@ -137,8 +137,8 @@ def build_parser(suppress_defaults=False):
     add("--knowledge_free_loss", action="store_true", default=False,
         help="in training, add the loss of the answer without the gold knowledge for every row that has some (ideal: "
              "from the fused feature before the codes enter, at no added pass; text: the question encoded alone, an "
-             "added text-encoder pass over those rows): each type B row then also teaches the baseline's task, "
-             "reading the image")
+             "added text-encoder pass over those rows), each row weighted as in the baseline's mean: each type B "
+             "row then also teaches the baseline's task, reading the image")
     add("--knowledge_head", default="shared", choices=["shared", "own", "detached"],
         help="which hidden layer and classifier answer the rows that have gold knowledge (text, ideal): shared, the "
              "one that answers the rows without it; own, a copy of it at init, so that the knowledge never retrains "
