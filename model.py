@@ -278,10 +278,11 @@ class VQAModel(nn.Module):
                 out["triple"] = chosen
             triples = out.get("fed_triple", out["triple"])[:, None]
         codes = self.codes(triples) if kn.embeds(self.knowledge) else None  # (code, whether a row has a triple)
-        rows = self.gold_rows(input_ids, attention_mask, codes) if kn.reads_gold(self.knowledge) else None
-        if self.knowledge_free_loss and self.training:
-            out["answer_without_knowledge"] = self.answer_without_knowledge(input_ids, attention_mask, image_f,
-                                                                            fused, rows)
+        free_loss = self.knowledge_free_loss and self.training
+        if free_loss or self.knowledge_answer is not None:  # only these ask which rows have gold knowledge
+            rows, alone = self.gold_rows(input_ids, attention_mask, codes)
+        if free_loss:
+            out["answer_without_knowledge"] = self.answer_without_knowledge(input_ids, alone, image_f, fused, rows)
             out["knowledge_rows"] = rows
         if self.knowledge_head == "detached":  # the rows with knowledge train their head and injection, not encoders
             fused = torch.where(rows[:, None], fused.detach(), fused)
@@ -301,24 +302,25 @@ class VQAModel(nn.Module):
         return out
 
     def gold_rows(self, input_ids, attention_mask, codes):
-        """[B] bool: which rows have gold knowledge ("text": knowledge text after the question; "ideal": a triple,
-        from KnowledgeCodes' output), as the model reads them (after knowledge_dropout)."""
+        """([B] bool: which rows have gold knowledge, as the model reads them (after knowledge_dropout); for "text" the
+        attention mask of the questions alone, knowledge.question_alone, else None). "text": the rows with knowledge
+        text after the question; "ideal": the rows with a triple, from KnowledgeCodes' output."""
         if self.knowledge == "ideal":
-            return codes[1]
-        return (kn.question_alone(input_ids, attention_mask, self.text_encoder.config.eos_token_id)
-                != attention_mask).any(1)
+            return codes[1], None
+        alone = kn.question_alone(input_ids, attention_mask, self.text_encoder.config.eos_token_id)
+        return (alone != attention_mask).any(1), alone
 
-    def answer_without_knowledge(self, input_ids, attention_mask, image_f, fused, rows):
+    def answer_without_knowledge(self, input_ids, alone, image_f, fused, rows):
         """Answer logits [n, answers] of the n rows that have gold knowledge (rows), read without it
         (knowledge_free_loss), by the head of the rows without knowledge: ideal answers from the fused feature before
-        the codes enter, at no added pass; text encodes those rows' questions alone, an added text-encoder pass."""
+        the codes enter, at no added pass; text encodes those rows' questions alone (the attention mask alone), an
+        added text-encoder pass."""
         if self.knowledge == "ideal":
             return self.classifier(self.hidden(fused[rows]))
         if not rows.any():  # the text encoder takes no empty batch
             return image_f[1].new_zeros(0, self.classifier.out_features)
-        alone = kn.question_alone(input_ids[rows], attention_mask[rows], self.text_encoder.config.eos_token_id)
-        text_f = self.encode_text(input_ids[rows], alone)
-        return self.classifier(self.hidden(self.combine(text_f, [f[rows] for f in image_f], alone)))
+        text_f = self.encode_text(input_ids[rows], alone[rows])
+        return self.classifier(self.hidden(self.combine(text_f, [f[rows] for f in image_f], alone[rows])))
 
     def triple_logits(self, input_ids, attention_mask, image, fused, text_f):
         """The triple heads' logits from the hidden features of the fused and the question feature: the answer

@@ -430,7 +430,7 @@ def learns(*modules):
 
 @pytest.mark.parametrize("head", ["own", "detached"])
 def test_the_gradient_of_the_rows_with_knowledge_text_stays_off_the_shared_head_and_if_detached_the_encoders(head):
-    alone, ids, mask = text_batch(["the animal", "what colour"], ["bear|eats|fish", ""])
+    _, ids, mask = text_batch(["the animal", "what colour"], ["bear|eats|fish", ""])
     model = tiny_model("text", knowledge_head=head).train()
     image = test_model.tiny_batch()[2][:2]
     answer = model(ids, mask, image)["answer"]
