@@ -394,11 +394,14 @@ def kb_triple_scores(logp, kb, kb_score="pair"):
     return logp[0][:, kb.ids[:, 0]] + logp[1][:, kb.ids[:, 1]] + tail
 
 
-def fed_copy_targets(copy, fed, gold):
+def fed_copy_targets(copy, fed, gold, tail_from_head=False):
     """[B] the copy gate's targets for the triples the answer pass read (fed [B, 3] ids; --triple_noise): a row's
     copy_targets value (copy [B]) where the part it copies (head or tail) is the gold triple's (gold [B, 3]), else the
-    vocabulary, so that the gate learns whether the triple it is given can be copied from."""
-    right = torch.where(copy == PATHS.index("head"), fed[:, 0] == gold[:, 0], fed[:, 2] == gold[:, 2])
+    vocabulary, so that the gate learns whether the triple it is given can be copied from. tail_from_head
+    (--answer_relation): the tail is looked up among the read head's KB facts, so it can be copied where that head
+    is the gold one."""
+    tail_right = fed[:, 0] == gold[:, 0] if tail_from_head else fed[:, 2] == gold[:, 2]
+    right = torch.where(copy == PATHS.index("head"), fed[:, 0] == gold[:, 0], tail_right)
     return torch.where((copy == 0) | right, copy, torch.zeros_like(copy))
 
 
@@ -501,8 +504,11 @@ class KnowledgeBase(nn.Module):
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("pair", torch.unique(ids[:, :2], dim=0, return_inverse=True)[1], persistent=False)
         self.tails = {}  # (head id, relation id) -> the KB's tail ids of that pair
+        self.relations = {}  # head id -> the relation classes of its KB facts (what --answer_relation chooses from)
         for h, r, t in ids.tolist():
             self.tails.setdefault((h, r), []).append(t)
+            if r < vocab.classes[1] and r not in self.relations.setdefault(h, []):
+                self.relations[h].append(r)
 
     def tail_given_pair(self, tail_logp):
         """[B, K] log p(t | h, r, KB): the tail's log probability ([B, n_tails]) normalised over the KB's tails of its
@@ -543,14 +549,36 @@ def answer_key(text):
     return " ".join(clean_text(text).casefold().replace("_", " ").split())
 
 
-def copy_targets(df):
+def copy_targets(df, answer_relations=None):
     """[N] the copy gate's target of each row: 1 where its answer is its (first) triple's head by answer_key, 2 where
-    it is its tail, else 0 (the answer vocabulary)."""
+    it is its tail, else 0 (the answer vocabulary). With answer_relations (--answer_relation's targets), 2 where the
+    answer is the tail of a KB fact of the head (answer_relation_targets), the triple's own or another."""
+    targets = []
+    for row, (cell, answer) in enumerate(zip(df["triple"], df["answer"])):
+        triples, key = parse_triples(cell), answer_key(answer)
+        tail = answer_relations[row] >= 0 if answer_relations is not None else \
+            bool(triples) and answer_key(triples[0][2]) == key
+        targets.append(0 if not triples else PATHS.index("head") if answer_key(triples[0][0]) == key else
+                       PATHS.index("tail") if tail else 0)
+    return torch.tensor(targets, dtype=torch.long)
+
+
+def answer_relation_targets(df, vocab, kb):
+    """[N] --answer_relation's target of each row: the relation class r of a KB fact (h, r, t) of its (first)
+    triple's head h whose tail t is its answer (answer_key), the triple's own relation where that is one; -1 where
+    the KB (a KnowledgeBase) has none, or the row no triple. BOK-VQA asks "what order is the livestock in the
+    image?" with the triple (Pig, subject, Livestock): the answer, Artiodactyla, is the tail of (Pig, order, ·)."""
+    relations = {}  # (head id, the tail's answer_key) -> relation classes, in KB order
+    for (h, r), tails in kb.tails.items():
+        if r < vocab.classes[1]:
+            for t in tails:
+                relations.setdefault((h, answer_key(vocab.parts[2][t])), []).append(r)
     targets = []
     for cell, answer in zip(df["triple"], df["answer"]):
-        triples, key = parse_triples(cell), answer_key(answer)
-        targets.append(0 if not triples else PATHS.index("head") if answer_key(triples[0][0]) == key else
-                       PATHS.index("tail") if answer_key(triples[0][2]) == key else 0)
+        triples = parse_triples(cell)
+        h, r, _ = vocab.triple_ids(triples[0]) if triples else (-1, -1, -1)
+        found = relations.get((h, answer_key(answer)), [])
+        targets.append(r if r in found else found[0] if found else -1)
     return torch.tensor(targets, dtype=torch.long)
 
 
@@ -559,7 +587,31 @@ def copy_candidates(model, out, df):
     and ideal the row's gold triple; else the predicted triple's head, and its tail as the knowledge base gives it: the
     --kb_constrained choice's own, else the KB tail of the predicted head and relation that the tail head finds
     most probable, else (the KB has no tail for them) the KG embeddings' best-scoring tail, inferred by link
-    prediction, or without KG embeddings the tail head's own, also marked inferred."""
+    prediction, or without KG embeddings the tail head's own, also marked inferred. With --answer_relation the
+    tail is that of the head's KB fact the answer-relation classifier chooses (answer_relation_tails)."""
+    candidates = triple_candidates(model, out, df)
+    return candidates if model.answer_relation is None else answer_relation_tails(model, out, candidates)
+
+
+def answer_relation_tails(model, out, candidates):
+    """candidates (copy_candidates') with each row's tail replaced by that of the predicted head's KB fact whose
+    relation the answer-relation classifier ranks first among the head's KB relations (of that pair's KB tails, the
+    one the tail head finds most probable); a row whose head has no KB fact keeps its own."""
+    kb, relation_logits = model.kb, out["answer_relation"].detach().float()
+    tail_logp = log_probs(out, model.vocab)[2]
+    rows = []
+    for row, (candidate, h) in enumerate(zip(candidates, out["triple"][:, 0].tolist())):
+        if candidate is None or h not in kb.relations:
+            rows.append(candidate)
+            continue
+        r = max(kb.relations[h], key=lambda i: float(relation_logits[row, i]))
+        t = max(kb.tails[h, r], key=lambda i: float(tail_logp[row, i]))
+        rows.append((candidate[0], model.vocab.parts[2][t], False))
+    return rows
+
+
+def triple_candidates(model, out, df):
+    """copy_candidates without --answer_relation: the names of the row's gold or predicted triple."""
     if not predicts(model.knowledge):
         return [(t[0][0], t[0][2], False) if t else None for t in map(parse_triples, df["triple"])]
     vocab, triples = model.vocab, out["triple"].tolist()

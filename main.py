@@ -160,6 +160,11 @@ def build_parser(suppress_defaults=False):
     add("--answer_from_kb", action="store_true", default=False,
         help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (text, ideal: "
              "the gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
+    add("--answer_relation", action="store_true", default=False,
+        help="with --answer_from_kb (gel, gel_text): a classifier on the answer's hidden feature chooses which of the "
+             "predicted head's knowledge-base facts the copied tail comes from, the triple's relation or another: "
+             "BOK-VQA asks 'what order is the livestock in the image?' with the triple (Pig, subject, Livestock) and "
+             "the answer Artiodactyla, the tail of (Pig, order, .)")
     # optimisation
     add("--loss", default="focal", choices=["focal", "ce"], help="focal loss (the original's) or cross entropy")
     add("--gamma", type=at_least(0.0, float), default=2.0, help="focal loss gamma")
@@ -221,6 +226,9 @@ def check_knowledge_options(args):
     if args.answer_from_kb and args.knowledge == "none":
         problems.append("--answer_from_kb copies a triple's head or tail: it needs --knowledge text, ideal, gel or "
                         "gel_text")
+    if args.answer_relation and not (args.answer_from_kb and kn.predicts(args.knowledge)):
+        problems.append("--answer_relation chooses which of the predicted head's facts --answer_from_kb copies a tail "
+                        "from: give --answer_from_kb with --knowledge gel or gel_text")
     if problems:
         sys.exit("error: " + "; ".join(problems) + ".")
 

@@ -27,7 +27,7 @@ HEAD_OPTIONS = ["dim_h", "dropout", "use_transformer_layer", "n_transformer_laye
 # the knowledge options VQAModel takes (earlier runs lack some: util.LATER_OPTIONS)
 KNOWLEDGE_OPTIONS = ["knowledge", "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb",
                      "kb_constrained", "kb_score", "triple_noise", "knowledge_dropout", "knowledge_free_loss",
-                     "knowledge_head"]
+                     "knowledge_head", "answer_relation"]
 
 
 class OfflineError(Exception):
@@ -181,7 +181,9 @@ class VQAModel(nn.Module):
     knowledge_head "own" ("text", "ideal"), the rows that have gold knowledge are answered by a hidden layer and
     classifier of their own (a copy of the answer path's at init), so that the knowledge never retrains the head that
     answers the rows without it; with "detached", their gradient also stops at the fused feature they read, so that
-    the encoders learn only from the rows without knowledge (and the knowledge-free answers).
+    the encoders learn only from the rows without knowledge (and the knowledge-free answers). With answer_relation
+    (and answer_from_kb; gel, gel_text), a classifier on the answer's hidden feature says which of the predicted
+    head's KB facts the copied tail comes from ("answer_relation"): the triple's own relation or another.
     """
 
     def __init__(self, text_encoder, image_encoder, num_answers, img_size, dim_h=1024, dropout=0.2,
@@ -189,7 +191,7 @@ class VQAModel(nn.Module):
                  knowledge="none", knowledge_sizes=(0, 0, 0), kge_widths=(0, 0), knowledge_fusion="mul",
                  triple_head="independent", triple_encoder="shared", answer_from_kb=False, kb_constrained=False,
                  kb_score="pair", triple_noise=0.0, knowledge_dropout=0.0, knowledge_free_loss=False,
-                 knowledge_head="shared"):
+                 knowledge_head="shared", answer_relation=False):
         super().__init__()
         self.text_encoder = text_encoder
         if getattr(text_encoder, "pooler", None) is not None:
@@ -250,6 +252,8 @@ class VQAModel(nn.Module):
             self.no_knowledge = knowledge_sizes[1] - 1  # the last relation: KnowledgeVocab.from_rows puts it there
         if answer_from_kb:  # answer from the vocabulary, or copy the triple's head or tail (knowledge.AnswerChooser)
             self.copy_gate = nn.Linear(dim_h, len(kn.PATHS))
+        # which of the predicted head's KB facts the tail is copied from (knowledge.answer_relation_tails)
+        self.answer_relation = nn.Linear(dim_h, knowledge_sizes[1]) if answer_relation else None
 
     def forward(self, input_ids, attention_mask, image, triples=None):
         """{"answer": logits}, and in the modes that predict a triple the logits "h", "r", "t" and the chosen
@@ -299,6 +303,8 @@ class VQAModel(nn.Module):
             out["answer"] = torch.where(rows[:, None], self.knowledge_answer.classifier(own), out["answer"])
         if hasattr(self, "copy_gate"):
             out["gate"] = self.copy_gate(hidden)
+        if self.answer_relation is not None:
+            out["answer_relation"] = self.answer_relation(hidden)
         return out
 
     def gold_rows(self, input_ids, attention_mask, codes):

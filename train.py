@@ -74,7 +74,7 @@ def train(args):
            f"image {args.image_model} at {args.img_size}px, transformer layer "
            f"{'on' if args.use_transformer_layer else 'off'}, device {rt.device} x{rt.world_size}"
            f"{f' (torch.distributed, {dist.get_backend()})' if util.distributed() else ''}, precision {rt.precision}")
-    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab, run_dir)
+    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab, run_dir, model.kb)
     optimizer = build_optimizer(model, args, rt.device)
     loss_fn, head_prior = build_losses(args, model, train_loader, rt.device)
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
@@ -140,7 +140,7 @@ def load_training_data(args, rt):
     return Data(df, train_df, valid_df, skipped, answers)
 
 
-def make_loaders(args, rt, data, tokenizer, vocab=None, run_dir=None):
+def make_loaders(args, rt, data, tokenizer, vocab=None, run_dir=None, kb=None):
     names = pd.concat([data.train["image"], data.valid["image"]])
     if args.image_cache:
         with util.main_process_first():  # rank 0 decodes the images once; the others then map its file
@@ -150,15 +150,21 @@ def make_loaders(args, rt, data, tokenizer, vocab=None, run_dir=None):
     else:
         images = ImageFiles(args.data_dir, names, args.img_size)
     answer_to_id = {a: i for i, a in enumerate(data.answers)}
+    relations = kn.answer_relation_targets(data.train, vocab, kb) if args.answer_relation else None
     train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab,
-                           kn.copy_targets(data.train) if args.answer_from_kb else None,
-                           kn.head_targets(data.train, vocab) if args.head_from_answers else None)
+                           kn.copy_targets(data.train, relations) if args.answer_from_kb else None,
+                           kn.head_targets(data.train, vocab) if args.head_from_answers else None, relations)
     valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
     if args.head_from_answers:
         taught = int((train_set.heads != train_set.triples[:, 0, 0]).sum())
         note = "" if taught else "; with none, the option changes nothing"
         rt.log(f"--head_from_answers: {taught} of {len(train_set)} training rows have no triple but an answer that "
                f"names a head, and teach the head classifier that head{note}")
+    if args.answer_relation:
+        other = int(((relations >= 0) & (relations != train_set.triples[:, 0, 1])).sum())
+        rt.log(f"--answer_relation: {int((relations >= 0).sum())} of {len(train_set)} training rows have an answer "
+               f"that is the tail of a KB fact of their triple's head, {other} of them of another fact than the "
+               f"triple")
     if valid_set.unseen():
         rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail outside the "
                f"vocabulary (it takes the learned unknown vector; a predicted triple cannot name it)")
@@ -403,8 +409,13 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
     if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
         copy = batch["copy"].to(device, non_blocking=True)
         if "fed_triple" in out:  # --triple_noise: whether the triple the answer pass read can be copied from
-            copy = kn.fed_copy_targets(copy, out["fed_triple"], gold[:, 0])
+            copy = kn.fed_copy_targets(copy, out["fed_triple"], gold[:, 0], "answer_relation" in out)
         loss = loss + nn.functional.cross_entropy(out["gate"], copy)
+    if "answer_relation" in out:  # + CE of which KB fact of the head holds the answer, on the rows where one does
+        target = batch["answer_relation"].to(device, non_blocking=True)
+        # a sum, so that a batch without targets still gives every parameter a (zero) gradient
+        loss = loss + nn.functional.cross_entropy(out["answer_relation"], target, ignore_index=-1, reduction="sum") \
+            / (target >= 0).sum().clamp(min=1)
     optimize(wrapped, optimizer, loss, clip_grad, lr)
     return dict(zip(SUMS, [loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label),
                            triples, hits]))

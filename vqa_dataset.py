@@ -890,7 +890,7 @@ class VQADataset(Dataset):
     or ImageFiles; with a knowledge.KnowledgeVocab, each row's triples as its ids. Unknown answers get label -1."""
 
     def __init__(self, df, images, tokenizer, answer_to_id, max_token, knowledge="none", vocab=None, copy_targets=None,
-                 head_targets=None):
+                 head_targets=None, answer_relations=None):
         self.df = df.reset_index(drop=True)
         self.images = images
         self.image_rows = np.array([images.row[name] for name in self.df["image"]], dtype=np.int64)
@@ -907,6 +907,9 @@ class VQADataset(Dataset):
         # the head classifier's targets: the first triple's head, or --head_from_answers' (knowledge.head_targets)
         self.heads = head_targets if head_targets is not None else \
             self.triples[:, 0, 0] if slots else torch.zeros(len(self.df), dtype=torch.long)
+        # --answer_relation: each row's relation target (knowledge.answer_relation_targets); -1 (none) when unused
+        self.answer_relations = answer_relations if answer_relations is not None else \
+            torch.full((len(self.df),), -1, dtype=torch.long)
 
     def unseen(self):
         """Rows whose triples hold a head, relation or tail outside the knowledge vocabulary."""
@@ -917,16 +920,17 @@ class VQADataset(Dataset):
 
     def __getitem__(self, i):
         image = torch.from_numpy(self.images.get(self.image_rows[i]))
-        return self.input_ids[i], image, self.labels[i], i, self.triples[i], self.copy[i], self.heads[i]
+        return (self.input_ids[i], image, self.labels[i], i, self.triples[i], self.copy[i], self.heads[i],
+                self.answer_relations[i])
 
 
 def collate(batch, pad_id):
     """Pads each batch to its own longest question."""
-    ids, images, labels, index, triples, copy, heads = zip(*batch)
+    ids, images, labels, index, triples, copy, heads, answer_relations = zip(*batch)
     input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "image": torch.stack(images),
             "label": torch.stack(labels), "index": torch.tensor(index), "triples": torch.stack(triples),
-            "copy": torch.stack(copy), "head": torch.stack(heads)}
+            "copy": torch.stack(copy), "head": torch.stack(heads), "answer_relation": torch.stack(answer_relations)}
 
 
 def read_test_split(config, run_dir, data_dir=None):

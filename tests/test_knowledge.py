@@ -84,7 +84,9 @@ OPTIONS = ([("none", {}), ("text", {}), ("text", {"knowledge_dropout": 0.5, "ans
               ("gel_text", {"answer_from_kb": True}),
               ("gel", {"triple_encoder": "own", "triple_head": "cascade"}),
               ("gel_text", {"triple_encoder": "own", "kb_constrained": True, "answer_from_kb": True}),
-              ("gel_text", {"triple_head": "cascade", "kb_constrained": True, "kb_score": "product"})])
+              ("gel_text", {"triple_head": "cascade", "kb_constrained": True, "kb_score": "product"}),
+              ("gel_text", {"triple_encoder": "own", "kb_constrained": True, "answer_from_kb": True,
+                            "answer_relation": True})])
 KB = [("apple", "has", "fur"), ("bear", "eats", "fish"), ("dog", "is", "big")]
 
 
@@ -98,9 +100,10 @@ def test_every_mode_and_option_runs_forward_and_backward(knowledge, options):
     assert out["answer"].shape == (test_model.BATCH, test_model.ANSWERS)
     expected = {"answer"} | ({"h", "r", "t", "triple"} if kn.predicts(knowledge) else set()) | (
         {"answer_without_knowledge", "knowledge_rows"} if options.get("knowledge_free_loss") else set())
+    expected |= {"answer_relation"} if options.get("answer_relation") else set()
     assert set(out) == expected | ({"gate"} if options.get("answer_from_kb") else set())
     loss = out["answer"].logsumexp(-1).mean() + (triple_loss(out, tiny_batch(knowledge)[3]) if "h" in out else 0)
-    loss = loss + (out["gate"].logsumexp(-1).mean() if "gate" in out else 0)
+    loss = loss + sum(out[k].logsumexp(-1).mean() for k in ("gate", "answer_relation") if k in out)
     loss = loss + (out["answer_without_knowledge"].logsumexp(-1).mean() if "answer_without_knowledge" in out else 0)
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []  # DistributedDataParallel needs them all
@@ -447,6 +450,8 @@ def test_the_copy_gate_learns_from_the_triple_the_answer_pass_read():
     gold = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 1, 1], [2, 2, 2], [3, 3, 3]])
     fed = torch.tensor([[0, 1, 2], [4, 0, 0], [2, 2, 1], [1, 1, 5], [0, 0, 0], [3, 3, 3]])
     assert kn.fed_copy_targets(copy, fed, gold).tolist() == [1, 0, 2, 0, 0, 2]
+    # --answer_relation looks the tail up among the read head's facts: it can be copied where the head is right
+    assert kn.fed_copy_targets(copy, fed, gold, tail_from_head=True).tolist() == [1, 0, 0, 2, 0, 2]
 
 
 def test_gel_text_reads_only_its_predicted_triple():
@@ -477,6 +482,39 @@ def test_the_copy_gate_learns_where_the_answer_is_the_triples_head_or_tail():
                        "answer": ["arena", "Araceae", "monocot", "red"]})
     assert kn.copy_targets(df).tolist() == [1, 2, 0, 0]  # case and underscores do not matter; no triple: vocabulary
     assert kn.answer_key("Sports_Facilities") == kn.answer_key("sports  facilities") == "sports facilities"
+
+
+FACTS = [("apple", "has", "fur"), ("apple", "is", "red"), ("bear", "eats", "fish")]
+
+
+def test_the_answer_relation_is_that_of_the_heads_kb_fact_whose_tail_is_the_answer():
+    vocab = tiny_vocab("gel")
+    facts = [("apple", "is", "red"), ("apple", "has", "fur"), ("apple", "has", "red"), ("bear", "eats", "fish")]
+    df = pd.DataFrame({"triple": ["apple|has|fur", "apple|has|fur", "apple|eats|fish", "apple|has|fur",
+                                  "apple|has|fur", "", "bear|eats|fish"],
+                       "answer": ["Fur", "red", "red", "apple", "wet", "red", "red"]})
+    relations = kn.answer_relation_targets(df, vocab, kn.KnowledgeBase(facts, vocab))
+    has, is_ = vocab.index[1]["has"], vocab.index[1]["is"]
+    # the triple's own (first also where another fact has the answer too), another fact's, then none: the answer is
+    # the head, no fact's tail, the row has no triple, the head has no fact with that tail
+    assert relations.tolist() == [has, has, is_, -1, -1, -1, -1]
+    assert kn.copy_targets(df).tolist() == [2, 0, 0, 1, 0, 0, 0]
+    assert kn.copy_targets(df, relations).tolist() == [2, 2, 2, 1, 0, 0, 0]  # another fact's tail is copied too
+
+
+def test_answer_relation_copies_the_tail_of_the_heads_fact_it_chooses():
+    model = tiny_model("gel", kb=FACTS, kb_constrained=True, answer_from_kb=True, answer_relation=True).eval()
+    vocab = model.vocab
+    with torch.no_grad():
+        model.triple_heads.h.bias[:] = torch.tensor([100.0, 0, 0, 0, 0])  # apple
+        model.triple_heads.r.bias[:] = torch.tensor([0, 100.0, 0, 0])  # has: the triple is (apple, has, fur)
+        model.answer_relation.weight.zero_()
+        for relations, tail in (({"is": 50.0, "eats": 100.0}, "red"), ({"has": 50.0, "eats": 100.0}, "fur")):
+            model.answer_relation.bias[:] = torch.tensor([relations.get(r, 0.0) for r in vocab.parts[1]])
+            out = model(*tiny_batch("gel"))
+            assert vocab.names(out["triple"][0].tolist()) == ("apple", "has", "fur")
+            # eats ranks first, but apple has no such fact: the relations the head's KB facts have are chosen from
+            assert kn.copy_candidates(model, out, None) == [("apple", tail, False)] * test_model.BATCH
 
 
 def test_text_and_ideal_copy_from_the_rows_gold_triple():
@@ -714,7 +752,7 @@ def one_training_step(sample_dir, options, before_step=lambda model: None, loss_
     config = run_config(args, len(data.answers))
     vocab, kb, embeddings = train.knowledge_config(args, config, data, rt)
     model = train.initial_model(config, tokenizer, vocab, kb, embeddings)
-    loader, _ = train.make_loaders(args, rt, data, tokenizer, vocab)
+    loader, _ = train.make_loaders(args, rt, data, tokenizer, model.vocab, kb=model.kb)
     optimizer = train.build_optimizer(model, args, rt.device)
     before_step(model)
     loss_fn = loss_fn or build_loss(args.loss, gamma=args.gamma)
@@ -737,8 +775,18 @@ def test_with_triple_noise_the_copy_gate_trains_on_the_triple_the_answer_pass_re
     one_training_step(sample_dir, ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb", "--triple_noise",
                                    "0.999"], lambda model: model.register_forward_hook(
                                        lambda module, args, out: outputs.append(out)))
-    (out,), ((_, fed, _),) = outputs, calls
-    assert fed is out["fed_triple"] and not torch.equal(fed, out["triple"])
+    (out,), ((_, fed, _, tail_from_head),) = outputs, calls
+    assert fed is out["fed_triple"] and not torch.equal(fed, out["triple"]) and not tail_from_head
+
+
+def test_answer_relation_trains_on_the_kb_facts_whose_tail_is_the_answer(sample_dir, capsys):
+    outputs = []
+    one_training_step(sample_dir, ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb",
+                                   "--answer_relation"], lambda model: model.register_forward_hook(
+                                       lambda module, args, out: outputs.append(out)))
+    (out,) = outputs
+    assert out["answer_relation"].grad_fn is not None
+    assert "--answer_relation:" in capsys.readouterr().out
 
 
 def test_head_lr_is_the_triple_heads_own():
@@ -783,6 +831,8 @@ def test_preset_bokvqa_sets_the_papers_values():
     (["--knowledge", "gel", "--kge_dir", "k", "--knowledge_free_loss"], ["--knowledge_free_loss", "text or ideal"]),
     (["--knowledge", "gel_text", "--knowledge_head", "own"], ["--knowledge_head", "text or ideal"]),
     (["--answer_from_kb"], ["--answer_from_kb", "text, ideal, gel or gel_text"]),
+    (["--knowledge", "gel_text", "--answer_relation"], ["--answer_relation", "--answer_from_kb"]),
+    (["--knowledge", "text", "--answer_from_kb", "--answer_relation"], ["--answer_relation", "gel or gel_text"]),
     (["--knowledge", "text", "--answer_from_kb", "--kb", "all_triple.csv"], ["--kb", "row's own triple"])])
 def test_knowledge_options_that_cannot_work_are_refused_at_once(argv, words):
     import main

@@ -37,7 +37,7 @@ def build(config, args, results_dir):
     data = train.load_training_data(run_args, rt)
     run_dir, _, tokenizer, model, _ = train.start_or_resume(run_args, rt, data)
     model = model.to(rt.device, memory_format=torch.channels_last).train()
-    train_loader, _ = train.make_loaders(run_args, rt, data, tokenizer, model.vocab, run_dir)
+    train_loader, _ = train.make_loaders(run_args, rt, data, tokenizer, model.vocab, run_dir, model.kb)
     optimizer = train.build_optimizer(model, run_args, rt.device)
     loss_fn, head_prior = train.build_losses(run_args, model, train_loader, rt.device)
     wrapped = train.wrap(model, rt, compile_model=False, text_frozen=False)  # the steps after the frozen epochs
