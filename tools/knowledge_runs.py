@@ -85,6 +85,11 @@ CONFIGS = {
     "gel_text_kb_copy_adjust_answers_noise": ["--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb",
                                               "--head_logit_adjustment", "--head_from_answers",
                                               "--triple_noise", "0.3"],
+    # the tail copied from the predicted head's KB fact whose relation a classifier of the answer's chooses
+    "gel_text_own_cascade_kb_copy_adjust_noise_relation": ["--knowledge", "gel_text", "--triple_encoder", "own",
+                                                           "--triple_head", "cascade", "--kb_constrained",
+                                                           "--answer_from_kb", "--head_logit_adjustment",
+                                                           "--triple_noise", "0.3", "--answer_relation"],
 }
 DEFAULT = ["none", "text", "ideal", "gel", "gel_text_cascade_kb"]
 
