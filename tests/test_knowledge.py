@@ -397,11 +397,13 @@ def test_the_knowledge_free_loss_of_text_adds_one_text_pass_over_the_rows_with_k
 
     def watch(model):
         model.text_encoder.register_forward_hook(lambda module, args, kwargs, output: rows.append(
-            len(kwargs["input_ids"])), with_kwargs=True)
-        model.image_encoder.register_forward_hook(lambda *a: rows.append(-1))
+            kwargs["attention_mask"]), with_kwargs=True)
+        model.image_encoder.register_forward_hook(lambda *a: rows.append(None))
     one_training_step(sample_dir, ["--knowledge", "text", "--knowledge_free_loss"], watch)
-    batch, with_knowledge = rows[1], rows[2]
-    assert rows[0] == -1 and 0 < with_knowledge < batch  # one image pass; the knowledge rows' questions again
+    image, batch, with_knowledge = rows
+    assert image is None and 0 < len(with_knowledge) < len(batch)  # one image pass; the knowledge rows' questions again
+    # ... over the questions' columns only: the knowledge text after them is cut off, not computed and masked
+    assert with_knowledge.shape[1] < batch.shape[1] and with_knowledge[:, -1].any()
 
 
 def perturb(*modules):
