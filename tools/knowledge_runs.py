@@ -30,6 +30,9 @@ CONFIGS = {
     "text_dropout_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--answer_from_kb"],
     # ... every row with knowledge text also trained to answer from its question alone (an added text pass)
     "text_free_copy": ["--knowledge", "text", "--knowledge_free_loss", "--answer_from_kb"],
+    # ... only the rows whose knowledge text training did not withhold (the others already answer without it)
+    "text_dropout_free_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--knowledge_free_loss",
+                               "--answer_from_kb"],
     # ... the rows with knowledge text answered by a head of their own: knowledge never retrains type A's head
     "text_dropout_own_copy": ["--knowledge", "text", "--knowledge_dropout", "0.5", "--knowledge_head", "own",
                               "--answer_from_kb"],
