@@ -40,6 +40,12 @@ def build_loss(name, gamma=2.0, label_smoothing=0.0, weight=None):
     raise ValueError(f"unknown loss {name!r}: use focal or ce")
 
 
+def known_cross_entropy(logits, target):
+    """Cross entropy over the rows whose target is known (not -1), summed and divided by their count: a batch without
+    any still gives every parameter a (zero) gradient, as DistributedDataParallel needs."""
+    return F.cross_entropy(logits, target, ignore_index=-1, reduction="sum") / (target >= 0).sum().clamp(min=1)
+
+
 def triple_loss(out, triples, head_log_prior=None, heads=None):
     """GEL-VQA's knowledge loss: cross entropy of the predicted head, relation and tail against the first gold triple,
     equal weights; rows without a triple and parts unseen in training (ids below 0) add nothing. head_log_prior
@@ -51,8 +57,4 @@ def triple_loss(out, triples, head_log_prior=None, heads=None):
     logits = dict(out)
     if head_log_prior is not None:
         logits["h"] = out["h"].float() + head_log_prior[target[:, 1].clamp(min=0)]
-    loss = 0.0
-    for i, part in enumerate("hrt"):
-        known = (target[:, i] >= 0).sum().clamp(min=1)
-        loss = loss + F.cross_entropy(logits[part], target[:, i], ignore_index=-1, reduction="sum") / known
-    return loss
+    return sum(known_cross_entropy(logits[part], target[:, i]) for i, part in enumerate("hrt"))

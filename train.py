@@ -24,7 +24,7 @@ import plots
 import report
 import tracking
 import util
-from focal import build_loss, triple_loss
+from focal import build_loss, known_cross_entropy, triple_loss
 from model import (SCRATCH, attach_run_knowledge, build_model, forward, load_tokenizer, predict, run_config,
                    small_text_config, train_tokenizer)
 from vqa_dataset import (SPLIT_FILE, DataError, EpochSampler, ImageCache, ImageFiles, ShardSampler, VQADataset,
@@ -413,9 +413,7 @@ def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad,
         loss = loss + nn.functional.cross_entropy(out["gate"], copy)
     if "answer_relation" in out:  # + CE of which KB fact of the head holds the answer, on the rows where one does
         target = batch["answer_relation"].to(device, non_blocking=True)
-        # a sum, so that a batch without targets still gives every parameter a (zero) gradient
-        loss = loss + nn.functional.cross_entropy(out["answer_relation"], target, ignore_index=-1, reduction="sum") \
-            / (target >= 0).sum().clamp(min=1)
+        loss = loss + known_cross_entropy(out["answer_relation"], target)
     optimize(wrapped, optimizer, loss, clip_grad, lr)
     return dict(zip(SUMS, [loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label),
                            triples, hits]))

@@ -486,9 +486,6 @@ def test_the_copy_gate_learns_where_the_answer_is_the_triples_head_or_tail():
     assert kn.answer_key("Sports_Facilities") == kn.answer_key("sports  facilities") == "sports facilities"
 
 
-FACTS = [("apple", "has", "fur"), ("apple", "is", "red"), ("bear", "eats", "fish")]
-
-
 def test_the_answer_relation_is_that_of_the_heads_kb_fact_whose_tail_is_the_answer():
     vocab = tiny_vocab("gel")
     facts = [("apple", "is", "red"), ("apple", "has", "fur"), ("apple", "has", "red"), ("bear", "eats", "fish")]
@@ -505,7 +502,8 @@ def test_the_answer_relation_is_that_of_the_heads_kb_fact_whose_tail_is_the_answ
 
 
 def test_answer_relation_copies_the_tail_of_the_heads_fact_it_chooses():
-    model = tiny_model("gel", kb=FACTS, kb_constrained=True, answer_from_kb=True, answer_relation=True).eval()
+    facts = [("apple", "has", "fur"), ("apple", "is", "red"), ("bear", "eats", "fish")]
+    model = tiny_model("gel", kb=facts, kb_constrained=True, answer_from_kb=True, answer_relation=True).eval()
     vocab = model.vocab
     with torch.no_grad():
         model.triple_heads.h.bias[:] = torch.tensor([100.0, 0, 0, 0, 0])  # apple
