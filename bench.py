@@ -42,8 +42,8 @@ import util
 from focal import build_loss
 from model import build_model, forward, run_config, small_text_config, train_tokenizer, xlmr_base_config
 from train import build_optimizer, optimize, train_step
-from vqa_dataset import IMAGENET_MEAN, IMAGENET_STD, ImageCache, VQADataset, build_answer_vocab, cache_dir, collate, \
-    make_loader, read_data, select_rows
+from images import IMAGENET_MEAN, IMAGENET_STD, ImageCache, cache_dir
+from vqa_dataset import VQADataset, build_answer_vocab, collate, make_loader, read_data, select_rows
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s by device name; the first key found in the name wins.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", None), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]

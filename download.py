@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 import util
-from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataError, count_values, derive_columns,
-                         format_triples, make_split, normalize_text, read_csv, validate)
+from splits import count_values, make_split
+from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataError, derive_columns, format_triples,
+                         normalize_text, read_csv, validate)
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
 ARCHIVE_BYTES = 12.97e9  # as the original README gives it; no checksum was published

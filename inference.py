@@ -16,8 +16,8 @@ import plots
 import report
 import util
 from model import OfflineError, load_run, predict
-from vqa_dataset import (DataError, ImageCache, VQADataset, format_triples, make_loader, read_data, select_rows,
-                         validate)
+from images import ImageCache
+from vqa_dataset import DataError, VQADataset, format_triples, make_loader, read_data, select_rows, validate
 
 
 def add_predictions(df, result, vocab):

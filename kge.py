@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+import checkpoints
 import util
 import vqa_dataset
 from vqa_dataset import DataError
@@ -324,7 +325,7 @@ def load_kge(directory):
     path = os.path.join(directory, EMBEDDINGS_FILE)
     if not os.path.isfile(path):
         raise util.CheckpointError(f"{path} not found: is {directory} an output directory of kge.py?")
-    tensors, _ = util.read_safetensors(path)
+    tensors, _ = checkpoints.read_safetensors(path)
     kge = KGE(entity=tensors.get("entity"), relation=tensors.get("relation"),
               entity_to_id=_read_json(os.path.join(directory, ENTITY_IDS_FILE)),
               relation_to_id=_read_json(os.path.join(directory, RELATION_IDS_FILE)),

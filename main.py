@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+import checkpoints
 import knowledge as kn
 import tracking
 import util
@@ -242,8 +243,8 @@ def resume_args(args, argv):
     try:
         config = util.read_json(path, required=[k for k in util.RUN_OPTIONS if k not in util.LATER_OPTIONS]
                                 + ["world_size"])
-        last = os.path.join(args.resume, util.LAST_CHECKPOINT)
-        done = len(util.read_metadata(last).get("history", [])) if os.path.isfile(last) else 0
+        last = os.path.join(args.resume, checkpoints.LAST_CHECKPOINT)
+        done = len(checkpoints.read_metadata(last).get("history", [])) if os.path.isfile(last) else 0
     except util.CheckpointError as e:
         sys.exit(f"error: {e}")
     explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))

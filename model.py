@@ -16,9 +16,11 @@ import torch.nn as nn
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
+import checkpoints
 import util
 import knowledge as kn
-from vqa_dataset import DataError, clean_text, encode_questions, load_image, parse_triples, to_model_input
+from images import load_image, to_model_input
+from vqa_dataset import DataError, clean_text, encode_questions, parse_triples
 
 # --text_model scratch: a small XLM-R built from a config, with a tokenizer trained on the questions
 SCRATCH = "scratch"
@@ -436,7 +438,7 @@ RUN_CONFIG_KEYS = ["num_answers", "image_arch", "image_model_kwargs", "img_size"
 def load_run(model_path=None, device="cpu", results_dir="results", kb=None):
     """(model, tokenizer, config, answers, run_dir) from a run directory or its weights; no training data needed.
     kb: a knowledge base CSV (h, r, t) to use instead of the one the run was trained with (--kb)."""
-    run_dir, weights = util.find_run(model_path, results_dir)
+    run_dir, weights = checkpoints.find_run(model_path, results_dir)
     for name in (util.CONFIG_FILE, util.ANSWERS_FILE, util.TOKENIZER_DIR, util.TEXT_CONFIG_DIR):
         if not os.path.exists(os.path.join(run_dir, name)):
             raise FileNotFoundError(f"{run_dir} has no {name}: weights are used from the run directory main.py "
@@ -451,7 +453,7 @@ def load_run(model_path=None, device="cpu", results_dir="results", kb=None):
                          f"{config['num_answers']}; the run directory is inconsistent.")
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
     model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
-    util.load_weights(model, weights, config, answers)
+    checkpoints.load_weights(model, weights, config, answers)
     attach_run_knowledge(model, run_dir, config, tokenizer, kb)
     return model.to(device, memory_format=torch.channels_last).eval(), tokenizer, config, answers, run_dir
 

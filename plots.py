@@ -131,7 +131,7 @@ def plot_by_type(by_type, path, overall=None, title="Test accuracy by question t
 def plot_answer(image_path, question, gold, top, path):
     """The image with its question, the gold answer if known (None if not), and top answers [(text, prob)] as
     horizontal bars, best on top; the gold answer's bar is green, a wrong top answer red."""
-    from vqa_dataset import read_image
+    from images import read_image
 
     image = read_image(image_path)  # as the model sees it: EXIF orientation, transparency over white
     with rc_context(style()):

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+import checkpoints
 import kge
 import knowledge as kn
 import plots
@@ -27,8 +28,10 @@ import util
 from focal import build_loss, known_cross_entropy, triple_loss
 from model import (SCRATCH, attach_run_knowledge, build_model, forward, load_tokenizer, predict, run_config,
                    small_text_config, train_tokenizer)
-from vqa_dataset import (SPLIT_FILE, DataError, EpochSampler, ImageCache, ImageFiles, ShardSampler, VQADataset,
-                         build_answer_vocab, knowledge_text, load_data, make_loader, select_rows, split_table)
+from images import ImageCache, ImageFiles
+from splits import SPLIT_FILE, split_table
+from vqa_dataset import (DataError, EpochSampler, ShardSampler, VQADataset, build_answer_vocab, knowledge_text,
+                         load_data, make_loader, select_rows)
 
 
 @dataclass
@@ -283,13 +286,13 @@ def resume_run(run_dir, rt, data):
     saved = util.read_json(os.path.join(run_dir, util.ANSWERS_FILE))
     if saved != data.answers:
         raise DataError(f"the training data changed since {run_dir} started: "
-                        + util.answers_difference(saved, "the run's answers.json", data.answers, "the data now")
+                        + checkpoints.answers_difference(saved, "the run's answers.json", data.answers, "the data now")
                         + ". Resume with the data the run started with, or start a new run.")
     config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
     if config["world_size"] != rt.world_size:  # the batches, steps and learning rate schedule depend on it
         raise DataError(f"{run_dir} was trained by {config['world_size']} process(es); resume it with as many "
                         f"(now {rt.world_size}).")
-    last = os.path.join(run_dir, util.LAST_CHECKPOINT)
+    last = os.path.join(run_dir, checkpoints.LAST_CHECKPOINT)
     tokenizer = load_tokenizer(os.path.join(run_dir, util.TOKENIZER_DIR))
     if os.path.isfile(last):
         from transformers import AutoConfig
@@ -297,13 +300,15 @@ def resume_run(run_dir, rt, data):
         # from the run's own text config: no download, the weights come from `last`
         model = build_model(config, AutoConfig.from_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR)))
         attach_run_knowledge(model, run_dir, config, tokenizer)
-        checkpoint = util.load_checkpoint(last, model, config, data.answers, rt.rank)
+        checkpoint = checkpoints.load_checkpoint(last, model, config, data.answers, rt.rank)
     else:
-        rt.log(f"{run_dir} has no {util.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it again")
+        rt.log(f"{run_dir} has no {checkpoints.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it "
+               f"again")
         model, checkpoint = initial_model(config, tokenizer, *kn.load_run_knowledge(run_dir, config)), None
     if rt.is_main:  # weights of epochs trained again now would be stale; .tmp files are writes cut short
         keep = best_weights_name(checkpoint[0]["history"] if checkpoint else [])
-        for path in glob.glob(os.path.join(run_dir, util.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp")):
+        stale = glob.glob(os.path.join(run_dir, checkpoints.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp"))
+        for path in stale:
             if os.path.basename(path) != keep:
                 os.remove(path)
     return run_dir, config, tokenizer, model, checkpoint
@@ -316,8 +321,8 @@ def restore(checkpoint, optimizer, run_dir, rt, steps_per_epoch):
     state = {"history": [], "batch": 0, "partial": zero_sums(), "valid_by_type": {}}
     if checkpoint is not None:
         saved, own, optimizer_state = checkpoint
-        state.update(saved, partial={**zero_sums(), **util.restore_rank_state(own, rt.device)})
-        util.load_optimizer_state(optimizer, optimizer_state, os.path.join(run_dir, util.LAST_CHECKPOINT))
+        state.update(saved, partial={**zero_sums(), **checkpoints.restore_rank_state(own, rt.device)})
+        checkpoints.load_optimizer_state(optimizer, optimizer_state, os.path.join(run_dir, checkpoints.LAST_CHECKPOINT))
         rt.log(f"resuming {run_dir} at epoch {len(state['history']) + 1}, batch {state['batch']} of {steps_per_epoch}")
     return state
 
@@ -524,7 +529,8 @@ def end_epoch(epoch, valid, seconds, state, run_dir, model, optimizer, config, d
         tracker.flush()  # what the checkpoint below holds is on disk too: a resumed run's curves have no gap
         if improved:
             state["valid_by_type"] = by_type
-            util.save_weights(model, os.path.join(run_dir, best_weights_name(state["history"])), config, data.answers)
+            checkpoints.save_weights(model, os.path.join(run_dir, best_weights_name(state["history"])), config,
+                                     data.answers)
         util.write_json(os.path.join(run_dir, "history.json"), state["history"])
         plots.plot_curves(state["history"], os.path.join(run_dir, "curves.png"))
     save_last(run_dir, model, optimizer, state, config, data.answers, rt)
@@ -549,9 +555,9 @@ def epoch_values(row, by_type):
 
 def save_last(run_dir, model, optimizer, state, config, answers, rt):
     """The checkpoint: every rank's partial sums and RNG states gathered to rank 0, which writes the file."""
-    rank_states = util.gather_object(util.rank_state(state["partial"], rt.device))
+    rank_states = util.gather_object(checkpoints.rank_state(state["partial"], rt.device))
     if rt.is_main:
-        util.save_checkpoint(os.path.join(run_dir, util.LAST_CHECKPOINT), model, optimizer,
+        checkpoints.save_checkpoint(os.path.join(run_dir, checkpoints.LAST_CHECKPOINT), model, optimizer,
                              {k: v for k, v in state.items() if k != "partial"}, config, answers, rank_states)
 
 
@@ -560,7 +566,7 @@ def save_or_explain(run_dir, save, *args):
     try:
         save(*args)
     except util.CheckpointError as e:
-        last = os.path.join(run_dir, util.LAST_CHECKPOINT)
+        last = os.path.join(run_dir, checkpoints.LAST_CHECKPOINT)
         kept = (f"the last good checkpoint {last} is intact; then continue with `python main.py --resume {run_dir}`"
                 if os.path.isfile(last) else "no checkpoint was written yet; then start the run again")
         raise util.CheckpointError(f"{e} Training stopped: {kept}.") from None

@@ -6,35 +6,33 @@ question_type (A|B), triple (head|relation|tail), abstract, split (train|valid|t
 import csv
 import difflib
 import functools
-import hashlib
 import io
 import json
 import os
 import re
 import unicodedata
-import warnings
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 import util
+from images import cache_dir, check_image
+from splits import apply_run_split, load_or_make_split
+from util import DataError
 
 REQUIRED_COLUMNS = ["image", "question", "answer"]
+
+
 OPTIONAL_COLUMNS = ["question_type", "triple", "abstract", "split", "lang"]
+
+
 # cleaned up as text when read (clean_text): every column but image, a path, which is used exactly as written
 TEXT_COLUMNS = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c != "image"]
+
+
 SPLITS = ("train", "valid", "test")
-SPLIT_FILE = "split.csv"  # written next to data.csv when the data has no split column
-SPLIT_FOLDS = 10  # test one fold, valid one, train the other eight: 8:1:1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataError(Exception):
-    """Bad input data; the message names the file, rows and columns and says how to fix it."""
 
 
 def read_csv(path):
@@ -178,7 +176,7 @@ def read_data(data_dir, run_dir=None):
     if run_dir is not None:
         return apply_run_split(df, run_dir, data_dir)
     if (df["split"] == "").all():
-        df["split"] = _load_or_make_split(data_dir, df)
+        df["split"] = load_or_make_split(data_dir, df)
     return df
 
 
@@ -410,42 +408,6 @@ def load_data(data_dir, skip_bad=False, progress=True, run_dir=None):
     return df, skipped
 
 
-def count_values(values):
-    """{value: count}, most frequent first, with plain ints, so that a message prints {'train': 10240} rather than
-    numpy's {'train': np.int64(10240)}."""
-    return {key: int(n) for key, n in pd.Series(values).value_counts().items()}
-
-
-def cache_dir(data_dir):
-    """Where the files derived from a data set go (image caches, the image check, a generated split): data_dir/cache,
-    or, where data_dir cannot be written (a read-only or shared copy), a folder of its own in the user's cache
-    (~/.cache/vqa_nia/<hash of the path>), said once."""
-    own = os.path.join(data_dir, "cache")
-    if _writable(own):
-        return own
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user = os.path.join(base, "vqa_nia", hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:12])
-    if not _writable(user):
-        raise DataError(f"neither {own} nor {user} can be written: make one of them writable (or set "
-                        f"XDG_CACHE_HOME to a writable folder).")
-    if user not in _SAID:
-        _SAID.add(user)
-        print(f"note: {data_dir} cannot be written, so its caches and generated split go to {user}")
-    return user
-
-
-_SAID = set()
-
-
-def _writable(directory):
-    """Whether files can be created in directory (made if missing)."""
-    try:
-        util.try_writing_in(directory)
-        return True
-    except OSError:
-        return False
-
-
 IMAGE_CHECK = "image_check_v2.json"  # v2: images are decoded, not only their header and tail read
 
 
@@ -493,165 +455,6 @@ def check_images(data_dir, names, progress=True, num_workers=16, image_dir=None)
     return result
 
 
-def check_image(path):
-    """'' for an image that decodes to an RGB picture, else what is wrong with it."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            if size == 0:
-                return "is an empty file"
-            f.seek(max(0, size - 65536))
-            tail = f.read()
-    except OSError as e:
-        return f"cannot be read ({e.strerror})"
-    try:
-        with Image.open(path) as im:
-            kind, width, height = im.format, im.width, im.height
-            if width == 0 or height == 0:
-                return "has no pixels"
-            if kind == "JPEG" and b"\xff\xd9" not in tail:
-                return "is truncated (no JPEG end marker)"
-            if kind == "PNG" and b"IEND" not in tail[-64:]:
-                return "is truncated (no PNG end chunk)"
-            # a JPEG decodes every block at 1/8 size: corruption shows, in a fraction of the time
-            im.draft("RGB", (64, 64))
-            to_rgb(im)
-    except ImageError as e:
-        return str(e)
-    except Image.DecompressionBombError as e:
-        return f"is refused as a decompression bomb ({e}); shrink it if it is a real picture"
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, zlib.error) for broken files
-        return f"is not a readable image ({type(e).__name__}: {e})"
-    return ""
-
-
-def make_split(df, seed=0, n_folds=SPLIT_FOLDS):
-    """Seeded train/valid/test labels (8:1:1) by image: every question of one image lands in one split, so no test
-    image is seen in training, and with them every language version of a question (they share its image).
-    Stratified by answer as far as the groups allow (scikit-learn's StratifiedGroupKFold; answers seen fewer than 10
-    times share one stratum); with fewer images than folds, a seeded shuffle of the images."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    groups = df["image"].values
-    counts = df["answer"].map(df["answer"].value_counts())
-    strata = df["answer"].where(counts >= 10, "__rare__").values
-    if 0 < (strata == "__rare__").sum() < 10 and (strata != "__rare__").any():  # too few to be a stratum
-        strata = np.where(strata == "__rare__", pd.Series(strata[strata != "__rare__"]).mode()[0], strata)
-    fold = np.zeros(len(df), dtype=int)
-    if pd.unique(groups).size >= n_folds:
-        # "the least populated class has fewer members than n_splits": as far as groups allow
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(groups, strata, groups)
-            for k, (_, held_out) in enumerate(folds):
-                fold[held_out] = k
-    else:
-        images = np.random.default_rng(seed).permutation(pd.unique(groups))
-        fold = pd.Series(groups).map({name: k % n_folds for k, name in enumerate(images)}).values
-    return np.where(fold == 0, "test", np.where(fold == 1, "valid", "train")).astype(object)
-
-
-def split_table(df):
-    """What a split.csv holds: each row's image, question and split."""
-    return df[["image", "question", "split"]]
-
-
-def nfc_images(df):
-    """The image column in NFC, for matching rows: a Mac's NFD name and its NFC twin are one file."""
-    return df["image"].map(lambda name: unicodedata.normalize("NFC", name)).values
-
-
-def split_keys(df):
-    """Keys that match a saved split's rows to data.csv's: the image (nfc_images), the question, and which repeat of
-    that pair the row is, so that repeated pairs match one to one."""
-    images = nfc_images(df)
-    repeats = df.groupby([images, df["question"].values]).cumcount().values
-    return list(zip(images, df["question"].values, repeats))
-
-
-def match_split(df, saved):
-    """(each row's label in a saved split, '' for the rows it does not hold; the labels of its rows df lacks)."""
-    labels = dict(zip(split_keys(saved), saved["split"]))
-    keys = split_keys(df)
-    return np.array([labels.get(k, "") for k in keys], dtype=object), [labels[k] for k in labels.keys() - set(keys)]
-
-
-def _load_or_make_split(data_dir, df):
-    """The data's split, from data_dir/split.csv (or, for a read-only data folder, the one in its cache_dir), so that
-    every script and run sees one test set. It is made once and never changed after: rows added to data.csv later
-    are added to it (extend_split), and each of its rows keeps its label. A split.csv this repo did not write is
-    not changed at all."""
-    folder = data_dir
-    if not os.path.isfile(os.path.join(data_dir, SPLIT_FILE)) and not _writable(data_dir):
-        folder = cache_dir(data_dir)
-    path = os.path.join(folder, SPLIT_FILE)
-    if os.path.isfile(path):
-        split, gone = match_split(df, pd.read_csv(path, dtype=str, keep_default_na=False))
-        if (split != "").all() and not gone:
-            return split
-    outputs = util.OutputFolder(folder, option="--data_dir")
-    if not os.path.isfile(path):
-        split = make_split(df)
-        print(f"made a seeded split by image {count_values(split)} and wrote it to {path}")
-    elif outputs.ours(SPLIT_FILE):
-        split = extend_split(df, split, gone, path)
-    else:
-        raise DataError(f"{path} does not match {data_dir}/data.csv ({(split == '').sum()} rows are not in it, "
-                        f"{len(gone)} of its rows are not in data.csv), and it was not written by this repo (or was "
-                        f"edited since), so it is not changed: add those rows to it, give data.csv a split column, "
-                        f"or move it away to make a new split.")
-    outputs.write(SPLIT_FILE, util.csv_bytes(split_table(df.assign(split=split))))
-    return split
-
-
-def extend_split(df, split, gone, path):
-    """A saved split with the rows it lacks ('') added: rows on an image it holds join that image's split, the rows
-    of new images get a seeded split by image; says what was added."""
-    new = split == ""
-    images = nfc_images(df)
-    image_split = pd.Series(split[~new], index=images[~new]).groupby(level=0).first()
-    split = np.where(new, pd.Series(images).map(image_split).fillna("").values, split).astype(object)
-    fresh = split == ""
-    if fresh.any():
-        split[fresh] = make_split(df[fresh].reset_index(drop=True))
-    print(f"{path}: {new.sum()} rows of data.csv are new since the split was made; {new.sum() - fresh.sum()} of them, "
-          f"on images it holds, join their image's split, and {fresh.sum()} on new images are split by image "
-          f"{count_values(split[fresh])}; {len(gone)} of its rows are no longer in data.csv. "
-          f"Every other row keeps its split.")
-    return split
-
-
-def apply_run_split(df, run_dir, data_dir):
-    """The rows of df that the run in run_dir holds in its split (run_dir/split.csv, saved when it started), each with
-    the run's label: rows added to data.csv since are left out, and an edited split column or split.csv never moves
-    a row; said. A run of an earlier version, which saved no split, gets the data's own."""
-    path = os.path.join(run_dir, SPLIT_FILE)
-    if not os.path.isfile(path):
-        print(f"note: {run_dir} has no {SPLIT_FILE} (it was trained by an earlier version), so the data's own split "
-              f"is used (its split column or split.csv): the run's, unless its rows changed since")
-        if (df["split"] == "").all():
-            df["split"] = _load_or_make_split(data_dir, df)
-        return df
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
-    split, gone = match_split(df, saved)
-    kept = split != ""
-    if not kept.any():
-        raise DataError(f"{data_dir}/data.csv holds none of the {len(saved)} rows {run_dir} was trained and evaluated "
-                        f"on (its {SPLIT_FILE}): is it the run's data? (--data_dir)")
-    moved = int((kept & (df["split"].values != "") & (df["split"].values != split)).sum())
-    notes = []
-    if not kept.all():
-        notes.append(f"{(~kept).sum()} rows of data.csv are not in it (added since) and are left out")
-    if gone:
-        notes.append(f"{len(gone)} of its rows are no longer in data.csv {count_values(gone)}")
-    if moved:
-        notes.append(f"{moved} rows keep the run's split where data.csv's split column now says another")
-    if notes:
-        print(f"note: the split {run_dir} was trained with ({path}) is used: " + "; ".join(notes))
-    return df[kept].assign(split=split[kept]).reset_index(drop=True)
-
-
 def select_rows(df, split=None, train_data="all", infer_data="all", lang="bi"):
     """Rows of one split, question type (A|B|all), category (vqa|triple|abstract|all) and language."""
     keep = np.ones(len(df), dtype=bool)
@@ -670,193 +473,6 @@ def build_answer_vocab(train_df):
     """Answers sorted by frequency (ties by name), so index 0 is the most frequent answer."""
     counts = train_df["answer"].value_counts()
     return sorted(counts.index, key=lambda a: (-counts[a], a))
-
-
-class ImageError(ValueError):
-    """An image that opens but has no 8-bit RGB picture (say, 32-bit float pixels)."""
-
-
-def to_rgb(im):
-    """The picture as a viewer shows it, as 8-bit RGB: turned by its EXIF orientation (phone photos), transparency
-    over white, 16-bit grey scaled to 8 bits, CMYK and palettes converted; ImageError for other kinds."""
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey (PNG), and 32-bit integers read as such
-        im = Image.fromarray(np.clip(np.asarray(im, dtype=np.float64) / 257, 0, 255).astype(np.uint8))
-    if im.mode == "P" and "transparency" in im.info or im.mode in ("LA", "La", "PA", "RGBa"):
-        im = im.convert("RGBA")
-    if im.mode == "RGBA":
-        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
-    if im.mode not in ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"):
-        raise ImageError(f"has pixels of mode {im.mode}, which have no 8-bit RGB picture; save it as an 8-bit "
-                         f"RGB JPEG or PNG")
-    return im.convert("RGB")
-
-
-def read_image(path):
-    """An image file as an RGB PIL image (to_rgb); any failure is a DataError naming the file."""
-    try:
-        with Image.open(path) as im:
-            return to_rgb(im)
-    except ImageError as e:
-        raise DataError(f"{path} {e}.") from None
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path} is refused as a decompression bomb: {e} Shrink it if it is a real picture.") from None
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, zlib.error) for broken files
-        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e}).") from None
-
-
-def load_image(path, img_size):
-    """One image as uint8 HWC, resized as the original's eval transform (bilinear, antialiased)."""
-    return np.array(read_image(path).resize((img_size, img_size), Image.BILINEAR), dtype=np.uint8)
-
-
-def to_model_input(images, device):
-    """uint8 [B, H, W, 3] -> normalized float [B, 3, H, W] on device (channels_last memory, as it comes)."""
-    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
-CACHE_FORMAT = "rgb-v2"  # v2: EXIF orientation, transparency and 16-bit grey applied (to_rgb)
-
-
-def report_other_caches(folder, current):
-    """Says how much room the image caches of a data folder take that no run uses (other image lists, sizes or older
-    formats; a cache is in use while a run directory that registered it exists), and removes unfinished ones of
-    processes that are gone."""
-    unused, size = [], 0
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if not name.startswith("images_") or path == current or name.endswith(CACHE_USERS):
-            continue
-        if name.endswith(".tmp"):
-            if not _writer_alive(name):
-                os.remove(path)
-            continue
-        if not cache_users(path):
-            unused.append(name)
-            size += os.path.getsize(path)
-    if unused:
-        print(f"note: {folder} also holds {len(unused)} image cache(s) that no run uses, {size / 2**30:.2f} GiB, of "
-              f"other image lists, sizes or an older format: {', '.join(unused)}; delete them if no other work needs "
-              f"them (they are rebuilt when needed)")
-
-
-CACHE_USERS = ".users"  # next to a cache: the run directories that read it, one per line
-
-
-def cache_users(path):
-    """The run directories, still there, that registered the cache at path."""
-    try:
-        with open(path + CACHE_USERS, encoding="utf-8") as f:
-            return [line for line in f.read().splitlines() if os.path.isfile(os.path.join(line, util.CONFIG_FILE))]
-    except OSError:
-        return []
-
-
-def register_cache_user(path, run_dir):
-    """Notes that the run in run_dir reads the cache at path (a line appended, so concurrent runs don't collide)."""
-    run_dir = os.path.abspath(run_dir)
-    try:
-        with open(path + CACHE_USERS, encoding="utf-8") as f:
-            if run_dir in f.read().splitlines():
-                return
-    except OSError:
-        pass
-    with open(path + CACHE_USERS, "a", encoding="utf-8") as f:
-        f.write(run_dir + "\n")
-
-
-def _writer_alive(tmp_name):
-    """Temporary files of versions before util.atomic_file carry their writer's pid: images_...npy.<pid>.tmp."""
-    pid = tmp_name.rsplit(".", 2)[-2]
-    if not (pid.isdigit() and len(pid) <= 7):
-        return True  # a writer of this version: it removes its own file on failure
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except OSError:
-        return False
-
-
-class ImageFiles:
-    """The images of a data set by row: each decoded and resized from its file every time it is read, as the
-    original pipeline does (--no-image_cache; for checking that the cache changes nothing)."""
-
-    def __init__(self, data_dir, names, img_size):
-        self.names = sorted(set(names))
-        self.row = {name: i for i, name in enumerate(self.names)}
-        self.paths = [os.path.join(data_dir, "image", name) for name in self.names]
-        self.img_size = img_size
-
-    def get(self, row):
-        return load_image(self.paths[row], self.img_size)
-
-
-class ImageCache(ImageFiles):
-    """Every image of a data set decoded and resized once into a uint8 array on disk, memory-mapped.
-
-    Reused across epochs, scripts and runs; rebuilt when the list of images, their sizes or modification
-    times, or the image size change (the key is in the file name). user: the run directory that reads it (registered,
-    so that the cache is not reported as one no run needs)."""
-
-    def __init__(self, data_dir, names, img_size, num_workers=8, progress=True, user=None):
-        super().__init__(data_dir, names, img_size)
-        key = hashlib.sha1(f"{img_size} {CACHE_FORMAT}".encode())
-        for name, path in zip(self.names, self.paths):
-            try:
-                stat = os.stat(path)
-            except OSError as e:
-                raise DataError(f"{path}: cannot read image ({e.strerror}); it is listed in {data_dir}/data.csv "
-                                f"column image. Put the file there or remove its rows.") from None
-            key.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        folder = cache_dir(data_dir)
-        self.path = os.path.join(folder, f"images_{img_size}px_{key.hexdigest()[:16]}.npy")
-        self.shape = (len(self.names), img_size, img_size, 3)
-        built = not os.path.isfile(self.path)
-        if built:
-            self._build(num_workers, progress)
-        if user is not None:
-            register_cache_user(self.path, user)
-        if built and progress:
-            report_other_caches(folder, self.path)
-
-        self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
-
-    def _build(self, num_workers, progress):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from tqdm import tqdm
-
-        with util.atomic_file(self.path) as tmp:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
-
-            def decode(i):
-                try:
-                    array[i] = ImageFiles.get(self, i)  # decoded from the file
-                except DataError as e:  # validation decoded it: it changed since, or is read by another process
-                    raise DataError(f"{e} It passed the check before training; replace the file, or run again to "
-                                    f"check it anew (with --skip_bad to leave its rows out).") from None
-
-            # PIL releases the GIL while decoding, so threads use every core
-            with ThreadPoolExecutor(max(1, num_workers)) as pool:
-                list(tqdm(pool.map(decode, range(len(self.paths))), total=len(self.paths),
-                          desc=f"caching images at {self.img_size}px", disable=not progress, dynamic_ncols=True))
-            array.flush()
-            array = None  # unmapped before the rename
-
-    @property
-    def array(self):
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        return self._array
-
-    def get(self, row):
-        return np.array(self.array[row])
-
-    def __getstate__(self):
-        return {**self.__dict__, "_array": None}
 
 
 def knowledge_text(triple, abstract):

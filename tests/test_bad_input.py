@@ -16,10 +16,11 @@ from PIL import Image
 import download
 import main
 import util
+import images
 import vqa_dataset
 from conftest import ROOT, TINY_TRAIN, run_main, run_script
-from vqa_dataset import (DataError, ImageCache, cache_users, check_image, load_data, load_image, read_data,
-                         register_cache_user, to_rgb, validate)
+from images import ImageCache, cache_users, check_image, load_image, register_cache_user, to_rgb
+from vqa_dataset import DataError, load_data, read_data, validate
 
 
 def jpeg(path, colour=(200, 30, 30), size=(32, 24), **save):
@@ -153,7 +154,7 @@ def test_validation_refuses_image_paths_outside_the_image_folder_without_opening
             {"image": "ok.jpg", "question": "q3", "answer": "a"}]
     data = data_dir(tmp_path / "data", rows, ["ok.jpg"])
     opened = []
-    real = vqa_dataset.check_image
+    real = images.check_image
     monkeypatch.setattr(vqa_dataset, "check_image", lambda path: opened.append(path) or real(path))
     with pytest.raises(DataError) as error:
         load_data(data, progress=False)
@@ -215,14 +216,14 @@ def test_exif_rotation_is_applied_everywhere_and_changes_the_cache_key(tmp_path)
     assert seen[:20, :, 0].mean() > 150 and seen[20:, :, 2].mean() > 150  # red on top, blue below
     cache = ImageCache(tmp_path, ["phone.jpg"], 40, progress=False)
     assert np.array_equal(cache.get(0), seen)
-    from vqa_dataset import CACHE_FORMAT
+    from images import CACHE_FORMAT
 
-    assert CACHE_FORMAT != "" and vqa_dataset.CACHE_FORMAT == "rgb-v2"
-    vqa_dataset.CACHE_FORMAT = "older"
+    assert CACHE_FORMAT != "" and images.CACHE_FORMAT == "rgb-v2"
+    images.CACHE_FORMAT = "older"
     try:
         assert ImageCache(tmp_path, ["phone.jpg"], 40, progress=False).path != cache.path
     finally:
-        vqa_dataset.CACHE_FORMAT = "rgb-v2"
+        images.CACHE_FORMAT = "rgb-v2"
 
 
 def image_in_mode(mode):
@@ -377,8 +378,8 @@ def test_a_read_only_data_folder_is_evaluated_with_its_caches_elsewhere(trained_
     shutil.copy(sample_dir / "data.csv", data / "data.csv")
     shutil.copytree(sample_dir / "image", data / "image")
     before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
-    real = vqa_dataset._writable
-    monkeypatch.setattr(vqa_dataset, "_writable", lambda d: not str(d).startswith(str(data)) and real(d))
+    real = images.writable
+    monkeypatch.setattr(images, "writable", lambda d: not str(d).startswith(str(data)) and real(d))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user_cache"))
     monkeypatch.setattr(sys, "argv", ["inference.py", "--model_path", str(trained_run), "--data_dir", str(data)])
     inference.main()

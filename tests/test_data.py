@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 import sample_data
-from vqa_dataset import SPLIT_FILE, SPLITS, DataError, build_answer_vocab, make_split, read_data, select_rows
+from splits import SPLIT_FILE, make_split
+from vqa_dataset import SPLITS, DataError, build_answer_vocab, read_data, select_rows
 
 
 def write_csv(path, rows):
@@ -158,7 +159,7 @@ def test_image_cache_matches_decoding_and_is_rebuilt_when_images_change(tmp_path
 
     import numpy as np
 
-    from vqa_dataset import ImageCache, load_image
+    from images import ImageCache, load_image
 
     shutil.copytree(sample_dir / "image", tmp_path / "image")
     names = ["scene_00002.jpg", "scene_00000.jpg", "scene_00001.jpg", "scene_00000.jpg"]
@@ -178,7 +179,7 @@ def test_image_cache_matches_decoding_and_is_rebuilt_when_images_change(tmp_path
 
 
 def test_missing_image_names_the_file(tmp_path, sample_dir):
-    from vqa_dataset import ImageCache
+    from images import ImageCache
 
     (tmp_path / "image").mkdir()
     with pytest.raises(DataError, match="nowhere.jpg"):

@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 import torch
 
+import checkpoints
 import util
 from conftest import ROOT
 from model import answer, load_run
@@ -183,7 +184,7 @@ def knowledge_moving_the_answers(run_dir, copy):
 
     shutil.copytree(run_dir, copy)
     path = os.path.join(copy, util.read_json(os.path.join(copy, util.CONFIG_FILE))["weights"])
-    tensors, metadata = util.read_safetensors(path)
+    tensors, metadata = checkpoints.read_safetensors(path)
     tensors["injection.project.weight"] = torch.randn(tensors["injection.project.weight"].shape,
                                                       generator=torch.Generator().manual_seed(0))
     util.atomic_write(path, save(tensors, metadata=metadata))

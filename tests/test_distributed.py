@@ -11,7 +11,9 @@ import torch
 
 from conftest import ROOT, TINY_TRAIN
 from model import load_run, predict
-from vqa_dataset import SPLIT_FILE, ImageCache, VQADataset, make_loader, read_data, select_rows
+from images import ImageCache
+from splits import SPLIT_FILE
+from vqa_dataset import VQADataset, make_loader, read_data, select_rows
 
 
 @pytest.fixture

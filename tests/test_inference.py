@@ -123,7 +123,8 @@ def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp
     import torch
 
     from model import answer, load_run, predict
-    from vqa_dataset import ImageCache, VQADataset, make_loader
+    from images import ImageCache
+    from vqa_dataset import VQADataset, make_loader
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import checkpoints
 import main
 import tracking
 import train
@@ -36,13 +37,13 @@ def test_resumed_fused_adamw_step_equals_the_uninterrupted_one(tmp_path):
     for x in inputs[:3]:
         step(model, optimizer, x)
     path = str(tmp_path / "last.safetensors")
-    ranks = [util.rank_state({"loss_sum": 0.0, "correct": 0, "seen": 0}, torch.device("cpu"))]
-    util.save_checkpoint(path, model, optimizer, {"history": []}, {}, [], ranks)
+    ranks = [checkpoints.rank_state({"loss_sum": 0.0, "correct": 0, "seen": 0}, torch.device("cpu"))]
+    checkpoints.save_checkpoint(path, model, optimizer, {"history": []}, {}, [], ranks)
     step(model, optimizer, inputs[3])  # the uninterrupted run
 
     resumed, resumed_optimizer = model_and_optimizer()
-    _, _, optimizer_state = util.load_checkpoint(path, resumed, {}, [])
-    util.load_optimizer_state(resumed_optimizer, optimizer_state, path)
+    _, _, optimizer_state = checkpoints.load_checkpoint(path, resumed, {}, [])
+    checkpoints.load_optimizer_state(resumed_optimizer, optimizer_state, path)
     for param, values in resumed_optimizer.state.items():
         for name in ("exp_avg", "exp_avg_sq"):
             assert values[name].stride() == param.stride(), name

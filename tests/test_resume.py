@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 
+import checkpoints
 import util
 from conftest import ROOT, TINY_TRAIN, only_run, run_script, script_output
 
@@ -50,7 +51,7 @@ class Script:
         return self.process.returncode, self.out.read(), self.err.read()
 
 
-def wait_for(results, script, pattern="*/" + util.LAST_CHECKPOINT, timeout=300):
+def wait_for(results, script, pattern="*/" + checkpoints.LAST_CHECKPOINT, timeout=300):
     deadline = time.time() + timeout
     while not list(results.glob(pattern)):
         assert script.process.poll() is None, script.finish()
@@ -61,7 +62,8 @@ def wait_for(results, script, pattern="*/" + util.LAST_CHECKPOINT, timeout=300):
 def outcome(run_dir, sample_dir):
     """(history without timings, test accuracy of the best weights)."""
     from model import load_run, predict
-    from vqa_dataset import ImageCache, VQADataset, make_loader, read_data, select_rows
+    from images import ImageCache
+    from vqa_dataset import VQADataset, make_loader, read_data, select_rows
 
     history = json.loads((run_dir / "history.json").read_text())
     model, tokenizer, config, answers, _ = load_run(str(run_dir))
@@ -156,7 +158,7 @@ def test_sigterm_and_sigint_save_and_stop_cleanly(reference, sample_dir, tmp_pat
     assert "Traceback" not in stderr
     run_dir = only_run(tmp_path)
     assert f"--resume {run_dir}" in stderr
-    state = util.read_metadata(str(run_dir / util.LAST_CHECKPOINT))
+    state = checkpoints.read_metadata(str(run_dir / checkpoints.LAST_CHECKPOINT))
     assert state["batch"] > 0  # saved at the step where it stopped, not at the end of the epoch before
     resume(run_dir)
     assert_same_as(reference, run_dir, sample_dir)
@@ -181,7 +183,7 @@ def test_sigterm_under_torchrun_resumes_every_rank_to_the_uninterrupted_run(samp
     assert code != 0
     run_dir = only_run(tmp_path / "stopped")
     assert stderr.count("stopped by SIGTERM") == 2, stderr[-3000:]  # both ranks stopped at the same step
-    assert util.read_metadata(str(run_dir / util.LAST_CHECKPOINT))["batch"] > 0
+    assert checkpoints.read_metadata(str(run_dir / checkpoints.LAST_CHECKPOINT))["batch"] > 0
     resume(run_dir, *TORCHRUN)
     assert_same_as(reference, run_dir, sample_dir)
     assert_curves_match_history(run_dir, sample_dir)
@@ -201,7 +203,7 @@ def test_full_disk_or_read_only_directory_keeps_the_last_checkpoint(sample_dir, 
     real_open = open
 
     def failing_open(path, mode="r", *args, **kwargs):  # writes fail once the first checkpoint exists
-        if "w" in mode and list(tmp_path.glob("*/" + util.LAST_CHECKPOINT)):
+        if "w" in mode and list(tmp_path.glob("*/" + checkpoints.LAST_CHECKPOINT)):
             raise OSError(error, os.strerror(error))
         return real_open(path, mode, *args, **kwargs)
 
@@ -217,7 +219,8 @@ def test_full_disk_or_read_only_directory_keeps_the_last_checkpoint(sample_dir, 
     assert os.strerror(error) in message and "intact" in message and "--resume" in message
     run_dir = only_run(tmp_path)
     assert not list(run_dir.rglob("*.tmp"))
-    assert len(util.read_metadata(str(run_dir / util.LAST_CHECKPOINT))["history"]) == 1  # the good one, of epoch 1
+    last = str(run_dir / checkpoints.LAST_CHECKPOINT)
+    assert len(checkpoints.read_metadata(last)["history"]) == 1  # the good one, of epoch 1
     if error == errno.ENOSPC:  # space freed: the run continues from that checkpoint to the same end
         monkeypatch.undo()
         resume(run_dir)

@@ -7,10 +7,12 @@ import sys
 import pytest
 import torch
 
+import checkpoints
 import util
 from conftest import TINY_TRAIN
 from model import load_run, predict
-from vqa_dataset import ImageCache, VQADataset, make_loader, read_data, select_rows
+from images import ImageCache
+from vqa_dataset import VQADataset, make_loader, read_data, select_rows
 
 
 def valid_accuracy(model, tokenizer, config, answers, data_dir):
@@ -70,7 +72,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained_run, sample_d
     shutil.copytree(trained_run, copy)
     for old in copy.glob("infer_model_*.safetensors"):
         old.unlink()
-    util.save_weights(model, str(copy / config["weights"]))
+    checkpoints.save_weights(model, str(copy / config["weights"]))
     again = load_run(str(copy / config["weights"]))
     second = valid_accuracy(*again[:4], sample_dir)
     assert torch.equal(first["pred"], second["pred"]) and torch.equal(first["prob"], second["prob"])

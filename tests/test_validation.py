@@ -5,6 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
+import images
 import vqa_dataset
 from conftest import TINY_TRAIN, run_script
 from vqa_dataset import DataError, check_images, load_data, read_data
@@ -107,7 +108,7 @@ def test_image_check_is_cached_until_files_change(tmp_path, sample_dir, monkeypa
     names = [f"{i}.jpg" for i in range(5)]
     assert check_images(data, names, progress=False) == {name: "" for name in names}
     calls = []
-    original = vqa_dataset.check_image
+    original = images.check_image
     monkeypatch.setattr(vqa_dataset, "check_image", lambda path: calls.append(path) or original(path))
     assert check_images(data, names, progress=False) == {name: "" for name in names}
     assert calls == []  # nothing was read again

@@ -200,7 +200,8 @@ def top_two(run_dir, device, rows):
 
     import util
     from model import load_run, predict
-    from vqa_dataset import ImageCache, VQADataset, make_loader
+    from images import ImageCache
+    from vqa_dataset import VQADataset, make_loader
 
     device = torch.device(device)
     model, tokenizer, config, answers, _ = load_run(run_dir, device)
