@@ -13,7 +13,7 @@ endif
 PIP ?= $(PYTHON) -m pip
 VENV := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/ready)
 
-.PHONY: install sample demo ablation bench knowledge knowledge-kb knowledge-cost bok-proxy figs chromium lint test clean gpu-check
+.PHONY: install sample demo ablation bench models cost bok-proxy figs chromium lint test clean gpu-check
 
 .venv/ready:
 	@echo "not inside a virtual environment: making one in .venv (PYTHON=... to use another interpreter)"
@@ -40,9 +40,9 @@ demo: install sample
 ablation: install sample
 	$(PYTHON) main.py --preset sample --results_dir results/ablation/full
 	$(PYTHON) inference.py --results_dir results/ablation/full
-	$(PYTHON) main.py --preset sample --ablate image --results_dir results/ablation/image
+	$(PYTHON) main.py --preset sample --config configs/ablate_image.yaml --results_dir results/ablation/image
 	$(PYTHON) inference.py --results_dir results/ablation/image
-	$(PYTHON) main.py --preset sample --ablate question --results_dir results/ablation/question
+	$(PYTHON) main.py --preset sample --config configs/ablate_question.yaml --results_dir results/ablation/question
 	$(PYTHON) inference.py --results_dir results/ablation/question
 	$(PYTHON) report.py --compare results/ablation/full/all_* results/ablation/image/all_* \
 	  results/ablation/question/all_* --out results/ablation
@@ -54,32 +54,21 @@ bench: install
 	bash -o pipefail -c '$(PYTHON) bench.py --device cpu --quick | tee results/bench_cpu.txt'
 	@echo "the figures: results/bench_cpu.txt (the last line is the speedup)"
 
-# The README's knowledge tables (tools/knowledge_runs.py: each configuration with three seeds, evaluated, then
-# report.py --compare's mean ± std in results/<table>/comparison.md). knowledge: the earlier sample (no held-out
-# facts); knowledge-kb: the sample with held-out facts, answered from its knowledge base; bok-proxy: BOK-VQA's real
-# questions, triples and answers with proxy images (tools/bok_proxy.py; needs ../shared).
-knowledge: install
-	$(PYTHON) download.py --sample --no-held_out_facts --out data/sample_earlier
-	$(PYTHON) kge.py --data_dir data/sample_earlier --out results/kge_sample_earlier
-	$(PYTHON) tools/knowledge_runs.py --data_dir data/sample_earlier --kge_dir results/kge_sample_earlier \
-	  --out results/knowledge --configs none text ideal ideal_concat_copy gel gel_text_cascade_kb gel_text_cascade_kb_copy
-	@echo "the table: results/knowledge/comparison.md"
-
-knowledge-kb: install sample
+# The README's model tables (tools/compare.py: each model with three seeds, evaluated, then report.py --compare's
+# mean ± std in results/<table>/comparison.md). models: the sample, with held-out facts, answered from its knowledge
+# base (GEL-VQA's KG embeddings first: kge.py's defaults); cost: seconds per training step of each model, side by
+# side; bok-proxy: BOK-VQA's real questions, triples and answers with proxy images (tools/bok_proxy.py; needs
+# ../shared).
+models: install sample
 	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
-	$(PYTHON) tools/knowledge_runs.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_kb \
-	  --configs none ideal_concat_copy ideal_free_concat_copy gel_text_cascade_kb_copy gel_text_kb_copy \
-	  gel_text_kb_copy_adjust gel_text_own_kb_copy_adjust gel_text_kb_copy_adjust_answers \
-	  gel_text_own_kb_copy_adjust_answers text text_dropout_copy
-	@echo "the table: results/knowledge_kb/comparison.md"
+	$(PYTHON) tools/compare.py --data_dir data/sample --kge_dir results/kge_sample --out results/models \
+	  --models baseline gel_vqa hilink hilink_kb oracle_triple oracle_text
+	@echo "the table: results/models/comparison.md"
 
-# seconds per training step of the knowledge configurations, side by side (tools/knowledge_cost.py)
-knowledge-cost: install sample
+cost: install sample
 	$(PYTHON) kge.py --data_dir data/sample --out results/kge_sample
-	$(PYTHON) tools/knowledge_cost.py --data_dir data/sample --kge_dir results/kge_sample --out results/knowledge_cost \
-	  --rounds 10 --configs none text ideal ideal_concat_copy gel gel_text_kb_copy gel_text_kb_copy_adjust_answers \
-	  gel_text_cascade_kb_copy gel_text_own_kb_copy_adjust
-	@echo "the table: results/knowledge_cost/cost.md"
+	$(PYTHON) tools/cost.py --data_dir data/sample --kge_dir results/kge_sample --out results/cost --rounds 10
+	@echo "the table: results/cost/cost.md"
 
 bok-proxy: install
 	$(PYTHON) tools/bok_proxy.py
@@ -119,4 +108,4 @@ gpu-check:
 clean:
 	rm -rf data/sample data/sample_en data/sample_earlier data/bok_proxy data/cache results/*_* results/ablate_* \
 	  results/ablation results/bench_cpu.txt \
-	  results/knowledge results/knowledge_* results/kge_sample* results/bok_proxy
+	  results/models results/cost results/kge_sample* results/bok_proxy

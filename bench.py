@@ -40,10 +40,12 @@ from tqdm import tqdm
 import main
 import util
 from focal import build_loss
-from model import build_model, forward, run_config, small_text_config, train_tokenizer, xlmr_base_config
+from answering import forward, make_dataset, to_device
+from encoders import small_text_config, train_tokenizer, xlmr_base_config
+from models import build_model, run_config
 from train import build_optimizer, optimize, train_step
 from images import IMAGENET_MEAN, IMAGENET_STD, ImageCache, cache_dir
-from vqa_dataset import VQADataset, build_answer_vocab, collate, make_loader, read_data, select_rows
+from vqa_dataset import build_answer_vocab, collate, make_loader, read_data, select_rows
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s by device name; the first key found in the name wins.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", None), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
@@ -178,9 +180,9 @@ def original_step(model, optimizer, loss_fn, device, clip_grad, lr):
     return step
 
 
-def fast_step(model, optimizer, loss_fn, device, precision, clip_grad, lr):
+def fast_step(wrapped, model, optimizer, loss_fn, device, precision, clip_grad, lr):
     """(b)'s training step: train.train_step."""
-    return lambda batch: train_step(model, optimizer, loss_fn, batch, device, precision, clip_grad, lr)["seen"]
+    return lambda batch: train_step(wrapped, model, optimizer, loss_fn, batch, device, precision, clip_grad, lr)["seen"]
 
 
 def timed(desc, step, batches, warmup_steps, steps, device):
@@ -285,7 +287,7 @@ def run():
 
     def new_model(memory_format):
         util.set_seed(args.seed)  # the same initial weights for both pipelines
-        model = build_model(run_config(cfg, len(answer_to_id)), text_config)
+        model = build_model(run_config(cfg, cfg.model_config, len(answer_to_id)), text_config)
         return model.to(device, memory_format=memory_format)
 
     loss_fn = build_loss("focal", gamma=cfg.gamma).to(device)
@@ -330,9 +332,9 @@ def run():
     optimizer = build_optimizer(model, cfg, device)
     if args.compile:
         model = torch.compile(model)
-    fast_set = VQADataset(df, images, tokenizer, answer_to_id, args.max_token)
+    fast_set = make_dataset(raw_model, df, images, tokenizer, list(answer_to_id), args.max_token)
     loader = make_loader(fast_set, batch_size, nw, device, sampler=sampler(fast_set), seed=args.seed)
-    step = fast_step(model, optimizer, loss_fn, device, precision, cfg.clip_grad, cfg.lr)
+    step = fast_step(model, raw_model, optimizer, loss_fn, device, precision, cfg.clip_grad, cfg.lr)
     fast, _, fast_wait = timed(f"(b) fast path{' (compiled)' if args.compile else ''}", step, iter(loader),
                                warmup_steps, steps, device)
     fast_mem = peak_memory(device)
@@ -340,12 +342,13 @@ def run():
 
     # model only: (b)'s model and settings on one batch already on the device
     batch = collate([fast_set[i] for i in range(batch_size)], fast_set.pad_id)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = {k: v.to(device) for k, v in batch.items()}  # uint8 images: each step makes them the model's input
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:  # forward and backward, eager (the same math as compiled)
-        logits = forward(raw_model, batch, device, precision)["answer"]
-        loss_fn(logits, batch["label"]).backward()
+        on_device = to_device(batch, device)
+        logits = forward(raw_model, on_device, precision)["answer"]
+        loss_fn(logits, on_device["label"]).backward()
     optimizer.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()
     model_only, step_s, _ = timed("model only", step, itertools.repeat(batch), warmup_steps, steps, device)

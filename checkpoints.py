@@ -18,9 +18,9 @@ LAST_CHECKPOINT = "last.safetensors"
 
 # What the weights depend on: saved inside every weights file, so that a file and a config.json / answers.json that
 # do not belong together are caught by name rather than as a shape error or, worse, silently wrong answers.
+# (Weights of earlier versions hold other keys too, such as "knowledge": only the keys both sides hold are compared.)
 MODEL_KEYS = ["num_answers", "image_arch", "image_model_kwargs", "img_size", "dim_h", "use_transformer_layer",
-              "n_transformer_layers", "n_heads", "text_pool", "ablate", "knowledge", "knowledge_sizes", "kge_widths",
-              "knowledge_fusion", "triple_head", "triple_encoder", "answer_from_kb"]
+              "n_transformer_layers", "n_heads", "text_pool", "model", "knowledge_sizes", "kge_widths"]
 
 
 def model_metadata(config, answers):

@@ -11,9 +11,12 @@ import argparse
 import os
 import sys
 
-import knowledge as kn
+import kb
 import util
-from model import OfflineError, answer, load_run
+from answering import answer
+from encoders import OfflineError
+from models import load_run
+from oracles import OracleTextConfig
 from vqa_dataset import DataError, read_test_split, well_formed_triples
 
 
@@ -47,10 +50,9 @@ def refuse_with_reason(gr, preprocess):
     return checked
 
 
-def build_app(gr, predict, samples, top_k, knowledge="none"):
-    """The page: sample picker, image, question (and, for runs with --knowledge text or ideal, the knowledge) and
-    button on the left; gold answer, top answers (and, for runs that predict one, the predicted triple) on the
-    right."""
+def build_app(gr, predict, samples, top_k, model_config):
+    """The page: sample picker, image, question (and, for the oracles, the knowledge) and button on the left; gold
+    answer, top answers (and, for a model that predicts one, the predicted triple) on the right."""
     with gr.Blocks(title="VQA_NIA demo") as app:
         gr.Markdown("## VQA_NIA: knowledge-based visual question answering\n"
                     "Upload an image or pick a test sample, type a question (Korean or English) and press Answer.")
@@ -63,14 +65,15 @@ def build_app(gr, predict, samples, top_k, knowledge="none"):
                                  elem_id="image", height=320)
                 image.preprocess = refuse_with_reason(gr, image.preprocess)
                 question = gr.Textbox(label="question", placeholder="이미지 속 원은 무슨 색이야?", elem_id="question")
-                known = gr.Textbox(label="knowledge: a triple head|relation|tail" + (" or a text" if knowledge == "text"
-                                   else ""), elem_id="knowledge", visible=knowledge in ("text", "ideal"))
+                known = gr.Textbox(label="knowledge: a triple head|relation|tail" + (
+                    " or a text" if isinstance(model_config, OracleTextConfig) else ""), elem_id="knowledge",
+                    visible=model_config.gold)
                 button = gr.Button("Answer", variant="primary", elem_id="submit")
             with gr.Column():
                 gold = gr.Textbox(label="gold answer (test samples only)", interactive=False, elem_id="gold")
                 label = gr.Label(num_top_classes=top_k, label=f"top-{top_k} answers", elem_id="answers")
                 triple = gr.Textbox(label="predicted knowledge", interactive=False, elem_id="triple",
-                                    visible=kn.predicts(knowledge))
+                                    visible=model_config.predicts)
 
         def pick(i):
             if i is None:
@@ -96,7 +99,7 @@ def main():
     p.add_argument("--data_dir", default=None, help="data directory for the test samples (default: the run's)")
     p.add_argument("--n_samples", type=util.at_least(0), default=100, help="test samples offered in the picker")
     p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
-    p.add_argument("--kb", default=None, help=kn.KB_OPTION_HELP)
+    p.add_argument("--kb", default=None, help=kb.KB_OPTION_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     args = p.parse_args()
 
@@ -127,7 +130,7 @@ def main():
             raise gr.Error(str(e)) from None
         return dict(top), " | ".join(top.triple) if top.triple else "(none)"
 
-    app = build_app(gr, predict, samples, args.top_k, util.run_option(config, "knowledge"))
+    app = build_app(gr, predict, samples, args.top_k, model.config)
     # gradio serves only files it is told about: the sample images live in the data directory
     app.launch(server_name=args.host, server_port=args.port, show_error=True,
                allowed_paths=sorted({os.path.dirname(sample[1]) for sample in samples}))

@@ -253,8 +253,9 @@ def nia_triple(text):
     return format_triples([tuple(str(p).strip() for p in t) for t in triples])
 
 
-def bok_rows(raw, out):
-    """Fills out's columns from a BOK-VQA file (img_name, question, h, r, t, answer[, fold]); returns row problems."""
+def bok_rows(raw, out, valid_fold=1):
+    """Fills out's columns from a BOK-VQA file (img_name, question, h, r, t, answer[, fold]); returns row problems.
+    Its fold (1-5) is kept, and the rows of valid_fold are the valid split (BOK-VQA's: fold 1), the others train."""
     out["image"] = raw["img_name"].values
     out["question"], out["answer"] = raw["question"].values, raw["answer"].values
     out["question_type"] = "B"
@@ -264,8 +265,10 @@ def bok_rows(raw, out):
         out["split"] = ""
         return []
     fold = pd.to_numeric(raw["fold"], errors="coerce")
-    out["split"] = np.where(fold.values == 1, "valid", "train")
-    return [(r, "column fold is not a number") for r in out["row"][fold.isna().values]]
+    whole = fold.notna() & (fold == fold.round())
+    out["fold"] = np.where(whole, fold.fillna(0).astype(int).astype(str), "")
+    out["split"] = np.where(fold.values == valid_fold, "valid", "train")
+    return [(r, "column fold is not a whole number (BOK-VQA's folds are 1 to 5)") for r in out["row"][~whole.values]]
 
 
 def nia_triples(raw, rows):
@@ -311,12 +314,12 @@ def canonical_rows(raw, out):
 ROW_READERS = {"BOK-VQA": bok_rows, "NIA": nia_rows, "canonical": canonical_rows}
 
 
-def convert(path, split=None):
+def convert(path, split=None, valid_fold=1):
     """One CSV as canonical rows, plus the source file and row of each; conversion faults raise DataError."""
     raw = read_csv(path)
     kind = detect_format(raw.columns, path)
     out = pd.DataFrame({"row": np.arange(2, len(raw) + 2)})
-    problems = ROW_READERS[kind](raw, out)
+    problems = bok_rows(raw, out, valid_fold) if kind == "BOK-VQA" else ROW_READERS[kind](raw, out)
     if problems:
         lines = "\n".join(f"  row {r}: {text}" for r, text in problems[:30])
         more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
@@ -324,6 +327,9 @@ def convert(path, split=None):
     out["image"] = out["image"].fillna("").astype(str)  # a path: used exactly as written
     for column in TEXT_COLUMNS:
         out[column] = normalize_text(out[column].fillna("").astype(str)) if column in out else ""
+    if kind == "BOK-VQA" and "fold" in raw.columns and not (out["fold"] == str(valid_fold)).any():
+        print(f"warning: {path} has no row of fold {valid_fold} (--valid_fold), so none of its rows is a valid row; "
+              f"its folds are {sorted(set(out['fold']) - {''})}")
     derive_columns(out)
     if split is not None:
         out["split"] = split
@@ -435,9 +441,10 @@ def report_shared_images(data):
                   f"of an image one split to keep them apart.")
 
 
-def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=False):
+def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=False, valid_fold=1):
     """Writes out_dir/data.csv (canonical) and out_dir/image/ (links) from the given CSVs; returns the row count.
-    Never replaces a file in out_dir that this repo did not write, unless force."""
+    Never replaces a file in out_dir that this repo did not write, unless force. valid_fold: the fold of BOK-VQA's
+    training files that is the valid split."""
     if not os.path.isdir(image_dir):
         raise DataError(f"--image_dir {image_dir} is not a directory: give the directory that holds the images.")
     given = pd.Series([os.path.realpath(p) for p in csv_paths + test_paths])
@@ -445,7 +452,7 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=
         raise DataError(f"{given[given.duplicated()].iloc[0]} is given twice (--from_csv and --test_csv together): "
                         f"its rows would be imported twice; give each file once.")
     outputs = util.OutputFolder(out_dir, force).check(["data.csv", "skipped_rows.csv"])
-    parts = [convert(p) for p in csv_paths] + [convert(p, split="test") for p in test_paths]
+    parts = [convert(p, valid_fold=valid_fold) for p in csv_paths] + [convert(p, split="test") for p in test_paths]
     kept, skipped = [], []
     for part in parts:  # validated file by file, so that row numbers refer to that file
         good, bad = validate(part, out_dir, skip_bad, image_dir=image_dir, source=part["source"].iloc[0])
@@ -462,6 +469,8 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=
     columns = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     if (data["split"] == "").all():
         columns.remove("split")  # read_data then makes the seeded split
+    if (data["fold"] == "").all():
+        columns.remove("fold")
     outputs.write("data.csv", util.csv_bytes(data[columns]))
     if len(skipped):
         outputs.write("skipped_rows.csv", util.csv_bytes(skipped.rename(columns={"row": "source_row"})))
@@ -493,6 +502,9 @@ def main():
                    help="import these CSVs (BOK-VQA, NIA-style or canonical; several for bilingual data)")
     p.add_argument("--test_csv", nargs="+", default=[], help="import: CSVs whose rows become the test split")
     p.add_argument("--image_dir", default=None, help="import: the directory that holds the images")
+    p.add_argument("--valid_fold", type=int, choices=range(1, 6), default=1,
+                   help="import: the fold (1-5) of BOK-VQA's training files that is the valid split (default 1, as "
+                        "BOK-VQA; main.py --valid_fold chooses another per run); the fold column is kept")
     p.add_argument("--out", default=None,
                    help="output directory (import: default --data_dir; sample: data/sample or data/sample_en)")
     p.add_argument("--skip_bad", action="store_true",
@@ -512,7 +524,7 @@ def main():
             if not args.image_dir:
                 p.error("--from_csv needs --image_dir, the directory that holds the images")
             import_csv(args.from_csv, args.test_csv, args.image_dir, args.out or args.data_dir, args.skip_bad,
-                       args.force)
+                       args.force, args.valid_fold)
         elif args.zip:
             unpack(args.zip, args.data_dir, args.force)
         else:

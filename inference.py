@@ -3,30 +3,33 @@
     python inference.py --model_path results/all_1228_1734 --infer_data all|abstract|triple|vqa
 
 Writes <run>/predictions_<infer_data>.csv and <run>/eval_<infer_data>.json (with --split train or valid,
-predictions_<split>_<infer_data>.csv and eval_<split>_<infer_data>.json, beside the test's); for a GEL-VQA run
-(--knowledge gel) also the accuracy of the predicted triple's head, relation, tail and whole (hrt) on the rows with a
-gold triple.
+predictions_<split>_<infer_data>.csv and eval_<split>_<infer_data>.json, beside the test's); for a model that
+predicts the triple (gel_vqa, hilink, hilink_kb) also the accuracy of the predicted triple's head, relation, tail and
+whole (hrt) on the rows with a gold triple.
 """
 import argparse
 import os
 import sys
 
-import knowledge as kn
+import kb
+import knowledge
 import plots
 import report
 import util
-from model import OfflineError, load_run, predict
+from answering import make_dataset, predict
+from encoders import OfflineError
 from images import ImageCache
-from vqa_dataset import DataError, VQADataset, format_triples, make_loader, read_data, select_rows, validate
+from models import load_run
+from vqa_dataset import DataError, format_triples, make_loader, read_data, select_rows, validate
 
 
 def add_predictions(df, result, vocab):
-    """Adds each row's answer, its probability, whether it is right, with --answer_from_kb where it came from, and,
-    where the run predicts one, the predicted triple ('' for a prediction of no knowledge)."""
+    """Adds each row's answer, its probability, whether it is right, with a copy gate where it came from, and,
+    where the model predicts one, the predicted triple ('' for a prediction of no knowledge)."""
     df["prediction"], df["confidence"] = result["answer"], result["confidence"]
     df["correct"] = result["right"].numpy()
     if "source" in result:
-        df["answered_from"] = [kn.SOURCES[i] for i in result["source"].tolist()]
+        df["answered_from"] = [kb.SOURCES[i] for i in result["source"].tolist()]
     if "triple" in result:
         names = [vocab.names(ids) for ids in result["triple"].tolist()]  # None: no knowledge predicted
         df["predicted_triple"] = [format_triples([n]) if n else "" for n in names]
@@ -42,7 +45,7 @@ def main():
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
     p.add_argument("--batch_size", type=util.at_least(1), default=256, help="batch size")
     p.add_argument("--num_workers", type=util.at_least(0), default=0, help="DataLoader worker processes")
-    p.add_argument("--kb", default=None, help=kn.KB_OPTION_HELP)
+    p.add_argument("--kb", default=None, help=kb.KB_OPTION_HELP)
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, ...; the precision is the run's (--precision of main.py) on this device")
     p.add_argument("--skip_bad", action="store_true",
@@ -69,18 +72,16 @@ def main():
         skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{evaluation}.csv"), index=False)
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in "
               f"{run_dir}/skipped_rows_{evaluation}.csv")
-    answer_to_id = {a: i for i, a in enumerate(answers)}
-    dataset = VQADataset(df, images, tokenizer, answer_to_id, config["max_token"], util.run_option(config, "knowledge"),
-                         model.vocab)
+    dataset = make_dataset(model, df, images, tokenizer, answers, config["max_token"])
     loader = make_loader(dataset, args.batch_size, args.num_workers, device)
     result = predict(model, loader, device, precision, top_k=1, desc=args.split)
 
     add_predictions(df, result, model.vocab)
-    unknown = int((~df["answer"].isin(answer_to_id)).sum())
+    unknown = int((~df["answer"].isin(set(answers))).sum())
     summary = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": report.accuracy_table(df),
                "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
-               "split": args.split, "infer_data": args.infer_data, "knowledge": util.run_option(config, "knowledge"),
-               "kb": args.kb or (os.path.join(run_dir, kn.KB_FILE) if kn.uses_kb(config) else None)}
+               "split": args.split, "infer_data": args.infer_data, "model_name": model.config.name,
+               "kb": args.kb or (os.path.join(run_dir, knowledge.KB_FILE) if model.config.uses_kb() else None)}
     if "predicted_triple" in df:
         summary["triple_accuracy"] = report.triple_accuracy(df)
         summary["unseen_triples"] = dataset.unseen()

@@ -10,9 +10,11 @@ import random
 import sys
 import unicodedata
 
-import knowledge as kn
+import kb
 import util
-from model import OfflineError, answer, load_run, question_tokens
+from answering import answer, question_tokens
+from encoders import OfflineError
+from models import load_run
 from vqa_dataset import DataError, read_test_split
 
 
@@ -27,13 +29,13 @@ def main():
     p.add_argument("--seed", type=int, default=None, help="seed for picking the random test sample")
     p.add_argument("--top_k", type=util.at_least(1), default=5, help="number of answers to show")
     p.add_argument("--results_dir", default="results", help="where to look for the newest run")
-    p.add_argument("--kb", default=None, help=kn.KB_OPTION_HELP)
+    p.add_argument("--kb", default=None, help=kb.KB_OPTION_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--triple", default="",
-                   help="with --image and --question, for runs with --knowledge text or ideal: the question's "
+                   help="with --image and --question, for the oracles (oracle_triple, oracle_text): the question's "
                         "knowledge triple, head|relation|tail (a test sample's own is used with --index)")
     p.add_argument("--abstract", default="",
-                   help="with --image and --question, for runs with --knowledge text: the question's knowledge text")
+                   help="with --image and --question, for oracle_text: the question's knowledge text")
     p.add_argument("--save_png", default=None, metavar="OUT.png",
                    help="also draw the image, question, gold answer and top answers to this PNG")
     p.add_argument("--force", action="store_true", help="replace a --save_png file that this repo did not write")
@@ -73,9 +75,9 @@ def main():
     print(f"question: {question}")
     if gold is not None:
         print(f"gold:     {gold}{'' if gold in answers else ' (never seen in training)'}")
-    if util.run_option(config, "knowledge") in ("text", "ideal"):
+    if model.config.gold:
         print(f"knowledge: {triple or abstract or '(none)'}")
-    if kn.predicts(util.run_option(config, "knowledge")):
+    if model.config.predicts:
         print(f"predicted knowledge: {' | '.join(top.triple) if top.triple else '(none)'}"
               + (f"  (gold: {triple})" if triple else ""))
     for rank, (text, prob) in enumerate(top, 1):

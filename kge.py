@@ -3,9 +3,10 @@
     python kge.py --triples all_triple.csv --out kge/    # a CSV with columns h, r, t (BOK-VQA's knowledge base)
     python kge.py --data_dir data/sample --out kge/      # its triples.csv, else the `triple` column of its data.csv
 
-The defaults are BOK-VQA's GEL-VQA settings: ConvKB, dimension 256, 3 filters, zero-mean Xavier initialisation (as
-the paper's torchkge ConvKB; PyKEEN's own default, U[0, 1), makes every pair of codes alike, cosine about 0.75), Adam
-lr 1e-4, batch size 512, margin ranking loss (margin 0.5) with Bernoulli negative sampling, trained on all triples.
+The defaults are BOK-VQA's GEL-VQA settings (GEL_VQA): ConvKB, dimension 256, 3 filters, zero-mean Xavier
+initialisation (as the paper's torchkge ConvKB; PyKEEN's own default, U[0, 1), makes every pair of codes alike, cosine
+about 0.75), Adam lr 1e-4 with weight decay 1e-5, batch size 512, margin ranking loss (margin 0.5) with Bernoulli
+negative sampling, 50,000 steps (batches), trained on all triples.
 --eval_fraction holds a seeded slice out instead and scores it by filtered link prediction (MRR, Hits@1, Hits@10).
 The output directory holds embeddings.safetensors (tensors `entity` and `relation`, rows in id order),
 entity_to_id.json, relation_to_id.json and settings.json; load_kge() reads them back with safetensors and json only
@@ -14,6 +15,7 @@ entity_to_id.json, relation_to_id.json and settings.json; load_kge() reads them 
 import argparse
 import functools
 import logging
+import math
 import os
 import sys
 import time
@@ -34,6 +36,9 @@ ENTITY_IDS_FILE = "entity_to_id.json"
 RELATION_IDS_FILE = "relation_to_id.json"
 SETTINGS_FILE = "settings.json"
 CONVKB_FILTERS = 3  # GEL-VQA's ConvKB
+# GEL-VQA's KG embeddings (its code's kge_convkb_train.py): kge.py's defaults, and what gel_vqa expects
+GEL_VQA = {"model": "convkb", "dim": 256, "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 512, "margin": 0.5,
+           "steps": 50000}
 
 
 def fraction(text):
@@ -54,13 +59,19 @@ def build_parser():
                    help="output directory (created; files kge.py wrote there before are replaced, no others)")
     p.add_argument("--force", action="store_true",
                    help="also replace files in --out that this repo did not write (a user's own, or edited)")
-    p.add_argument("--model", default="convkb", choices=MODELS, help="embedding model (default: convkb)")
-    p.add_argument("--dim", type=util.positive(int), default=256,
+    p.add_argument("--model", default=GEL_VQA["model"], choices=MODELS, help="embedding model (default: convkb)")
+    p.add_argument("--dim", type=util.positive(int), default=GEL_VQA["dim"],
                    help="embedding dimension; RotatE's is complex, stored as 2*dim real numbers (default: 256)")
-    p.add_argument("--epochs", type=util.positive(int), default=100, help="training epochs (default: 100)")
-    p.add_argument("--lr", type=util.positive(float), default=1e-4, help="Adam learning rate (default: 1e-4)")
-    p.add_argument("--batch_size", type=util.positive(int), default=512, help="training batch size (default: 512)")
-    p.add_argument("--margin", type=util.positive(float), default=0.5, help="margin of the ranking loss (default: 0.5)")
+    p.add_argument("--steps", type=util.positive(int), default=GEL_VQA["steps"],
+                   help="training steps (batches), rounded up to whole epochs (default: 50000, GEL-VQA's)")
+    p.add_argument("--epochs", type=util.positive(int), default=None, help="training epochs, instead of --steps")
+    p.add_argument("--lr", type=util.positive(float), default=GEL_VQA["lr"], help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--weight_decay", type=util.at_least(0.0, float), default=GEL_VQA["weight_decay"],
+                   help="Adam weight decay (default: 1e-5, GEL-VQA's)")
+    p.add_argument("--batch_size", type=util.positive(int), default=GEL_VQA["batch_size"],
+                   help="training batch size (default: 512)")
+    p.add_argument("--margin", type=util.positive(float), default=GEL_VQA["margin"],
+                   help="margin of the ranking loss (default: 0.5)")
     p.add_argument("--num_negs", type=util.positive(int), default=1,
                    help="Bernoulli negative samples per positive triple (default: 1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation and sampling (default: 42)")
@@ -208,11 +219,14 @@ def train(triples, args, device):
     model = model_resolver.make(args.model, model_kwargs(args), triples_factory=train_part, loss="marginranking",
                                 loss_kwargs={"margin": args.margin}, random_seed=args.seed).to(device)
     loop = SLCWATrainingLoop(model=model, triples_factory=train_part,
-                             optimizer=torch.optim.Adam(model.get_grad_params(), lr=args.lr),
+                             optimizer=torch.optim.Adam(model.get_grad_params(), lr=args.lr,
+                                                        weight_decay=args.weight_decay),
                              negative_sampler="bernoulli", negative_sampler_kwargs={"num_negs_per_pos": args.num_negs})
+    epochs = args.epochs or math.ceil(args.steps / math.ceil(train_part.num_triples / args.batch_size))
     start = time.time()
-    loop.train(triples_factory=train_part, num_epochs=args.epochs, batch_size=args.batch_size, use_tqdm=True)
-    report = {"train_seconds": round(time.time() - start, 2), "train_triples": train_part.num_triples,
+    loop.train(triples_factory=train_part, num_epochs=epochs, batch_size=args.batch_size, use_tqdm=True)
+    report = {"train_seconds": round(time.time() - start, 2), "train_triples": train_part.num_triples, "epochs": epochs,
+              "steps": epochs * math.ceil(train_part.num_triples / args.batch_size),
               "interaction": {"name": type(model.interaction).__name__,
                               "kwargs": interaction_kwargs(model.interaction, args)}}
     if held_out is not None:
@@ -255,7 +269,7 @@ def settings(args, device, source, entity, relation, report, num_triples):
                         if args.model == "rotate" else "real vectors, width dim"),
             "num_filters": CONVKB_FILTERS if args.model == "convkb" else None,
             "initializer": model_kwargs(args).get("entity_initializer", "PyKEEN's default"),
-            "epochs": args.epochs, "optimizer": "adam", "lr": args.lr, "batch_size": args.batch_size,
+            "optimizer": "adam", "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
             "loss": "marginranking", "margin": args.margin, "negative_sampler": "bernoulli", "num_negs": args.num_negs,
             "seed": args.seed, "device": str(device), "source": source, "eval_fraction": args.eval_fraction,
             "num_triples": num_triples, "num_entities": entity.shape[0], "num_relations": relation.shape[0],

@@ -9,7 +9,8 @@ import os
 import sys
 
 import checkpoints
-import knowledge as kn
+import knowledge
+import models
 import tracking
 import util
 from util import at_least, in_range, positive
@@ -25,15 +26,14 @@ PRESETS = {
         img_size=64, max_token=32, dim_h=256, dropout=0.0, text_pool="mean", n_heads=4,
         n_epoch=20, batch_size=64, lr=2e-3, warmup=0.05, freeze_text_epochs=5, num_workers=0,
     ),
-    # GEL-VQA's training as the BOK-VQA paper's code has it (AAAI 2024), for every --knowledge mode: XLM-R base (its
+    # The papers' training: GEL-VQA's as the BOK-VQA paper's code has it (AAAI 2024), for every model: XLM-R base (its
     # <s> token's last hidden state, no pooler) and an ImageNet ResNet50 at 224 px, AdamW at a constant 5e-5 without
-    # warmup or gradient clipping, batch 128, 50 epochs, cross entropy; with gel and ideal, the product fusion (mul)
-    # and independent triple heads.
+    # warmup or gradient clipping, batch 128, 50 epochs, cross entropy; a model's own published recipe on top
+    # (ModelConfig.recipe: HiLINK's batch of 100).
     "bokvqa": dict(
         text_model="xlm-roberta-base", image_model="resnet50", pretrained=True, img_size=224, max_token=50,
         dim_h=1024, dropout=0.2, text_pool="first", loss="ce", lr=5e-5, batch_size=128, n_epoch=50,
-        schedule="constant", warmup=0.0, clip_grad=0.0, freeze_text_epochs=0, knowledge_fusion="mul",
-        triple_head="independent",
+        schedule="constant", warmup=0.0, clip_grad=0.0, freeze_text_epochs=0,
     ),
 }
 
@@ -62,6 +62,9 @@ def build_parser(suppress_defaults=False):
     add("--data_dir", default="data", help="directory with data.csv and image/")
     add("--lang", default="bi", choices=["bi", "ko", "en"],
         help="rows of this language (column lang): ko, en, or bi for both")
+    add("--valid_fold", type=int, default=None, choices=range(1, 6), metavar="K",
+        help="validate on the rows of fold K (1-5; the fold column of BOK-VQA's training files) and train on the "
+             "other folds' (default: the data's split); test rows stay test")
     add("--skip_bad", action="store_true", default=False,
         help="leave out rows with problems (empty fields, duplicates, bad images) instead of stopping; they are "
              "printed and written to skipped_rows.csv in the run directory")
@@ -100,72 +103,21 @@ def build_parser(suppress_defaults=False):
              "last hidden state, as GEL-VQA) or mean over tokens")
     add("--n_transformer_layers", type=at_least(1), default=1, help="layers of the fusion Transformer encoder")
     add("--n_heads", type=at_least(1), default=8, help="attention heads of the fusion Transformer encoder")
-    add("--ablate", default="none", choices=["none", "image", "question"],
-        help="blank one input (image: question-only model; question: image-only model)")
-    # knowledge (BOK-VQA)
-    add("--knowledge", default="none", choices=kn.MODES,
-        help="none: the original baseline; text: the question paired with its gold knowledge text (the triple as "
-             "words, or the abstract); ideal: the gold triple's KG embeddings (an upper bound); gel: GEL-VQA, which "
-             "predicts the triple and uses its KG embeddings; gel_text: the predicted triple as words, paired with "
-             "the question (two text-encoder passes)")
+    # the model (models.py) and what it reads
+    add("--model", default="baseline", choices=list(models.MODELS),
+        help="the model by name: baseline (the original), gel_vqa (GEL-VQA as published), hilink (HiLINK as "
+             "published), hilink_kb (this repo's: HiLINK reading a knowledge base at run time), oracle_triple and "
+             "oracle_text (gold knowledge: upper bounds)")
+    add("--config", default=None, metavar="FILE.yaml",
+        help="a config file (key: value lines) that changes the model's settings for an ablation (configs/), and may "
+             "set any other option of main.py; explicit flags override it")
     add("--kge_dir", default=None,
-        help="KG embeddings from kge.py: what --knowledge ideal and gel inject, and with --answer_from_kb what "
-             "predicts a tail the knowledge base lacks (a copy is kept in the run directory)")
-    add("--knowledge_fusion", default="mul", choices=kn.FUSIONS,
-        help="how the KG embeddings enter the fused feature f (ideal, gel): mul (GEL-VQA's f * k), film "
-             "(f * (1 + gamma(k)) + beta(k)) or concat ([f; P(k)]); film and concat start as the baseline")
-    add("--triple_head", default="independent", choices=kn.TRIPLE_HEADS,
-        help="triple prediction (gel, gel_text): independent heads (GEL-VQA) or cascade (HK-TriNet+: h -> r -> t "
-             "and t -> r -> h, FiLM-conditioned, averaged)")
-    add("--triple_encoder", default="shared", choices=kn.TRIPLE_ENCODERS,
-        help="what the triple is predicted from (gel, gel_text): the answer path's encoders and hidden layer (shared, "
-             "GEL-VQA's), or encoders of its own trained with the rest (own: a second text and image encoder, so "
-             "that the triple's loss does not share the answer's features; twice the encoder weights and passes)")
-    add("--kb_constrained", action="store_true", default=False,
-        help="snap each predicted triple to the most probable triple of the knowledge base (gel, gel_text)")
-    add("--kb_score", default="pair", choices=kn.KB_SCORES,
-        help="how --kb_constrained scores a KB triple: p(h) p(r) times pair: p(t | h, r, KB), the tail among the KB's "
-             "tails of that head and relation, so an edited or added fact is found as readily as a trained one; or "
-             "product: the tail classifier's own p(t), so the tail a question points at also chooses the relation")
-    add("--triple_noise", type=float, default=0.0,
-        help="in training, the rate at which the answer pass reads the KB triple the model ranks next in place of its "
-             "choice (with --kb_constrained; gel, gel_text): the triple heads are right on nearly every training "
-             "question but not at test, so the answer pass learns not to follow a wrong triple; e.g. 1 - valid_hrt")
-    add("--knowledge_dropout", type=float, default=0.0,
-        help="in training, the rate at which a row's gold knowledge is withheld (text: its knowledge text; ideal: "
-             "its triples' codes): the answer path then also learns to read the image for the questions whose "
-             "knowledge spells out the answer, as the baseline does")
-    add("--knowledge_free_loss", action="store_true", default=False,
-        help="in training, add the loss of the answer without the gold knowledge for every row that has some (ideal: "
-             "from the fused feature before the codes enter, at no added pass; text: the question encoded alone, an "
-             "added text-encoder pass over those rows), each row weighted as in the baseline's mean: each type B "
-             "row then also teaches the baseline's task, reading the image")
-    add("--knowledge_head", default="shared", choices=["shared", "own", "detached"],
-        help="which hidden layer and classifier answer the rows that have gold knowledge (text, ideal): shared, the "
-             "one that answers the rows without it; own, a copy of it at init, so that the knowledge never retrains "
-             "the head that answers type A questions; detached, own and its gradient stopped at the fused feature, "
-             "so that the encoders learn only from the rows without knowledge (and --knowledge_free_loss)")
+        help="KG embeddings from kge.py, for the models that read them (gel_vqa, oracle_triple; hilink_kb's copy "
+             "infers a tail the knowledge base lacks with them); a copy is kept in the run directory")
     add("--kb", default=None,
-        help="the knowledge base for --kb_constrained, a CSV with columns h, r, t (e.g. BOK-VQA's all_triple.csv); "
-             "default: <data_dir>/triples.csv if present, else the triples of the train and valid rows")
-    add("--head_lr", type=positive(), default=None,
-        help="learning rate of the triple heads (gel, gel_text; default: --lr)")
-    add("--head_logit_adjustment", action="store_true", default=False,
-        help="train the triple's head with logit adjustment by its training prior given the gold relation, "
-             "log p(h | r) (gel, gel_text): the head then learns no preference for the heads a relation had in the "
-             "training questions, so that a fact no training question uses (a held-out fact) can be predicted")
-    add("--head_from_answers", action="store_true", default=False,
-        help="the triple's head classifier also learns from the rows without a triple whose answer names a head "
-             "(gel, gel_text): type A questions such as 'what colour is the circle?' teach it to read the entity a "
-             "question points at in more questions, and beside more relations, than the triple rows alone")
-    add("--answer_from_kb", action="store_true", default=False,
-        help="a learned gate answers from the answer vocabulary or copies the triple's head or tail (text, ideal: "
-             "the gold triple; gel, gel_text: the predicted one), so an answer can be a name outside the vocabulary")
-    add("--answer_relation", action="store_true", default=False,
-        help="with --answer_from_kb (gel, gel_text): a classifier on the answer's hidden feature chooses which of the "
-             "predicted head's knowledge-base facts the copied tail comes from, the triple's relation or another: "
-             "BOK-VQA asks 'what order is the livestock in the image?' with the triple (Pig, subject, Livestock) and "
-             "the answer Artiodactyla, the tail of (Pig, order, .)")
+        help="the knowledge base of the models that read one, a CSV with columns h, r, t (e.g. BOK-VQA's "
+             "all_triple.csv); default: <data_dir>/triples.csv if present, else the triples of the train and valid "
+             "rows")
     # optimisation
     add("--loss", default="focal", choices=["focal", "ce"], help="focal loss (the original's) or cross entropy")
     add("--gamma", type=at_least(0.0, float), default=2.0, help="focal loss gamma")
@@ -187,49 +139,71 @@ def parse_args(argv=None):
     args.image_model_kwargs, args.scratch_text = {}, {"hidden": 128, "layers": 2, "heads": 4}
     if args.resume:
         return resume_args(args, argv)
+    settings = {}
+    if args.config:  # its options as flags before the command line's, which win; the rest are model settings
+        try:
+            values = models.read_config_file(args.config)
+        except util.UsageError as e:
+            sys.exit(f"error: {e}")
+        name = values.pop("model", args.model)
+        settings, flags = config_file_flags(values, args.config)
+        argv = (["--model", name] if "--model" not in argv else []) + flags + argv
+        args = build_parser().parse_args(argv)
+        args.image_model_kwargs, args.scratch_text = {}, {"hidden": 128, "layers": 2, "heads": 4}
     if args.preset:
         explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
-        for key, value in PRESETS[args.preset].items():
+        recipe = PRESETS[args.preset] if args.preset != "bokvqa" else \
+            {**PRESETS["bokvqa"], **models.MODELS[args.model].recipe}
+        for key, value in recipe.items():
             # the preset's image model options belong to its image model only
             if key not in explicit and not (key == "image_model_kwargs" and "image_model" in explicit):
                 setattr(args, key, value)
+    try:
+        args.model_config = models.named(args.model, settings, f"--config {args.config}")
+    except util.UsageError as e:
+        sys.exit(f"error: {e}")
     check_knowledge_options(args)
     return args
 
 
+def config_file_flags(values, path):
+    """(the model settings, main.py flags) of a config file's values: a key that is an option of main.py becomes its
+    flag, any other is a model setting (models.named checks it)."""
+    actions = {a.dest: a for a in build_parser()._actions if a.option_strings}
+    settings, flags = {}, []
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            settings[key] = value
+        elif key in ("resume", "config", "help"):
+            sys.exit(f"error: --config {path}: {key} is not for a config file; give --{key} on the command line.")
+        elif isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            if not isinstance(value, bool):
+                sys.exit(f"error: --config {path}: {key} is {value!r}; give true or false.")
+            flags += [f"--{key}"] if value else ([f"--no-{key}"] if action.nargs == 0 and
+                                                 isinstance(action, argparse.BooleanOptionalAction) else [])
+        else:
+            try:  # checked here, so that the message names the file
+                checked = action.type(str(value)) if action.type else str(value)
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                sys.exit(f"error: --config {path}: {key} {value!r}: {e}.")
+            if action.choices and checked not in action.choices:
+                sys.exit(f"error: --config {path}: {key} is {value!r}; choose one of {', '.join(action.choices)}.")
+            flags += [f"--{key}", str(value)]
+    return settings, flags
+
+
 def check_knowledge_options(args):
-    """Knowledge options that cannot work together stop before any work."""
+    """What the model reads stops before any work where it is missing, and is an error where the model cannot use it."""
+    model = args.model_config
     problems = []
-    if kn.embeds(args.knowledge) and not args.kge_dir:
-        problems.append(f"--knowledge {args.knowledge} needs --kge_dir, a directory of KG embeddings: train one with "
-                        f"`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv)")
-    triple_options = args.kb_constrained or args.head_lr or args.head_logit_adjustment or args.head_from_answers or \
-        args.triple_encoder != "shared"
-    if triple_options and not kn.predicts(args.knowledge):
-        problems.append(f"--kb_constrained, --head_lr, --head_logit_adjustment, --head_from_answers and "
-                        f"--triple_encoder apply to the modes that predict a triple (gel, gel_text), not --knowledge "
-                        f"{args.knowledge}")
-    if args.kb_score != "pair" and not args.kb_constrained:
-        problems.append("--kb_score says how --kb_constrained scores a KB triple; give --kb_constrained")
-    if args.triple_noise and not args.kb_constrained:
-        problems.append("--triple_noise feeds the KB triple ranked next by --kb_constrained; give --kb_constrained")
-    if not 0 <= args.triple_noise < 1:
-        problems.append(f"--triple_noise is a rate in [0, 1), not {args.triple_noise}")
-    for option in ("knowledge_dropout", "knowledge_free_loss", "knowledge_head"):
-        if getattr(args, option) != util.LATER_OPTIONS[option] and not kn.reads_gold(args.knowledge):
-            problems.append(f"--{option} acts on the gold knowledge of --knowledge text or ideal; --knowledge "
-                            f"{args.knowledge} reads no gold knowledge")
-    if not 0 <= args.knowledge_dropout < 1:
-        problems.append(f"--knowledge_dropout is a rate in [0, 1), not {args.knowledge_dropout}")
-    if args.kb and not kn.uses_kb(vars(args)):
-        problems.append("--kb is the knowledge base of --kb_constrained and --answer_from_kb with --knowledge ideal, "
-                        "gel or gel_text; give one of them (--knowledge text copies from the row's own triple)")
-    if args.answer_from_kb and args.knowledge == "none":
-        problems.append("--answer_from_kb copies a triple's head or tail: it needs --knowledge text, ideal, gel or "
-                        "gel_text")
-    if args.answer_relation and not (args.answer_from_kb and kn.predicts(args.knowledge)):
-        problems.append("--answer_relation chooses which of the predicted head's facts --answer_from_kb copies a tail "
-                        "from: give --answer_from_kb with --knowledge gel or gel_text")
+    if model.embeds and not args.kge_dir:
+        problems.append(f"--model {model.name} reads KG embeddings: give --kge_dir DIR, made by "
+                        f"{knowledge.KGE_COMMAND}")
+    if args.kge_dir and not model.reads_kge():
+        problems.append(f"--kge_dir: --model {model.name} reads no KG embeddings")
+    if args.kb and not model.uses_kb():
+        problems.append(f"--kb: --model {model.name} reads no knowledge base")
     if problems:
         sys.exit("error: " + "; ".join(problems) + ".")
 
@@ -256,19 +230,24 @@ def resume_args(args, argv):
     if done >= config["n_epoch"]:
         sys.exit(f"error: {args.resume} has finished all its {config['n_epoch']} epochs: there is nothing to resume. "
                  f"Evaluate it with `python inference.py --model_path {args.resume}`, or start a new run.")
+    if "model" not in config:
+        sys.exit(f"error: {args.resume} was trained by a version before models had names; evaluate it with "
+                 f"inference.py, or continue it with that version (commit {models.RETIRED_BY}).")
     for key in util.RUN_OPTIONS:
         if key not in explicit:
             setattr(args, key, util.run_option(config, key))
+    try:
+        args.model_config = models.run_model(config, args.resume)
+    except util.UsageError as e:
+        sys.exit(f"error: {e}")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from model import OfflineError
+    from encoders import OfflineError
     from vqa_dataset import DataError
     import train
-
-    import util
 
     try:
         util.ensure_writable_dir(args.resume or args.results_dir, "--resume" if args.resume else "--results_dir")

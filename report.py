@@ -195,7 +195,7 @@ def compare(run_dirs):
         if not os.path.isfile(os.path.join(run_dir, util.CONFIG_FILE)):  # kge output, a results folder's other files
             print(f"note: left out {run_dir}: not a run directory of main.py (no {util.CONFIG_FILE})")
             continue
-        config = util.read_json(os.path.join(run_dir, util.CONFIG_FILE))
+        config = options_of(util.read_json(os.path.join(run_dir, util.CONFIG_FILE)))
         path = os.path.join(run_dir, "eval_all.json")
         history = os.path.join(run_dir, "history.json")
         runs.append((run_dir, config, util.read_json(path) if os.path.isfile(path) else {},
@@ -219,16 +219,25 @@ def compare(run_dirs):
     return pd.DataFrame(table)
 
 
+def options_of(config):
+    """A run's config with its model's settings as options of their own (model.<setting>), for the comparison."""
+    model = config.get("model")
+    if not isinstance(model, dict):  # a run of a version before models had names
+        return config
+    return {**{k: v for k, v in config.items() if k != "model"}, "model": model.get("name"),
+            **{f"model.{k}": v for k, v in model.items() if k != "name"}}
+
+
 def group_seeds(table):
-    """The runs that differ only in --seed as one row each: the mean and standard deviation of every metric over
-    them, and their number (seeds)."""
-    options = [c for c in table.columns if c not in METRICS and c not in ("run", "seed")]
+    """The runs that differ only in --seed or --valid_fold as one row each: the mean and standard deviation of every
+    metric over them, and their number (runs)."""
+    options = [c for c in table.columns if c not in METRICS and c not in ("run", "seed", "valid_fold")]
     key = table[options].apply(lambda row: json.dumps(row.tolist(), default=str), axis=1) if options else \
         pd.Series("", index=table.index)
     rows = []
     for _, group in table.groupby(key, sort=False):
         metrics = group[METRICS].apply(pd.to_numeric)
-        row = {**group.iloc[0][options].to_dict(), "seeds": len(group)}
+        row = {**group.iloc[0][options].to_dict(), "runs": len(group)}
         for metric in METRICS:
             row[metric], row[f"{metric}_std"] = metrics[metric].mean(), metrics[metric].std(ddof=1)
         rows.append(row)
@@ -254,16 +263,16 @@ def comparison_markdown(table):
 
 
 def seeds_markdown(grouped):
-    """The grouped table: every metric as mean ± standard deviation over the seeds."""
+    """The grouped table: every metric as mean ± standard deviation over the seeds and folds."""
     shown = [c for c in grouped.columns if not c.endswith("_std")]
     rows = []
-    for row in grouped.to_dict("records"):  # each column's own type: iterrows would make seeds a float
-        rows.append([(f"{row[c]:.0f} ± {row[c + '_std']:.0f} s" if row["seeds"] > 1 else f"{row[c]:.0f} s")
+    for row in grouped.to_dict("records"):  # each column's own type: iterrows would make runs a float
+        rows.append([(f"{row[c]:.0f} ± {row[c + '_std']:.0f} s" if row["runs"] > 1 else f"{row[c]:.0f} s")
                      if c == "train_seconds" and row[c] == row[c] else
                      cell(row[c], row.get(f"{c}_std"), c in METRICS) for c in shown])
     header = [c.replace("test_", "test ").replace("best_valid", "best valid") for c in shown]
-    return markdown_table(rows, header) + ("\n\nMean ± standard deviation over the seeds of the runs that differ "
-                                           "only in --seed; accuracies in %.")
+    return markdown_table(rows, header) + ("\n\nMean ± standard deviation over the runs that differ only in --seed or "
+                                           "--valid_fold; accuracies in %.")
 
 
 def main():
@@ -282,8 +291,8 @@ def main():
         text = comparison_markdown(table)
         grouped = group_seeds(table)
         written = ["comparison.md", "comparison.csv"]
-        if (grouped["seeds"] > 1).any():
-            text = "## Mean over seeds\n\n" + seeds_markdown(grouped) + "\n\n## Every run\n\n" + text
+        if (grouped["runs"] > 1).any():
+            text = "## Mean over seeds and folds\n\n" + seeds_markdown(grouped) + "\n\n## Every run\n\n" + text
             outputs.write("comparison_seeds.csv", util.csv_bytes(grouped))
             written.append("comparison_seeds.csv")
         outputs.write("comparison.md", (text + "\n").encode("utf-8"))

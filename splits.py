@@ -121,6 +121,24 @@ def extend_split(df, split, gone, path):
     return split
 
 
+def with_valid_fold(df, fold, source, progress=True):
+    """df with its train and valid rows of fold `fold` (the fold column, BOK-VQA's) as the valid split and its other
+    train and valid rows with a fold as train (--valid_fold); test rows and rows without a fold keep theirs."""
+    folds = df["fold"]
+    if not (folds == str(fold)).any():
+        found = sorted(set(folds) - {""})
+        raise DataError(f"--valid_fold {fold}: no row of {source} is in fold {fold}; "
+                        + (f"its folds are {', '.join(found)}." if found else
+                           "it has no fold column (BOK-VQA's training files have one: import them with download.py "
+                           "--from_csv)."))
+    movable = df["split"].isin(["train", "valid"]).values & (folds != "").values
+    df.loc[movable, "split"] = np.where(folds[movable] == str(fold), "valid", "train")
+    if progress:
+        print(f"--valid_fold {fold}: {int((folds[movable] == str(fold)).sum())} rows of fold {fold} are the valid "
+              f"split, the {int((folds[movable] != str(fold)).sum())} train and valid rows of the other folds train")
+    return df
+
+
 def apply_run_split(df, run_dir, data_dir):
     """The rows of df that the run in run_dir holds in its split (run_dir/split.csv, saved when it started), each with
     the run's label: rows added to data.csv since are left out, and an edited split column or split.csv never moves

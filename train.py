@@ -19,19 +19,20 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import checkpoints
-import kge
-import knowledge as kn
+import knowledge
 import plots
 import report
 import tracking
 import util
-from focal import build_loss, known_cross_entropy, triple_loss
-from model import (SCRATCH, attach_run_knowledge, build_model, forward, load_tokenizer, predict, run_config,
-                   small_text_config, train_tokenizer)
+from answering import forward, make_dataset, predict, to_device
+from encoders import SCRATCH, load_tokenizer, small_text_config, train_tokenizer
+from focal import build_loss
 from images import ImageCache, ImageFiles
-from splits import SPLIT_FILE, split_table
-from vqa_dataset import (DataError, EpochSampler, ShardSampler, VQADataset, build_answer_vocab, knowledge_text,
-                         load_data, make_loader, select_rows)
+from models import attach_run_knowledge, build_model, run_config, run_model
+from splits import SPLIT_FILE, split_table, with_valid_fold
+from triples import triple_hits
+from vqa_dataset import (DataError, EpochSampler, ShardSampler, build_answer_vocab, load_data, make_loader,
+                         select_rows)
 
 
 @dataclass
@@ -77,9 +78,11 @@ def train(args):
            f"image {args.image_model} at {args.img_size}px, transformer layer "
            f"{'on' if args.use_transformer_layer else 'off'}, device {rt.device} x{rt.world_size}"
            f"{f' (torch.distributed, {dist.get_backend()})' if util.distributed() else ''}, precision {rt.precision}")
-    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model.vocab, run_dir, model.kb)
+    train_loader, valid_loader = make_loaders(args, rt, data, tokenizer, model, run_dir)
     optimizer = build_optimizer(model, args, rt.device)
-    loss_fn, head_prior = build_losses(args, model, train_loader, rt.device)
+    loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(rt.device)
+    for note in model.start_training(train_loader.dataset.targets):
+        rt.log(note)
     state = restore(checkpoint, optimizer, run_dir, rt, epoch_steps(train_loader))
     tracker = open_tracker(args, rt, run_dir, config, state, epoch_steps(train_loader))
 
@@ -92,7 +95,7 @@ def train(args):
                 wrapped = wrap(model, rt, args.compile, frozen)
             start = time.time()
             signum = train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, epoch, args, rt, stop,
-                                     frozen, tracker, head_prior)
+                                     frozen, tracker)
             if signum:
                 save_or_explain(run_dir, save_last, run_dir, model, optimizer, state, config, data.answers, rt)
                 util.barrier()  # a rank that exits first would make torchrun stop rank 0 mid-save
@@ -131,6 +134,8 @@ def load_training_data(args, rt):
     with util.main_process_first():  # rank 0 makes split.csv and the image check cache; the others read them
         # a resumed run keeps the split it started with
         df, skipped = load_data(args.data_dir, args.skip_bad, progress=rt.is_main, run_dir=args.resume)
+    if args.valid_fold and not args.resume:  # a resumed run's split is already its fold's
+        df = with_valid_fold(df, args.valid_fold, f"{args.data_dir}/data.csv", progress=rt.is_main)
     train_df = select_rows(df, "train", args.train_data, lang=args.lang)
     valid_df = select_rows(df, "valid", args.train_data, lang=args.lang)
     if len(train_df) == 0 or len(valid_df) == 0:
@@ -143,31 +148,23 @@ def load_training_data(args, rt):
     return Data(df, train_df, valid_df, skipped, answers)
 
 
-def make_loaders(args, rt, data, tokenizer, vocab=None, run_dir=None, kb=None):
-    names = pd.concat([data.train["image"], data.valid["image"]])
-    if args.image_cache:
+def make_loaders(args, rt, data, tokenizer, model, run_dir=None):
+    """The training loader (images at the model's training size) and the validation loader, sharded over ranks."""
+    def images(names, size):
+        if not args.image_cache:
+            return ImageFiles(args.data_dir, names, size)
         with util.main_process_first():  # rank 0 decodes the images once; the others then map its file
-            images = ImageCache(args.data_dir, names, args.img_size, progress=rt.is_main,
-                                num_workers=max(args.num_workers, os.cpu_count() or 1),
-                                user=run_dir if rt.is_main else None)
+            return ImageCache(args.data_dir, names, size, progress=rt.is_main,
+                              num_workers=max(args.num_workers, os.cpu_count() or 1),
+                              user=run_dir if rt.is_main else None)
+
+    train_size = model.config.train_size(args.img_size)
+    if train_size == args.img_size:  # one cache for both
+        train_images = valid_images = images(pd.concat([data.train["image"], data.valid["image"]]), args.img_size)
     else:
-        images = ImageFiles(args.data_dir, names, args.img_size)
-    answer_to_id = {a: i for i, a in enumerate(data.answers)}
-    relations = kn.answer_relation_targets(data.train, vocab, kb) if args.answer_relation else None
-    train_set = VQADataset(data.train, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab,
-                           kn.copy_targets(data.train, relations) if args.answer_from_kb else None,
-                           kn.head_targets(data.train, vocab) if args.head_from_answers else None, relations)
-    valid_set = VQADataset(data.valid, images, tokenizer, answer_to_id, args.max_token, args.knowledge, vocab)
-    if args.head_from_answers:
-        taught = int((train_set.heads != train_set.triples[:, 0, 0]).sum())
-        note = "" if taught else "; with none, the option changes nothing"
-        rt.log(f"--head_from_answers: {taught} of {len(train_set)} training rows have no triple but an answer that "
-               f"names a head, and teach the head classifier that head{note}")
-    if args.answer_relation:
-        other = int(((relations >= 0) & (relations != train_set.triples[:, 0, 1])).sum())
-        rt.log(f"--answer_relation: {int((relations >= 0).sum())} of {len(train_set)} training rows have an answer "
-               f"that is the tail of a KB fact of their triple's head, {other} of them of another fact than the "
-               f"triple")
+        train_images, valid_images = images(data.train["image"], train_size), images(data.valid["image"], args.img_size)
+    train_set = make_dataset(model, data.train, train_images, tokenizer, data.answers, args.max_token, training=True)
+    valid_set = make_dataset(model, data.valid, valid_images, tokenizer, data.answers, args.max_token)
     if valid_set.unseen():
         rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail outside the "
                f"vocabulary (it takes the learned unknown vector; a predicted triple cannot name it)")
@@ -188,58 +185,13 @@ def initial_model(config, tokenizer, vocab=None, kb=None, embeddings=None):
     text_config = small_text_config(len(tokenizer), config["max_token"], **config["scratch_text"]) if scratch else None
     model = build_model(config, text_config, from_sources=True)
     if vocab is not None:
-        kn.attach(model, vocab, tokenizer, config["max_token"], kb, embeddings)
+        knowledge.attach(model, vocab, tokenizer, config["max_token"], kb, embeddings)
     return model
 
 
-def load_kge_dir(kge_dir):
-    if not kge_dir:
-        raise util.UsageError("--knowledge ideal and gel need --kge_dir, a directory of KG embeddings: train one with "
-                              "`python kge.py --data_dir DATA_DIR --out DIR` (or --triples all_triple.csv).")
-    return kge.load_kge(kge_dir)
-
-
-def knowledge_config(args, config, data, rt):
-    """For the modes with a knowledge vocabulary: (the vocabularies of the train and valid rows' triples, the KB
-    triples for --kb_constrained and --answer_from_kb or None, the KG embeddings or None), and in config their sizes
-    and widths; says which names the embeddings lack."""
-    if not kn.has_vocab(args.knowledge):
-        return None, None, None
-    rows = pd.concat([data.train, data.valid])
-    vocab = kn.KnowledgeVocab.from_rows(rows, kn.predicts(args.knowledge))
-    if not vocab.parts[0]:
-        raise DataError(f"--knowledge {args.knowledge}: the train and valid rows of {args.data_dir}/data.csv hold no "
-                        f"triples.")
-    config.update(knowledge_sizes=vocab.sizes)
-    rt.log(f"knowledge: {' / '.join(map(str, vocab.sizes))} heads / relations / tails in the train and valid triples")
-    kb = knowledge_base(args, rows, vocab, config, rt) if kn.uses_kb(vars(args)) else None
-    if not args.kge_dir:  # gel_text reads no KG embeddings; with --answer_from_kb they predict missing tails
-        return vocab, kb, None
-    embeddings = load_kge_dir(args.kge_dir)
-    config.update(kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]])
-    lacking = [n for part, known in zip(vocab.parts, (embeddings.entity_to_id, embeddings.relation_to_id,
-                                                      embeddings.entity_to_id))
-               for n in part if n not in known and n != kn.NO_KNOWLEDGE]
-    config["knowledge_missing_in_kge"] = len(lacking)
-    rt.log(f"KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths {config['kge_widths']}, "
-           f"{len(embeddings.entity_to_id)} entities)" + (f"; {len(lacking)} vocabulary names are not in them: "
-                                                         f"embedded from their KB relations, else the unknown vector: "
-                                                         f"{lacking[:5]}" if lacking else ""))
-    return vocab, kb, embeddings
-
-
-def knowledge_base(args, rows, vocab, config, rt):
-    """The KB triples of --kb_constrained and --answer_from_kb: --kb, else the data's triples.csv, else the distinct
-    triples of the train and valid rows."""
-    default = os.path.join(args.data_dir, "triples.csv")
-    source = args.kb or (default if os.path.isfile(default) else None)
-    triples = kn.read_kb(source) if source else kn.training_kb(rows)
-    beyond = kn.beyond_classes(triples, vocab)
-    config["kb_triples"] = len(triples)
-    rt.log(f"knowledge base: {len(triples)} triples from {source or 'the train and valid rows'}"
-           + (f"; {beyond} of them name a head, relation or tail no train or valid row has (predicted only through "
-              f"the knowledge base)" if beyond else ""))
-    return triples
+def scratch_tokenizer(model_config, train):
+    """A tokenizer trained on the training rows' questions, and the knowledge words the model reads."""
+    return train_tokenizer(list(train["question"]) + model_config.knowledge_texts(train))
 
 
 def start_or_resume(args, rt, data):
@@ -247,25 +199,17 @@ def start_or_resume(args, rt, data):
     to resume with the model as its last checkpoint holds it."""
     if args.resume:
         return resume_run(args.resume, rt, data)
-    if args.text_model == SCRATCH:
-        texts = list(data.train["question"])
-        if args.knowledge in ("text", "gel_text"):  # the encoder reads knowledge texts too (gel_text: triples)
-            abstracts = data.train["abstract"] if args.knowledge == "text" else [""] * len(data.train)
-            texts += [t for t in map(knowledge_text, data.train["triple"], abstracts) if t]
-        tokenizer = train_tokenizer(texts)
-    else:
-        tokenizer = load_tokenizer(args.text_model)
-    config = run_config(args, len(data.answers), rt.world_size)
-    vocab, kb, embeddings = knowledge_config(args, config, data, rt)
+    model_config = args.model_config
+    tokenizer = scratch_tokenizer(model_config, data.train) if args.text_model == SCRATCH else \
+        load_tokenizer(args.text_model)
+    config = run_config(args, model_config, len(data.answers), rt.world_size)
+    vocab, kb, embeddings = knowledge.prepare(args, model_config, config, pd.concat([data.train, data.valid]),
+                                              rt.log) if model_config.vocab else (None, None, None)
     model = initial_model(config, tokenizer, vocab, kb, embeddings)
     run_dir = util.broadcast_object(util.make_run_dir(args.results_dir, args.train_data) if rt.is_main else None)
     if rt.is_main:
         if vocab is not None:
-            util.write_json(os.path.join(run_dir, kn.VOCAB_FILE), {**vocab.to_json(), "kge_dir": args.kge_dir})
-        if embeddings is not None:
-            kn.save_run_kge(run_dir, args.kge_dir)
-        if kb is not None:
-            kn.write_kb(os.path.join(run_dir, kn.KB_FILE), kb)
+            knowledge.save_run_knowledge(run_dir, vocab, kb, args.kge_dir)
         tokenizer.save_pretrained(os.path.join(run_dir, util.TOKENIZER_DIR))
         model.text_encoder.config.save_pretrained(os.path.join(run_dir, util.TEXT_CONFIG_DIR))
         util.write_json(os.path.join(run_dir, util.ANSWERS_FILE), data.answers)
@@ -304,7 +248,8 @@ def resume_run(run_dir, rt, data):
     else:
         rt.log(f"{run_dir} has no {checkpoints.LAST_CHECKPOINT} yet (stopped during its first epoch): starting it "
                f"again")
-        model, checkpoint = initial_model(config, tokenizer, *kn.load_run_knowledge(run_dir, config)), None
+        run_files = knowledge.load_run_knowledge(run_dir, run_model(config, run_dir))
+        model, checkpoint = initial_model(config, tokenizer, *run_files), None
     if rt.is_main:  # weights of epochs trained again now would be stale; .tmp files are writes cut short
         keep = best_weights_name(checkpoint[0]["history"] if checkpoint else [])
         stale = glob.glob(os.path.join(run_dir, checkpoints.WEIGHTS_GLOB)) + glob.glob(os.path.join(run_dir, "*.tmp"))
@@ -342,15 +287,6 @@ def zero_sums():
     return dict.fromkeys(SUMS, 0)
 
 
-def build_losses(args, model, train_loader, device):
-    """(the answer's loss function, the head's log prior of --head_logit_adjustment or None)."""
-    loss_fn = build_loss(args.loss, gamma=args.gamma, label_smoothing=args.label_smoothing).to(device)
-    dataset = train_loader.dataset
-    head_prior = kn.head_log_prior(dataset.triples, model.vocab.classes, dataset.heads).to(device) \
-        if args.head_logit_adjustment else None
-    return loss_fn, head_prior
-
-
 def build_optimizer(model, args, device):
     """AdamW over every parameter, without weight decay for biases, norms, embeddings and position parameters
     (timm's param_groups_weight_decay). Built while every parameter requires grad: a frozen text encoder's
@@ -361,11 +297,6 @@ def build_optimizer(model, args, device):
     no_decay = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
     no_decay += [name for name, _ in model.named_parameters() if name.endswith(("_pos", "_unknown"))]
     groups = param_groups_weight_decay(model, args.weight_decay, no_weight_decay_list=no_decay)
-    if args.head_lr is not None:  # the triple heads' own learning rate: a group of their own, lr_scale of --lr
-        heads = {id(p) for name, p in model.named_parameters() if name.startswith("triple_heads.")}
-        groups = [{**group, "params": [p for p in group["params"] if (id(p) in heads) == is_head],
-                   "lr_scale": args.head_lr / args.lr if is_head else 1.0}
-                  for is_head in (False, True) for group in groups]
     return torch.optim.AdamW(groups, lr=args.lr, fused=device.type == "cuda")
 
 
@@ -398,39 +329,17 @@ def lr_factor(step, total_steps, warmup_steps, schedule="cosine"):
     return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
 
-def train_step(wrapped, optimizer, loss_fn, batch, device, precision, clip_grad, lr, head_prior=None):
-    """One training step at learning rate lr; returns the batch's sums (SUMS) as numbers. head_prior: the head's log
-    prior of --head_logit_adjustment (knowledge.head_log_prior), or None."""
-    label = batch["label"].to(device, non_blocking=True)
-    out = forward(wrapped, batch, device, precision)
-    loss = loss_fn(out["answer"], label)
-    triples, hits = 0, 0
-    if "triple" in out:  # GEL-VQA: + CE of the triple's head, relation and tail
-        gold = batch["triples"].to(device, non_blocking=True)
-        loss = loss + triple_loss(out, gold, head_prior, batch["head"].to(device, non_blocking=True))
-        triples, *_, hits = kn.triple_hits(out["triple"], gold[:, 0])
-    if "answer_without_knowledge" in out and out["knowledge_rows"].any():  # --knowledge_free_loss
-        loss = loss + knowledge_free_loss(loss_fn, out, label)
-    if "gate" in out:  # --answer_from_kb: + CE of the copy gate (vocabulary, head or tail)
-        copy = batch["copy"].to(device, non_blocking=True)
-        if "fed_triple" in out:  # --triple_noise: whether the triple the answer pass read can be copied from
-            copy = kn.fed_copy_targets(copy, out["fed_triple"], gold[:, 0], "answer_relation" in out)
-        loss = loss + nn.functional.cross_entropy(out["gate"], copy)
-    if "answer_relation" in out:  # + CE of which KB fact of the head holds the answer, on the rows where one does
-        target = batch["answer_relation"].to(device, non_blocking=True)
-        loss = loss + known_cross_entropy(out["answer_relation"], target)
+def train_step(wrapped, model, optimizer, loss_fn, batch, device, precision, clip_grad, lr):
+    """One training step at learning rate lr; returns the batch's sums (SUMS) as numbers. model: the module that
+    wrapped runs (DistributedDataParallel, torch.compile), whose family says the loss."""
+    batch = to_device(batch, device)
+    out = forward(wrapped, batch, precision)
+    loss = model.loss(out, batch, loss_fn)
     optimize(wrapped, optimizer, loss, clip_grad, lr)
+    label = batch["label"]
+    triples, *_, hits = triple_hits(out["triple"], batch["triples"][:, 0]) if "triple" in out else [0, 0]
     return dict(zip(SUMS, [loss.item() * len(label), int((out["answer"].argmax(-1) == label).sum()), len(label),
                            triples, hits]))
-
-
-def knowledge_free_loss(loss_fn, out, label):
-    """The loss of the answers without knowledge of the rows that have some (--knowledge_free_loss), each row weighted
-    as in the answer loss's mean over the batch rather than over those rows alone, so that with the answers of the
-    rows without knowledge it makes exactly the baseline's loss."""
-    free_label = label[out["knowledge_rows"]]
-    share = (free_label >= 0).sum() / (label >= 0).sum().clamp(min=1)
-    return loss_fn(out["answer_without_knowledge"], free_label) * share
 
 
 def optimize(wrapped, optimizer, loss, clip_grad, lr):
@@ -440,7 +349,7 @@ def optimize(wrapped, optimizer, loss, clip_grad, lr):
     if clip_grad:
         torch.nn.utils.clip_grad_norm_(wrapped.parameters(), clip_grad)
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr
     optimizer.step()
 
 
@@ -449,8 +358,7 @@ def epoch_steps(loader):
     return math.ceil(loader.sampler.num_samples / loader.batch_size)
 
 
-def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen, tracker,
-                    head_prior=None):
+def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen, tracker):
     """Trains from state["batch"] to the end of the epoch, adding to state["partial"]; returns the signal number if
     SIGTERM/SIGINT stopped it before the end (0 otherwise)."""
     model.train()
@@ -467,7 +375,7 @@ def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, ar
     for batch in bar:
         step = (epoch - 1) * steps_per_epoch + state["batch"]
         lr = args.lr * lr_factor(step, total_steps, warmup_steps, args.schedule)
-        sums = train_step(wrapped, optimizer, loss_fn, batch, rt.device, rt.precision, args.clip_grad, lr, head_prior)
+        sums = train_step(wrapped, model, optimizer, loss_fn, batch, rt.device, rt.precision, args.clip_grad, lr)
         state["batch"] += 1
         for key, value in sums.items():
             partial[key] += value
@@ -490,7 +398,8 @@ def validate(model, loader, loss_fn, rt):
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
     result = predict(model, loader, rt.device, rt.precision, loss_fn, desc="valid", progress=rt.is_main)
-    hits = kn.triple_hits(result["triple"], loader.dataset.triples[result["index"], 0]) if "triple" in result else []
+    gold = loader.dataset.targets.get("triples")
+    hits = triple_hits(result["triple"], gold[result["index"], 0]) if "triple" in result else []
     loss_sum, n_loss, correct, n, *hits = util.all_reduce_sum(
         [result["loss_sum"], result["n_loss"], result["correct"], result["n"], *hits], rt.device)
     shards = util.gather_object((result["index"], result["right"]))

@@ -20,21 +20,16 @@ TOKENIZER_DIR = "tokenizer"
 TEXT_CONFIG_DIR = "text_encoder"
 # The options of main.py that a run saves in its config.json and --resume restores (with the preset-only
 # image_model_kwargs and scratch_text).
+# The model (models.py) is saved beside them, as "model".
 RUN_OPTIONS = ["train_data", "data_dir", "lang", "text_model", "image_model", "pretrained", "img_size", "max_token",
-               "dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "ablate", "text_pool",
-               "loss", "gamma", "label_smoothing", "n_epoch", "lr", "batch_size", "weight_decay", "warmup",
-               "freeze_text_epochs", "clip_grad", "seed", "preset", "skip_bad", "num_workers", "precision",
-               "knowledge", "kge_dir", "knowledge_fusion", "triple_head", "triple_encoder", "kb_constrained",
-               "kb_score", "triple_noise", "knowledge_dropout", "knowledge_free_loss", "knowledge_head", "kb",
-               "head_lr", "head_logit_adjustment", "head_from_answers", "answer_from_kb", "answer_relation", "schedule",
-               "report_to", "image_model_kwargs", "scratch_text"]
+               "dim_h", "dropout", "use_transformer_layer", "n_transformer_layers", "n_heads", "text_pool", "loss",
+               "gamma", "label_smoothing", "n_epoch", "lr", "batch_size", "weight_decay", "warmup",
+               "freeze_text_epochs", "clip_grad", "seed", "preset", "skip_bad", "num_workers", "precision", "config",
+               "valid_fold",
+               "kge_dir", "kb", "schedule", "report_to", "image_model_kwargs", "scratch_text"]
 # options that runs of earlier versions lack, and the value they had then
-LATER_OPTIONS = {"precision": "auto", "knowledge": "none", "kge_dir": None, "knowledge_fusion": "mul",
-                 "triple_head": "independent", "triple_encoder": "shared", "kb_constrained": False, "kb_score": "pair",
-                 "triple_noise": 0.0, "knowledge_dropout": 0.0, "knowledge_free_loss": False,
-                 "knowledge_head": "shared", "kb": None, "head_lr": None, "head_logit_adjustment": False,
-                 "head_from_answers": False, "answer_from_kb": False, "answer_relation": False, "schedule": "cosine",
-                 "report_to": "none"}
+LATER_OPTIONS = {"precision": "auto", "config": None, "kge_dir": None, "kb": None, "schedule": "cosine",
+                 "report_to": "none", "valid_fold": None}
 
 
 def run_option(config, key):

@@ -1,7 +1,8 @@
-"""Data: the canonical CSV format, the train/valid/test split, the answer vocabulary and the torch Dataset.
+"""Data: the canonical CSV format, its checks, the answer vocabulary and the torch Dataset.
 
 data_dir/data.csv columns: image (path under data_dir/image/), question, answer, and optionally
-question_type (A|B), triple (head|relation|tail), abstract, split (train|valid|test), lang (ko|en).
+question_type (A|B), triple (head|relation|tail), abstract, split (train|valid|test), lang (ko|en), fold (BOK-VQA's
+cross-validation fold, 1-5; main.py --valid_fold).
 """
 import csv
 import difflib
@@ -25,7 +26,7 @@ from util import DataError
 REQUIRED_COLUMNS = ["image", "question", "answer"]
 
 
-OPTIONAL_COLUMNS = ["question_type", "triple", "abstract", "split", "lang"]
+OPTIONAL_COLUMNS = ["question_type", "triple", "abstract", "split", "lang", "fold"]  # fold: BOK-VQA's (1-5)
 
 
 # cleaned up as text when read (clean_text): every column but image, a path, which is used exactly as written
@@ -268,6 +269,7 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
     flag(~df["image"].map(inside_image_dir), "column image is an absolute path or leaves the image folder ('..'); "
          "image paths are relative to the image folder")
     flag(~df["question_type"].isin(["A", "B"]), "column question_type is not A or B")
+    flag(~df["fold"].str.fullmatch(r"[0-9]*"), "column fold is not a whole number (a BOK-VQA fold, 1 to 5)")
     no_split = (df["split"] == "").all()  # read_data makes the seeded split for such data
     flag(~df["split"].isin(SPLITS) & ~no_split, f"column split is not one of {', '.join(SPLITS)}")
     flag(~df["triple"].map(well_formed_triples), "column triple is not head|relation|tail (several joined by ';')")
@@ -475,21 +477,13 @@ def build_answer_vocab(train_df):
     return sorted(counts.index, key=lambda a: (-counts[a], a))
 
 
-def knowledge_text(triple, abstract):
-    """A row's knowledge as words (--knowledge text): its triples as 'head relation tail', several joined by '. ',
-    else its abstract."""
-    triples = parse_triples(triple)
-    return ". ".join(" ".join(t) for t in triples) if triples else abstract
-
-
-def encode_questions(tokenizer, df, max_token, knowledge="none"):
-    """Token ids per row: the question; with knowledge 'text', the question paired with the row's knowledge text,
-    the knowledge truncated first so that the question stays whole (alone where it leaves no room)."""
-    questions = list(df["question"])
+def encode_questions(tokenizer, questions, max_token, texts=None):
+    """Token ids per question; with texts (a knowledge text per question, '' for none), each question paired with
+    its text, the text truncated first so that the question stays whole (alone where it leaves no room)."""
+    questions = list(questions)
     encoded = tokenizer(questions, truncation=True, max_length=max_token)["input_ids"]
-    if knowledge != "text":
+    if texts is None:
         return encoded
-    texts = [knowledge_text(t, a) for t, a in zip(df["triple"], df["abstract"])]
     room = max_token - tokenizer.num_special_tokens_to_add(pair=True)
     lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
     paired = [i for i, (text, n) in enumerate(zip(texts, lengths)) if text and n < room]
@@ -502,51 +496,39 @@ def encode_questions(tokenizer, df, max_token, knowledge="none"):
 
 
 class VQADataset(Dataset):
-    """Questions tokenized once up front (with their knowledge text for knowledge 'text'); images from an ImageCache
-    or ImageFiles; with a knowledge.KnowledgeVocab, each row's triples as its ids. Unknown answers get label -1."""
+    """Rows of questions tokenized up front (encoded: token ids per row), their images from an ImageCache or
+    ImageFiles, their answers' ids (-1 for an answer outside the vocabulary) and the per-row targets a model reads
+    (targets: {name: tensor [N, ...]}, the model's targets())."""
 
-    def __init__(self, df, images, tokenizer, answer_to_id, max_token, knowledge="none", vocab=None, copy_targets=None,
-                 head_targets=None, answer_relations=None):
+    def __init__(self, df, images, encoded, answer_to_id, pad_id, targets=None):
         self.df = df.reset_index(drop=True)
         self.images = images
         self.image_rows = np.array([images.row[name] for name in self.df["image"]], dtype=np.int64)
-        encoded = encode_questions(tokenizer, self.df, max_token, knowledge)
         self.input_ids = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
         self.labels = torch.tensor([answer_to_id.get(a, -1) for a in self.df["answer"]], dtype=torch.long)
-        self.pad_id = tokenizer.pad_token_id
-        slots = max([len(parse_triples(c)) for c in self.df["triple"]] + [1]) if vocab is not None else 0
-        self.triples = torch.tensor([vocab.ids(c, slots) for c in self.df["triple"]] if slots else
-                                    np.zeros((len(self.df), 0, 3)), dtype=torch.long).reshape(len(self.df), slots, 3)
         self.answers = list(answer_to_id)  # in id order
-        # --answer_from_kb: each row's copy gate target (knowledge.copy_targets); zeros when unused
-        self.copy = copy_targets if copy_targets is not None else torch.zeros(len(self.df), dtype=torch.long)
-        # the head classifier's targets: the first triple's head, or --head_from_answers' (knowledge.head_targets)
-        self.heads = head_targets if head_targets is not None else \
-            self.triples[:, 0, 0] if slots else torch.zeros(len(self.df), dtype=torch.long)
-        # --answer_relation: each row's relation target (knowledge.answer_relation_targets); -1 (none) when unused
-        self.answer_relations = answer_relations if answer_relations is not None else \
-            torch.full((len(self.df),), -1, dtype=torch.long)
+        self.pad_id = pad_id
+        self.targets = targets or {}
 
     def unseen(self):
         """Rows whose triples hold a head, relation or tail outside the knowledge vocabulary."""
-        return int((self.triples == -1).any(-1).any(-1).sum())
+        return int((self.targets["triples"] == -1).any(-1).any(-1).sum()) if "triples" in self.targets else 0
 
     def __len__(self):
         return len(self.df)
 
     def __getitem__(self, i):
         image = torch.from_numpy(self.images.get(self.image_rows[i]))
-        return (self.input_ids[i], image, self.labels[i], i, self.triples[i], self.copy[i], self.heads[i],
-                self.answer_relations[i])
+        return self.input_ids[i], image, self.labels[i], i, {name: t[i] for name, t in self.targets.items()}
 
 
 def collate(batch, pad_id):
     """Pads each batch to its own longest question."""
-    ids, images, labels, index, triples, copy, heads, answer_relations = zip(*batch)
+    ids, images, labels, index, targets = zip(*batch)
     input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "image": torch.stack(images),
-            "label": torch.stack(labels), "index": torch.tensor(index), "triples": torch.stack(triples),
-            "copy": torch.stack(copy), "head": torch.stack(heads), "answer_relation": torch.stack(answer_relations)}
+            "label": torch.stack(labels), "index": torch.tensor(index),
+            **{name: torch.stack([t[name] for t in targets]) for name in targets[0]}}
 
 
 def read_test_split(config, run_dir, data_dir=None):

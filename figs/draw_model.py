@@ -23,7 +23,8 @@ sys.path.insert(0, ROOT)  # model, main and plots live in the repository root
 
 import main  # noqa: E402
 import plots  # noqa: E402
-from model import build_model, run_config, xlmr_base_config  # noqa: E402
+from encoders import xlmr_base_config  # noqa: E402
+from models import build_model, run_config  # noqa: E402
 
 COLORS = {"input": "#fdebd0", "text": "#d6e6f5", "image": "#dcefd9", "fusion": "#f1d9ec", "head": "#ececec"}
 Box = namedtuple("Box", "x y w h")
@@ -37,7 +38,7 @@ def build(args, use_transformer_layer):
                  f"draw it from its config in {__file__}")
     args.use_transformer_layer = use_transformer_layer
     with torch.device("meta"):
-        model = build_model(run_config(args, 1), xlmr_base_config())
+        model = build_model(run_config(args, args.model_config, 1), xlmr_base_config())
         fmap = model.image_encoder(torch.zeros(1, 3, args.img_size, args.img_size)).shape[1:]
     return model, tuple(fmap)
 

@@ -87,34 +87,33 @@ def kge_dir(sample_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def held_out_run(tmp_path_factory):
-    """A short gel_text run that answers from its knowledge base (--kb_constrained --answer_from_kb), on a tiny sample
-    with held-out facts; (run directory, data directory)."""
+    """A short hilink_kb run, which answers from its knowledge base, on a tiny sample with held-out facts; (run
+    directory, data directory)."""
     import main
 
     data = tmp_path_factory.mktemp("held_out") / "sample"
     sample_data.generate(str(data), n_images=150, seed=0, progress=False)
     results = tmp_path_factory.mktemp("held_out_results")
     main.main(TINY_TRAIN + ["--n_epoch", "4", "--data_dir", str(data), "--results_dir", str(results),
-                            "--knowledge", "gel_text", "--kb_constrained", "--answer_from_kb"])
+                            "--model", "hilink_kb"])
     return only_run(results), data
 
 
-# each knowledge mode's short run: its own options (text withheld at 0.5 and copied from; gel as published;
-# gel_text with the HK-TriNet+ heads and the KB)
-KNOWLEDGE_RUNS = {"text": ["--knowledge_dropout", "0.5", "--answer_from_kb"], "ideal": [], "gel": [],
-                  "gel_text": ["--triple_head", "cascade", "--kb_constrained"]}
+# the knowledge models with a short run of their own (hilink_kb's is held_out_run's)
+KNOWLEDGE_MODELS = ["gel_vqa", "hilink", "oracle_triple", "oracle_text"]
 
 
 @pytest.fixture(scope="session")
 def knowledge_runs(sample_dir, kge_dir, tmp_path_factory):
-    """A short run of each knowledge mode on the tiny sample."""
+    """A short run of each knowledge model on the tiny sample."""
     import main
+    import models
 
     runs = {}
-    for knowledge, options in KNOWLEDGE_RUNS.items():
-        results = tmp_path_factory.mktemp(knowledge)
-        options = options + (["--kge_dir", str(kge_dir)] if knowledge in ("ideal", "gel") else [])
-        main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(results), "--knowledge", knowledge,
+    for name in KNOWLEDGE_MODELS:
+        results = tmp_path_factory.mktemp(name)
+        options = ["--kge_dir", str(kge_dir)] if models.MODELS[name].embeds else []
+        main.main(TINY_TRAIN + ["--data_dir", str(sample_dir), "--results_dir", str(results), "--model", name,
                                 *options])
-        runs[knowledge] = only_run(results)
+        runs[name] = only_run(results)
     return runs

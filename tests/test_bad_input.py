@@ -656,7 +656,7 @@ def test_an_archive_holding_only_an_archive_names_it(tmp_path):
 def test_a_safetensors_file_main_py_did_not_write_is_named_as_such(trained_run, tmp_path):
     from safetensors.torch import save_file
 
-    from model import load_run
+    from models import load_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

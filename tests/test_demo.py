@@ -17,7 +17,8 @@ import torch
 import checkpoints
 import util
 from conftest import ROOT
-from model import answer, load_run
+from answering import answer
+from models import load_run
 from vqa_dataset import read_test_split
 
 BROWSERS = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
@@ -178,8 +179,8 @@ def test_pick_sample_and_ask(page, run):
 
 
 def knowledge_moving_the_answers(run_dir, copy):
-    """A copy of an ideal run whose injection reads the triple as a longer run's does: mul's projection starts at the
-    constant 1 (no effect of the knowledge), which three epochs hardly move."""
+    """A copy of an oracle_triple run whose injection reads the triple as a longer run's does: its projection starts at
+    zero (no effect of the knowledge), which three epochs hardly move."""
     from safetensors.torch import save
 
     shutil.copytree(run_dir, copy)
@@ -191,14 +192,15 @@ def knowledge_moving_the_answers(run_dir, copy):
     return copy
 
 
-@pytest.mark.parametrize("knowledge", ["ideal", "gel"])
+@pytest.mark.parametrize("knowledge", ["oracle_triple", "gel_vqa"])
 def test_a_knowledge_run_takes_and_shows_knowledge(browser, knowledge_runs, knowledge, tmp_path):
-    """ideal: a picked sample fills the knowledge box with its triple, and the answers are those for that triple
-    (another triple typed in gives that triple's answers); gel: the box is hidden and the predicted triple shown."""
+    """oracle_triple: a picked sample fills the knowledge box with its triple, and the answers are those for that
+    triple (another triple typed in gives that triple's answers); gel_vqa: the box is hidden and the predicted triple
+    shown."""
     from playwright.sync_api import expect
 
     run_dir = knowledge_runs[knowledge]
-    if knowledge == "ideal":
+    if knowledge == "oracle_triple":
         run_dir = knowledge_moving_the_answers(run_dir, tmp_path / "run")
     model, tokenizer, config, answers, _ = load_run(str(run_dir), "cpu")
     data_dir, test = read_test_split(config, run_dir)
@@ -213,14 +215,14 @@ def test_a_knowledge_run_takes_and_shows_knowledge(browser, knowledge_runs, know
         page = open_page(browser, url)
         pick_sample(page, index, row)
         box = page.locator("#knowledge textarea")
-        if knowledge == "ideal":
+        if knowledge == "oracle_triple":
             expect(box).to_have_value(row["triple"])
         else:
             expect(box).to_be_hidden()
         page.locator("#submit").click()
         top, listed = shown_answers(page)
-        assert listed == [text for text, _ in want(row["triple"] if knowledge == "ideal" else "")]
-        if knowledge == "gel":
+        assert listed == [text for text, _ in want(row["triple"] if knowledge == "oracle_triple" else "")]
+        if knowledge == "gel_vqa":
             predicted = want("").triple
             expect(page.locator("#triple textarea")).to_have_value(" | ".join(predicted) if predicted else "(none)")
             return

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_TRAIN
-from model import load_run, predict
+from answering import make_dataset, predict
+from models import load_run
 from images import ImageCache
 from splits import SPLIT_FILE
-from vqa_dataset import VQADataset, make_loader, read_data, select_rows
+from vqa_dataset import make_loader, read_data, select_rows
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_torchrun_two_processes(fresh_data, tmp_path):
     model, tokenizer, config, answers, _ = load_run(str(runs[0]))
     valid = select_rows(read_data(fresh_data), "valid")
     images = ImageCache(str(fresh_data), valid["image"], config["img_size"], progress=False)
-    dataset = VQADataset(valid, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    dataset = make_dataset(model, valid, images, tokenizer, answers, config["max_token"])
     from focal import build_loss
 
     single = predict(model, make_loader(dataset, 64, 0, torch.device("cpu")), torch.device("cpu"),

@@ -122,9 +122,10 @@ def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp
 
     import torch
 
-    from model import answer, load_run, predict
+    from answering import answer, make_dataset, predict
+    from models import load_run
     from images import ImageCache
-    from vqa_dataset import VQADataset, make_loader
+    from vqa_dataset import make_loader
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
@@ -137,7 +138,7 @@ def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp
     model, tokenizer, config, answers, _ = load_run(str(run_dir))
     test = select_rows(read_data(sample_dir), "test")
     images = ImageCache(str(sample_dir), test["image"], config["img_size"], progress=False)
-    dataset = VQADataset(test, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    dataset = make_dataset(model, test, images, tokenizer, answers, config["max_token"])
     loader = make_loader(dataset, 256, 0, torch.device("cpu"))
     bf16, fp32 = (predict(model, loader, torch.device("cpu"), p)["prob"][:, 0].numpy() for p in ("bf16", "fp32"))
     assert abs(bf16 - fp32).max() > 1e-4  # the two precisions can be told apart here

@@ -14,7 +14,8 @@ import train
 import util
 from conftest import TINY_TRAIN
 from focal import build_loss
-from model import run_config, train_tokenizer
+from encoders import train_tokenizer
+from models import run_config
 
 
 def test_resumed_fused_adamw_step_equals_the_uninterrupted_one(tmp_path):
@@ -83,13 +84,13 @@ def tiny_setup(sample_dir):
     rt = train.setup(args)
     data = train.load_training_data(args, rt)
     tokenizer = train_tokenizer(list(data.train["question"]))
-    model = train.initial_model(run_config(args, len(data.answers)), tokenizer)
+    model = train.initial_model(run_config(args, args.model_config, len(data.answers)), tokenizer)
     return args, rt, data, tokenizer, model
 
 
 def test_frozen_text_encoder_takes_no_gradient_and_no_dropout(tiny_setup, tmp_path):
     args, rt, data, tokenizer, model = tiny_setup
-    train_loader, _ = train.make_loaders(args, rt, data, tokenizer)
+    train_loader, _ = train.make_loaders(args, rt, data, tokenizer, model)
     optimizer = train.build_optimizer(model, args, rt.device)
     loss_fn = build_loss(args.loss, gamma=args.gamma)
     text_before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}

@@ -3,16 +3,18 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from model import VQAModel, build_image_encoder, small_text_config
+from encoders import build_image_encoder, small_text_config
+from model import ModelConfig, VQAModel
 
 BATCH, TOKENS, IMG, ANSWERS = 4, 7, 64, 11
 
 
-def tiny_model(**kwargs):
+def tiny_model(network=VQAModel, config=None, **kwargs):
+    """A tiny network of the given family (its config and further arguments), seeded."""
     torch.manual_seed(0)
     text = AutoModel.from_config(small_text_config(vocab_size=50, max_token=16, hidden=32, layers=1, heads=2))
     image = build_image_encoder("resnet10t", pretrained=False, channels=[8, 16, 32, 64], stem_width=8)
-    return VQAModel(text, image, ANSWERS, IMG, dim_h=24, n_heads=2, **kwargs)
+    return network(text, image, ANSWERS, IMG, config, dim_h=24, n_heads=2, **kwargs)
 
 
 def tiny_batch():
@@ -67,10 +69,10 @@ def test_ablations_remove_one_input():
     def answers(model, *inputs):
         return model(*inputs)["answer"]
 
-    image_ablated = tiny_model(ablate="image").eval()
+    image_ablated = tiny_model(config=ModelConfig(ablate="image")).eval()
     assert torch.allclose(answers(image_ablated, ids, mask, image),
                           answers(image_ablated, ids, mask, torch.randn_like(image)))
-    question_ablated = tiny_model(ablate="question").eval()
+    question_ablated = tiny_model(config=ModelConfig(ablate="question")).eval()
     other_ids = ids.roll(1, dims=1)
     assert torch.allclose(answers(question_ablated, ids, mask, image),
                           answers(question_ablated, other_ids, mask, image))

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModel
 
 from conftest import TINY_TRAIN, run_script
-from model import small_text_config, train_tokenizer
+from encoders import small_text_config, train_tokenizer
 from vqa_dataset import read_data
 
 
@@ -29,7 +29,7 @@ def test_train_from_local_model_directories(sample_dir, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["image_arch"] == "resnet10t" and config["image_model_kwargs"]["channels"] == [8, 16, 32, 64]
     # the local weights were loaded, not a random initialisation
-    from model import load_run
+    from models import load_run
 
     model = load_run(str(run_dir))[0]
     assert model.image_encoder.conv1[0].weight.shape == cnn.conv1[0].weight.shape
@@ -38,7 +38,7 @@ def test_train_from_local_model_directories(sample_dir, tmp_path):
 
 
 def test_pretrained_weights_from_a_local_directory_are_used(tmp_path):
-    from model import build_image_encoder, build_text_encoder
+    from encoders import build_image_encoder, build_text_encoder
 
     text_dir, image_dir = tmp_path / "text", tmp_path / "image"
     text = AutoModel.from_config(small_text_config(40, 16, hidden=32, layers=1, heads=2))

@@ -61,15 +61,16 @@ def wait_for(results, script, pattern="*/" + checkpoints.LAST_CHECKPOINT, timeou
 
 def outcome(run_dir, sample_dir):
     """(history without timings, test accuracy of the best weights)."""
-    from model import load_run, predict
+    from answering import make_dataset, predict
+    from models import load_run
     from images import ImageCache
-    from vqa_dataset import VQADataset, make_loader, read_data, select_rows
+    from vqa_dataset import make_loader, read_data, select_rows
 
     history = json.loads((run_dir / "history.json").read_text())
     model, tokenizer, config, answers, _ = load_run(str(run_dir))
     test = select_rows(read_data(str(sample_dir)), "test")
     images = ImageCache(str(sample_dir), test["image"], config["img_size"], progress=False)
-    dataset = VQADataset(test, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    dataset = make_dataset(model, test, images, tokenizer, answers, config["max_token"])
     accuracy = predict(model, make_loader(dataset, 64, 0, torch.device("cpu")), torch.device("cpu"))["accuracy"]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history], accuracy
 
@@ -269,7 +270,7 @@ def test_a_plain_state_dict_pt_loads_with_the_same_answers(trained_run, tmp_path
 
 
 def test_config_or_answers_that_do_not_match_the_weights_are_named(trained_run, tmp_path):
-    from model import load_run
+    from models import load_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

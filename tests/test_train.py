@@ -10,15 +10,16 @@ import torch
 import checkpoints
 import util
 from conftest import TINY_TRAIN
-from model import load_run, predict
+from answering import make_dataset, predict
+from models import load_run
 from images import ImageCache
-from vqa_dataset import VQADataset, make_loader, read_data, select_rows
+from vqa_dataset import make_loader, read_data, select_rows
 
 
 def valid_accuracy(model, tokenizer, config, answers, data_dir):
     df = select_rows(read_data(data_dir), "valid", config["train_data"])
     images = ImageCache(data_dir, df["image"], config["img_size"], progress=False)
-    dataset = VQADataset(df, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    dataset = make_dataset(model, df, images, tokenizer, answers, config["max_token"])
     return predict(model, make_loader(dataset, 64, 0, torch.device("cpu")), torch.device("cpu"))
 
 

@@ -3,12 +3,12 @@ colour-code image per head entity (../shared/bok-proxy/make_proxy.py; not the re
 public), fold 5 of the training CSVs as the test split.
 
     python tools/bok_proxy.py                    # data/bok_proxy/, results/bok_proxy/{ko,en,bi}/comparison.md
-    python tools/bok_proxy.py --langs ko --seeds 42 --configs none gel
+    python tools/bok_proxy.py --langs ko --seeds 42 --models baseline gel_vqa
 
 Builds the proxy and imports it for ko, en and bi (download.py --from_csv), writes its knowledge base kb.csv (the
 distinct triples of all its rows, standing in for BOK-VQA's all_triple.csv, which holds every question's triple),
-trains the KG embeddings on it (kge.py), then runs tools/knowledge_runs.py per language. Every step that is done
-is kept, so an interrupted comparison continues where it stopped.
+trains GEL-VQA's KG embeddings on it (kge.py's defaults), then runs tools/compare.py per language. Every step that
+is done is kept, so an interrupted comparison continues where it stopped.
 """
 import argparse
 import os
@@ -18,14 +18,8 @@ import sys
 import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEEDS = {"ko": [42, 43, 44], "en": [42], "bi": [42, 43]}  # ko: mean of three; en one; bi (twice the rows) two
-# the configurations of the README's tables (the best deployable one with its own encoders costs 2x: ko and en only)
-CONFIGS = {"ko": ["none", "ideal_concat_copy", "gel", "gel_text_cascade_kb_copy", "gel_text_cascade_kb_copy_noise",
-                  "gel_text_cascade_kb_copy_adjust", "gel_text_own_cascade_kb_copy_adjust",
-                  "gel_text_own_cascade_kb_copy_adjust_noise"],
-           "en": ["none", "ideal_concat_copy", "gel", "gel_text_own_cascade_kb_copy_adjust",
-                  "gel_text_own_cascade_kb_copy_adjust_noise"],
-           "bi": ["none", "ideal_concat_copy", "gel", "gel_text_cascade_kb_copy", "gel_text_cascade_kb_copy_noise"]}
+SEEDS = {"ko": [42, 43, 44], "en": [42], "bi": [42]}  # ko: the mean of three; en and bi one each
+MODELS = ["baseline", "gel_vqa", "hilink", "hilink_kb", "oracle_triple"]  # the README's table
 
 
 def python(*args):
@@ -58,20 +52,19 @@ def main():
     p.add_argument("--data", default="data/bok_proxy", help="where the proxy's data go")
     p.add_argument("--out", default="results/bok_proxy", help="where the KG embeddings, runs and tables go")
     p.add_argument("--langs", nargs="+", default=list(SEEDS), choices=list(SEEDS), help="languages to compare")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 3 for ko, 1 for en, 2 for bi)")
-    p.add_argument("--configs", nargs="+", default=None, help="configurations (default: per language, above)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 3 for ko, 1 for en and bi)")
+    p.add_argument("--models", nargs="+", default=MODELS, help="models (names or configs/ file stems)")
     args = p.parse_args()
     if not os.path.isfile(os.path.join(args.shared, "bok-proxy", "make_proxy.py")):
         sys.exit(f"error: {args.shared}/bok-proxy/make_proxy.py not found: the proxy needs the BOK-VQA CSVs of "
                  f"../shared (not part of this repo); give --shared.")
     kb = build(args.shared, args.data)
-    kge_dir = os.path.join(args.out, "kge")
+    kge_dir = os.path.join(args.out, "kge_gel_vqa")
     if not os.path.isfile(os.path.join(kge_dir, "settings.json")):
         python("kge.py", "--triples", kb, "--out", kge_dir)
     for lang in args.langs:
-        python("tools/knowledge_runs.py", "--data_dir", os.path.join(args.data, lang), "--kge_dir", kge_dir,
-               "--kb", kb, "--out", os.path.join(args.out, lang), "--seeds", *(args.seeds or SEEDS[lang]),
-               "--configs", *(args.configs or CONFIGS[lang]))
+        python("tools/compare.py", "--data_dir", os.path.join(args.data, lang), "--kge_dir", kge_dir, "--kb", kb,
+               "--out", os.path.join(args.out, lang), "--seeds", *(args.seeds or SEEDS[lang]), "--models", *args.models)
 
 
 if __name__ == "__main__":

@@ -199,15 +199,16 @@ def top_two(run_dir, device, rows):
     import torch
 
     import util
-    from model import load_run, predict
+    from answering import make_dataset, predict
     from images import ImageCache
-    from vqa_dataset import VQADataset, make_loader
+    from models import load_run
+    from vqa_dataset import make_loader
 
     device = torch.device(device)
     model, tokenizer, config, answers, _ = load_run(run_dir, device)
     data_dir = config["data_dir"]
     images = ImageCache(data_dir, rows["image"], config["img_size"], progress=False)
-    dataset = VQADataset(rows, images, tokenizer, {a: i for i, a in enumerate(answers)}, config["max_token"])
+    dataset = make_dataset(model, rows, images, tokenizer, answers, config["max_token"])
     result = predict(model, make_loader(dataset, 256, 0, device), device,
                      util.pick_precision(device, util.run_option(config, "precision")), top_k=2, progress=False)
     return result["pred"][:, 0].numpy(), (result["prob"][:, 0] - result["prob"][:, 1]).numpy()
@@ -236,7 +237,7 @@ def step_inference(check, run_dir):
     _, test = read_test_split(read_json(os.path.join(run_dir, "config.json")))
     cpu, cpu_gap = top_two(run_dir, "cpu", test)
     gpu, _ = top_two(run_dir, device, test)
-    compare(f"inference.py's model.predict, {device} vs cpu, whole test split", cpu, gpu, cpu_gap, check)
+    compare(f"inference.py's answering.predict, {device} vs cpu, whole test split", cpu, gpu, cpu_gap, check)
 
     each = {}
     for dev in ("cpu", device):
@@ -250,7 +251,8 @@ def step_inference(check, run_dir):
 
     import torch
 
-    from model import answer, load_run
+    from answering import answer
+    from models import load_run
 
     tops = {}
     for dev in ("cpu", device):  # demo.py's answer function
@@ -258,7 +260,7 @@ def step_inference(check, run_dir):
         tops[dev] = [answer(model, tokenizer, config, answers, os.path.join(config["data_dir"], "image", row.image),
                             row.question, dev, top_k=2) for row in test.head(20).itertuples()]
     gap = [t[0][1] - t[1][1] for t in tops["cpu"]]
-    compare(f"demo's answer function (model.answer), 20 test rows, {device} vs cpu",
+    compare(f"demo's answer function (answering.answer), 20 test rows, {device} vs cpu",
             [t[0][0] for t in tops["cpu"]], [t[0][0] for t in tops[device]], gap, check)
 
 
