@@ -7,13 +7,46 @@ from tqdm import tqdm
 import kb
 import util
 from images import load_image, to_model_input
-from vqa_dataset import DataError, VQADataset, clean_text, collate
+from vqa_dataset import DataError, VQADataset, clean_text, collate, parse_triples, placeholder_part
+
+
+def knowledge_input(triple, abstract, option="--triple"):
+    """(triple, abstract) of a question's knowledge as a user types it (inference_each.py's --triple and --abstract,
+    the demo's box), read by data.csv's rules (clean_text); a triple that is not head|relation|tail (several joined
+    by ';'), or names a missing-value placeholder, is a DataError naming the option and the fix."""
+    triple, abstract = clean_text(triple), clean_text(abstract)
+    try:
+        parse_triples(triple)
+    except ValueError as e:
+        raise DataError(f"{option} {triple!r}: {e}; write the triple as head|relation|tail (several joined by ';', a "
+                        f"'|', ';' or '\\' inside a name escaped with '\\').") from None
+    if placeholder_part(triple):
+        raise DataError(f"{option} {triple!r}: {placeholder_part(triple)!r} is a missing-value placeholder, not a "
+                        f"head, relation or tail; write the triple as head|relation|tail.")
+    return triple, abstract
 
 
 def make_dataset(model, df, images, tokenizer, answers, max_token, training=False):
     """The rows df as the model reads them: its encoding of their text and its per-row targets (model.targets)."""
     return VQADataset(df, images, model.encode(tokenizer, df, max_token), {a: i for i, a in enumerate(answers)},
                       tokenizer.pad_token_id, model.targets(df, training))
+
+
+def say_truncation(model, tokenizer, df, max_token):
+    """Warns of the rows whose question, or question and knowledge words, are longer than max_token: the knowledge
+    is cut first, then the question."""
+    questions = [len(ids) for ids in tokenizer(list(df["question"]), add_special_tokens=False)["input_ids"]]
+    texts = model.config.knowledge_texts(df)
+    words = [len(ids) if text else 0 for ids, text in zip(tokenizer(texts, add_special_tokens=False)["input_ids"],
+                                                          texts)]
+    single, pair = tokenizer.num_special_tokens_to_add(), tokenizer.num_special_tokens_to_add(pair=True)
+    cut_questions = sum(n + single > max_token for n in questions)
+    cut_texts = sum(n + w + pair > max_token for n, w in zip(questions, words) if w)
+    if cut_questions or cut_texts:
+        print(f"warning: --max_token {max_token} cuts {cut_questions} of {len(df)} questions"
+              + (f" and {cut_texts} of the {sum(w > 0 for w in words)} knowledge texts read with them" if any(words)
+                 else "") + " (the knowledge first, then the question's end); a run trained with a larger "
+              "--max_token reads them whole.")
 
 
 def autocast(device, precision):
@@ -93,8 +126,8 @@ def answer(model, tokenizer, config, answers, image_path, question, device, top_
     (the run's precision on this device), so every script gives the same answer. triple and abstract: the
     question's knowledge, for the oracles (oracle_text reads either, oracle_triple the triple)."""
     device = torch.device(device)
-    row = pd.DataFrame({"question": [clean_text(question)], "triple": [clean_text(triple)],
-                        "abstract": [clean_text(abstract)], "answer": [""]})
+    triple, abstract = knowledge_input(triple, abstract)
+    row = pd.DataFrame({"question": [clean_text(question)], "triple": [triple], "abstract": [abstract], "answer": [""]})
     if not row["question"][0]:
         raise DataError("the question is empty (or only white space and invisible characters); type a question.")
     ids = model.encode(tokenizer, row, config["max_token"])[0]

@@ -17,7 +17,7 @@ from answering import answer
 from encoders import OfflineError
 from models import load_run
 from oracles import OracleTextConfig
-from vqa_dataset import DataError, read_test_split, well_formed_triples
+from vqa_dataset import DataError, read_test_split
 
 
 def load_samples(config, run_dir, data_dir, n):
@@ -37,6 +37,12 @@ def load_samples(config, run_dir, data_dir, n):
     return samples
 
 
+def refusal(gr, message):
+    """The error a refused request shows on the page; the console gets one line, not a traceback."""
+    print(f"refused: {message}", flush=True)
+    return gr.Error(message, print_exception=False)
+
+
 def refuse_with_reason(gr, preprocess):
     """gradio's image preprocessing, where an upload it cannot open as an image is refused with the reason instead
     of a bare "Error". (An instance attribute: a subclass of a gradio component makes gradio write a .pyi file.)"""
@@ -45,8 +51,8 @@ def refuse_with_reason(gr, preprocess):
             return preprocess(payload)
         except Exception as e:  # PIL's errors for files that are not images, decompression bombs
             name = getattr(payload, "orig_name", None) or "the upload"
-            raise gr.Error(f"{name} is not an image this demo can read ({type(e).__name__}: {e}). "
-                           f"Upload a JPEG or PNG.") from None
+            raise refusal(gr, f"{name} is not an image this demo can read ({type(e).__name__}: {e}). "
+                          f"Upload a JPEG or PNG.") from None
     return checked
 
 
@@ -120,14 +126,15 @@ def main():
 
     def predict(image_path, question, knowledge):
         if not image_path:
-            raise gr.Error("Upload an image or pick a test sample first.")
+            raise refusal(gr, "Upload an image or pick a test sample first.")
         knowledge = knowledge or ""  # gradio gives None for a hidden, untouched box
-        triple = knowledge if well_formed_triples(knowledge) else ""
+        # oracle_text reads a triple or a text: one with a '|' is meant as a triple, and read as one
+        text = isinstance(model.config, OracleTextConfig) and "|" not in knowledge
         try:
-            top = answer(model, tokenizer, config, answers, image_path, question or "", device, args.top_k, triple,
-                         "" if triple else knowledge)
+            top = answer(model, tokenizer, config, answers, image_path, question or "", device, args.top_k,
+                         "" if text else knowledge, knowledge if text else "")
         except DataError as e:  # an empty question, an image that cannot be read: say why
-            raise gr.Error(str(e)) from None
+            raise refusal(gr, str(e)) from None
         return dict(top), " | ".join(top.triple) if top.triple else "(none)"
 
     app = build_app(gr, predict, samples, args.top_k, model.config)

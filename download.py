@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 import util
-from splits import count_values, make_split
+from splits import count_values, make_split, report_shared_images
 from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataError, derive_columns, format_triples,
                          normalize_text, read_csv, validate)
 
@@ -428,19 +428,6 @@ def leave_out_cross_file_faults(data, skip_bad):
     return data[~bad], data[bad].assign(problem=problems[bad])
 
 
-def report_shared_images(data):
-    """Says how many valid and test images are training images too (with other questions): no question is seen in
-    training, but the held-out score includes images that are."""
-    train_images = set(data.loc[data["split"] == "train", "image"])
-    for split in ("valid", "test"):
-        rows = data[(data["split"] == split) & data["image"].isin(train_images)]
-        if len(rows):
-            print(f"warning: {rows['image'].nunique()} {split} images ({len(rows)} {split} rows) are training images "
-                  f"too, with other questions (e.g. {rows['image'].iloc[0]}, {rows['source'].iloc[0]} row "
-                  f"{rows['row'].iloc[0]}): the {split} score includes images seen in training. Give all the rows "
-                  f"of an image one split to keep them apart.")
-
-
 def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=False, valid_fold=1):
     """Writes out_dir/data.csv (canonical) and out_dir/image/ (links) from the given CSVs; returns the row count.
     Never replaces a file in out_dir that this repo did not write, unless force. valid_fold: the fold of BOK-VQA's
@@ -463,15 +450,24 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=
     if data.empty:
         raise DataError(f"every row of {', '.join(csv_paths + test_paths)} has a problem, so nothing was imported; "
                         f"run again without --skip_bad to see them.")
-    report_shared_images(data)
+    report_shared_images(data, lambda row: f"{row['source']} row {row['row']}")
     os.makedirs(out_dir, exist_ok=True)
-    link_images(data["image"].unique(), image_dir, outputs)
+    try:
+        link_images(data["image"].unique(), image_dir, outputs)
+    except OSError as e:
+        raise util.CheckpointError(f"cannot make the image links in {out_dir}/image: {e.strerror or e}. The links "
+                                   f"made so far are of this import and are used or replaced when it runs again; "
+                                   f"free space and run it again.") from None
     columns = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     if (data["split"] == "").all():
         columns.remove("split")  # read_data then makes the seeded split
     if (data["fold"] == "").all():
         columns.remove("fold")
-    outputs.write("data.csv", util.csv_bytes(data[columns]))
+    try:
+        outputs.write("data.csv", util.csv_bytes(data[columns]))
+    except util.CheckpointError as e:
+        raise util.CheckpointError(f"{e} The image links under {out_dir}/image were made; run the import again once "
+                                   f"there is room (they are this import's, and kept or replaced).") from None
     if len(skipped):
         outputs.write("skipped_rows.csv", util.csv_bytes(skipped.rename(columns={"row": "source_row"})))
         print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in {out_dir}/skipped_rows.csv")

@@ -16,7 +16,7 @@ import kge
 from kb import choose_triple
 from model import ModelConfig, VQAModel, setting
 from triples import IndependentHeads, triple_loss
-from vocab import ABSENT, NO_KNOWLEDGE, triple_ids
+from vocab import ABSENT, triple_ids
 
 FUSIONS = ["mul", "concat"]
 CROP = 356 / 224  # the paper's training resize before its 224 random crop
@@ -79,7 +79,8 @@ class KnowledgeCodes(nn.Module):
             device = self.head_unknown.device
             setattr(self, f"{slot}_table", table.to(device))
             setattr(self, f"{slot}_missing", missing.to(device))
-            lacking += [name for name, gone in zip(names, missing.tolist()) if gone and name != NO_KNOWLEDGE]
+            lacking += [name for i, (name, gone) in enumerate(zip(names, missing.tolist()))
+                        if gone and (slot, i) != ("relation", vocab.no_knowledge)]
         return lacking
 
     @staticmethod

@@ -68,6 +68,7 @@ def check_image(path):
                 return "is truncated (no JPEG end marker)"
             if kind == "PNG" and b"IEND" not in tail[-64:]:
                 return "is truncated (no PNG end chunk)"
+            check_size(im)
             # a JPEG decodes every block at 1/8 size: corruption shows, in a fraction of the time
             im.draft("RGB", (64, 64))
             to_rgb(im)
@@ -100,10 +101,23 @@ def to_rgb(im):
     return im.convert("RGB")
 
 
+MAX_PIXELS = 50_000_000  # 50 megapixels (an 8K photo is 35): a larger picture is refused from its header, undecoded
+
+
+def check_size(im):
+    """ImageError for a picture over MAX_PIXELS, from the size in its header (before any decoding: a small PNG can
+    hold a picture whose decoding takes gigabytes)."""
+    if im.width * im.height > MAX_PIXELS:
+        raise ImageError(f"is {im.width} x {im.height} pixels ({im.width * im.height / 1e6:.0f} megapixels), over the "
+                         f"{MAX_PIXELS / 1e6:.0f} megapixels this repo decodes; shrink it (the model reads it at a few "
+                         f"hundred pixels)")
+
+
 def read_image(path):
     """An image file as an RGB PIL image (to_rgb); any failure is a DataError naming the file."""
     try:
         with Image.open(path) as im:
+            check_size(im)
             return to_rgb(im)
     except ImageError as e:
         raise DataError(f"{path} {e}.") from None

@@ -16,11 +16,12 @@ import knowledge
 import plots
 import report
 import util
-from answering import make_dataset, predict
+from answering import make_dataset, predict, say_truncation
 from encoders import OfflineError
 from images import ImageCache
+from splits import report_shared_images
 from models import load_run
-from vqa_dataset import DataError, format_triples, make_loader, read_data, select_rows, validate
+from vqa_dataset import DataError, format_triples, make_loader, read_data, run_data_dir, select_rows, validate
 
 
 def add_predictions(df, result, vocab):
@@ -52,35 +53,41 @@ def main():
                    help="leave out rows with problems instead of stopping; written to skipped_rows_<infer_data>.csv "
                         "(skipped_rows_<split>_<infer_data>.csv for --split train or valid)")
     args = p.parse_args()
-    evaluation = report.evaluation_name(args.split, args.infer_data)  # its files: eval_<evaluation>.json, ...
-
     try:
-        device = util.pick_device(args.device)
-        model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir, args.kb)
-        precision = util.pick_precision(device, util.run_option(config, "precision"))
-        data_dir = args.data_dir or config["data_dir"]
-        data = read_data(data_dir, run_dir)
-        df = select_rows(data, args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
-        df, skipped = validate(df, data_dir, args.skip_bad)
-        if len(df) == 0:
-            sys.exit(f"error: no {args.split} rows for --infer_data {args.infer_data} "
-                     f"(train_data {config['train_data']}) in {data_dir}/data.csv.")
-        images = ImageCache(data_dir, df["image"], config["img_size"], user=run_dir)
-    except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError) as e:
+        summary, run_dir, evaluation, image = evaluate(args)
+    except (OfflineError, DataError, util.CheckpointError, util.UsageError, FileNotFoundError, ValueError,
+            OSError) as e:
         sys.exit(f"error: {e}")
-    if len(skipped):
-        skipped.to_csv(os.path.join(run_dir, f"skipped_rows_{evaluation}.csv"), index=False)
-        print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in "
-              f"{run_dir}/skipped_rows_{evaluation}.csv")
+    show(summary, args)
+    print(f"wrote {run_dir}/predictions_{evaluation}.csv, eval_{evaluation}.json, {image} and report.md")
+
+
+def evaluate(args):
+    """Evaluates the run on its split and writes its predictions, eval json, report section and figure (each
+    atomically: a fault leaves no half-written file); returns (summary, run directory, evaluation name, figure)."""
+    evaluation = report.evaluation_name(args.split, args.infer_data)  # its files: eval_<evaluation>.json, ...
+    device = util.pick_device(args.device)
+    model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir, args.kb)
+    precision = util.pick_precision(device, util.run_option(config, "precision"))
+    data_dir = run_data_dir(config, args.data_dir)
+    data = read_data(data_dir, run_dir)
+    report_shared_images(select_rows(data, lang=config.get("lang", "bi")))
+    df = select_rows(data, args.split, config["train_data"], args.infer_data, config.get("lang", "bi"))
+    df, skipped = validate(df, data_dir, args.skip_bad)
+    if len(df) == 0:
+        raise DataError(f"no {args.split} rows for --infer_data {args.infer_data} (train_data "
+                        f"{config['train_data']}) in {data_dir}/data.csv.")
+    images = ImageCache(data_dir, df["image"], config["img_size"], user=run_dir)
+    say_truncation(model, tokenizer, df, config["max_token"])
     dataset = make_dataset(model, df, images, tokenizer, answers, config["max_token"])
     loader = make_loader(dataset, args.batch_size, args.num_workers, device)
     result = predict(model, loader, device, precision, top_k=1, desc=args.split)
 
     add_predictions(df, result, model.vocab)
-    unknown = int((~df["answer"].isin(set(answers))).sum())
     summary = {"accuracy": float(df["correct"].mean()), "n": int(len(df)), "by_type": report.accuracy_table(df),
-               "unknown_answers": unknown, "skipped_rows": len(skipped), "model": run_dir, "data_dir": data_dir,
-               "split": args.split, "infer_data": args.infer_data, "model_name": model.config.name,
+               "unknown_answers": int((~df["answer"].isin(set(answers))).sum()), "skipped_rows": len(skipped),
+               "model": run_dir, "data_dir": data_dir, "split": args.split, "infer_data": args.infer_data,
+               "model_name": model.config.name,
                "kb": args.kb or (os.path.join(run_dir, knowledge.KB_FILE) if model.config.uses_kb() else None)}
     if "predicted_triple" in df:
         summary["triple_accuracy"] = report.triple_accuracy(df)
@@ -89,13 +96,22 @@ def main():
         summary["answered_from"] = report.path_table(df)
     summary.update(report.seen_table(df, select_rows(data, "train", config["train_data"],
                                                      lang=config.get("lang", "bi"))))
-    df.drop(columns=["split"]).to_csv(os.path.join(run_dir, f"predictions_{evaluation}.csv"), index=False)
+    if len(skipped):
+        util.write_csv(os.path.join(run_dir, f"skipped_rows_{evaluation}.csv"), skipped)
+        print(f"--skip_bad: skipped {len(skipped)} row(s) with problems, listed in "
+              f"{run_dir}/skipped_rows_{evaluation}.csv")
+    util.write_csv(os.path.join(run_dir, f"predictions_{evaluation}.csv"), df.drop(columns=["split"]))
     util.write_json(os.path.join(run_dir, f"eval_{evaluation}.json"), summary)
     image = report.add_test_section(run_dir, summary, df)
     plots.plot_by_type(summary["by_type"], os.path.join(run_dir, image), overall=summary,
                        title=f"{args.split} accuracy, infer_data {args.infer_data}")
+    return summary, run_dir, evaluation, image
 
+
+def show(summary, args):
+    """The accuracies, as a table per type, triple, seen/unseen and answer source."""
     print(f"{args.split} accuracy ({args.infer_data}): {100 * summary['accuracy']:.2f}% on {summary['n']} questions")
+    unknown = summary["unknown_answers"]
     if unknown:
         print(f"{unknown} {args.split} answers never occur in training; only a copied name can get them right"
               if "answered_from" in summary else f"{unknown} {args.split} answers never occur in training; they count "
@@ -114,10 +130,9 @@ def main():
             f"{100 * row['accuracy']:.2f}% of {row['n']}" if row["accuracy"] is not None else "none"
             for row in summary[group].values()))
     if "answered_from" in summary:
-        print(f"answered from (--answer_from_kb):\n{'path':<12}{'share':>8}{'accuracy':>10}{'n':>8}")
+        print(f"answered from (the copy gate):\n{'path':<12}{'share':>8}{'accuracy':>10}{'n':>8}")
         for path, row in summary["answered_from"].items():
             print(f"{path:<12}{100 * row['share']:>7.1f}%{100 * row['accuracy']:>9.1f}%{row['n']:>8}")
-    print(f"wrote {run_dir}/predictions_{evaluation}.csv, eval_{evaluation}.json, {image} and report.md")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ import unicodedata
 
 import kb
 import util
-from answering import answer, question_tokens
+from answering import answer, knowledge_input, question_tokens
 from encoders import OfflineError
 from models import load_run
+from oracles import OracleTextConfig
 from vqa_dataset import DataError, read_test_split
 
 
@@ -42,6 +43,9 @@ def main():
     args = p.parse_args()
     if (args.image is None) != (args.question is None):
         p.error("--image and --question go together")
+    if (args.triple or args.abstract) and args.image is None:
+        p.error("--triple and --abstract go with --image and --question; a test sample (--index) is answered with its "
+                "own knowledge")
 
     try:
         if args.save_png:  # checked before the work: a file this repo did not write is not replaced
@@ -49,7 +53,7 @@ def main():
             png.check([os.path.basename(args.save_png)])
         device = util.pick_device(args.device)
         model, tokenizer, config, answers, run_dir = load_run(args.model_path, device, args.results_dir, args.kb)
-        gold, triple, abstract = None, args.triple, args.abstract
+        gold, (triple, abstract) = None, given_knowledge(args, model.config)
         if args.image is not None:
             image_path, question = args.image, args.question
         else:
@@ -93,6 +97,18 @@ def main():
         except (OSError, util.CheckpointError) as e:
             sys.exit(f"error: {e}")
         print(f"wrote {args.save_png}")
+
+
+def given_knowledge(args, model_config):
+    """(triple, abstract) of --triple and --abstract, checked (answering.knowledge_input); knowledge the run's model
+    does not read is a UsageError."""
+    if (args.triple or args.abstract) and not model_config.gold:
+        raise util.UsageError(f"--triple and --abstract give the gold knowledge that the oracles read; "
+                              f"{model_config.name} reads none (it answers from the image and question alone"
+                              f"{', predicting the triple' if model_config.predicts else ''}).")
+    if args.abstract and not isinstance(model_config, OracleTextConfig):
+        raise util.UsageError(f"--abstract: {model_config.name} reads a triple (--triple), not a text.")
+    return knowledge_input(args.triple, args.abstract)
 
 
 def pad(text, width):

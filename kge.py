@@ -83,14 +83,17 @@ def build_parser():
 
 
 def read_triples_csv(path):
-    """(triples, skipped) of a CSV with columns h, r, t. Wholly empty rows are skipped and counted; a row with only
-    some cells empty is an error, as it is a triple with a part missing."""
+    """(triples, skipped) of a CSV with columns h, r, t, its names read by data.csv's rules (vqa_dataset.clean_text:
+    NFC, invisible characters removed, white space collapsed; how many changed is said). Wholly empty rows are
+    skipped and counted; a row with only some cells empty is an error, as it is a triple with a part missing, and so
+    is a file without a triple."""
     df = vqa_dataset.read_csv(path)  # a missing, empty or undecodable file, a folder: a DataError
     missing = [c for c in "hrt" if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}. A triples CSV needs columns "
                         f"h, r, t (head, relation, tail).")
-    cells = df[["h", "r", "t"]].apply(lambda column: column.str.strip())
+    cells = df[["h", "r", "t"]].map(vqa_dataset.clean_text)
+    changed = int((cells != df[["h", "r", "t"]]).to_numpy().sum())
     rows = pd.Series(range(2, len(df) + 2), index=df.index)  # as a spreadsheet shows them: the header is row 1
     empty = cells == ""
     blank = empty.all(axis=1)
@@ -103,6 +106,11 @@ def read_triples_csv(path):
     if problems:
         raise DataError(f"{path}: empty or missing cells (row numbers as in a spreadsheet, the header is row 1):\n"
                         + "\n".join(problems) + "\nFill them in or delete those rows.")
+    if blank.all():
+        raise DataError(f"{path} holds no triple: its {len(df)} row(s) are blank (or only white space and invisible "
+                        f"characters). Give a CSV with columns h, r, t and a triple per row.")
+    if changed:
+        print(f"{path}: normalised {changed} name(s) (Unicode NFC, invisible characters, white space), as data.csv's")
     return list(cells[~blank].itertuples(index=False, name=None)), int(blank.sum())
 
 
@@ -113,7 +121,7 @@ def read_data_csv(path):
         raise DataError(f"{path}: no `triple` column (found {list(df.columns)}), so there are no triples to embed. "
                         f"Give a triples CSV with --triples, or put a triples.csv (columns h, r, t) beside it.")
     triples, bad, skipped = [], [], 0
-    for row, text in enumerate(df["triple"], start=2):
+    for row, text in enumerate(df["triple"].map(vqa_dataset.clean_text), start=2):  # main.py's reading of it
         try:
             found = vqa_dataset.parse_triples(text)
         except ValueError as e:
@@ -173,7 +181,8 @@ def split_triples(factory, eval_fraction, seed):
         train, held_out = factory.split([1 - eval_fraction, eval_fraction], random_state=seed, method="cleanup")
     if held_out.num_triples == 0:
         raise DataError(f"no triple can be held out: in every one, an entity or relation occurs in no other triple "
-                        f"({factory.num_triples} triples). Use more triples or a larger --eval_fraction.")
+                        f"({factory.num_triples} triples), and a held-out triple's must occur in training. Give more "
+                        f"triples, or train on all of them (--eval_fraction 0).")
     return train, held_out
 
 
@@ -204,7 +213,9 @@ def train(triples, args, device):
     from pykeen.triples import TriplesFactory
     from pykeen.utils import set_random_seed
 
-    logging.getLogger("pykeen").setLevel(logging.WARNING)
+    # PyKEEN's warnings (ConvKB's advice to start from TransE, a split's coverage) are about its own defaults, which
+    # this script sets, or are said by this script in its own words
+    logging.getLogger("pykeen").setLevel(logging.ERROR)
     logging.getLogger("torch_max_mem").setLevel(logging.ERROR)  # it warns on every CPU evaluation
     # PyKEEN's data loaders always pin memory, which on a machine without a GPU only prints a warning.
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true")
@@ -371,8 +382,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         device = util.pick_device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise util.UsageError(f"--device {args.device}: no CUDA GPU is available; use --device cpu.")
         outputs = util.OutputFolder(args.out, args.force).check(OUTPUT_FILES)  # before the training, not after
         triples, source = load_triples(args)
         tensors, entity_to_id, relation_to_id, report = train(triples, args, device)

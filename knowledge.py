@@ -6,7 +6,7 @@ import os
 import kge
 import util
 from kb import KnowledgeBase, beyond_classes, read_kb, training_kb, write_kb
-from vocab import NO_KNOWLEDGE, KnowledgeVocab
+from vocab import KnowledgeVocab
 
 VOCAB_FILE = "knowledge.json"  # a knowledge run's vocabularies
 KGE_DIR = "kge"  # in a knowledge run's directory: the KG embeddings it was trained with (kge.py's files)
@@ -28,6 +28,25 @@ def attach(model, vocab, tokenizer, max_token, kb_triples=None, embeddings=None)
     return model.attach_knowledge(vocab, embeddings, kb_triples, tokenizer, max_token)
 
 
+def shared_names(kb_triples, vocab, source, log):
+    """Says how many of a knowledge base's names the vocabulary's classes (the train and valid triples) have, with
+    examples of those they lack; a KB that shares none with them is a UsageError (its facts could not be told apart
+    by the model, and every question would get its first one)."""
+    names = [set(part) for part in zip(*kb_triples)]
+    known = [{n for n in part if 0 <= vocab.index[i].get(n, -1) < vocab.classes[i]} for i, part in enumerate(names)]
+    if not any(known):
+        examples = ", ".join(sorted(names[0])[:3])
+        raise util.UsageError(f"{source} shares no name with the triples the model was trained on (heads such as "
+                              f"{examples}): is it the knowledge base of this data? Give the run's own, or one of "
+                              f"its data's.")
+    lacking = [sorted(part - k) for part, k in zip(names, known)]
+    if any(lacking):
+        log(f"note: {source}: " + ", ".join(f"{len(k)} of its {len(part)} {what} are trained ones"
+                                            for k, part, what in zip(known, names, ("heads", "relations", "tails")))
+            + f"; the others (e.g. {', '.join((lacking[0] + lacking[2] + lacking[1])[:3])}) are reached through the "
+              f"knowledge base only")
+
+
 def prepare(args, model_config, config, rows, log):
     """For a model with a knowledge vocabulary: (the vocabularies of the train and valid rows' triples, the KB triples
     or None, the KG embeddings or None), their sizes and widths in config; says which names the embeddings lack.
@@ -42,10 +61,14 @@ def prepare(args, model_config, config, rows, log):
     if not args.kge_dir:
         return vocab, kb, None
     embeddings = kge.load_kge(args.kge_dir)
+    if not any(name in embeddings.entity_to_id for name in vocab.parts[0] + vocab.parts[2]):
+        raise util.UsageError(f"--kge_dir {args.kge_dir}: the KG embeddings share no entity with the data's triples "
+                              f"(heads such as {', '.join(vocab.parts[0][:3])}): were they trained on this data? Make "
+                              f"them with {KGE_COMMAND}.")
     config.update(kge_widths=[embeddings.entity.shape[1], embeddings.relation.shape[1]])
-    lacking = [n for part, known in zip(vocab.parts, (embeddings.entity_to_id, embeddings.relation_to_id,
-                                                      embeddings.entity_to_id))
-               for n in part if n not in known and n != NO_KNOWLEDGE]
+    lacking = [name for part, known in enumerate((embeddings.entity_to_id, embeddings.relation_to_id,
+                                                  embeddings.entity_to_id))
+               for _, name in vocab.named(part) if name not in known]
     config["knowledge_missing_in_kge"] = len(lacking)
     log(f"KG embeddings from {args.kge_dir} ({embeddings.settings.get('model')}, widths {config['kge_widths']}, "
         f"{len(embeddings.entity_to_id)} entities)" + (f"; {len(lacking)} vocabulary names are not in them: embedded "
@@ -65,12 +88,30 @@ def knowledge_base(args, rows, vocab, config, log):
     default = os.path.join(args.data_dir, "triples.csv")
     source = args.kb or (default if os.path.isfile(default) else None)
     triples = read_kb(source) if source else training_kb(rows)
+    if source:
+        shared_names(triples, vocab, source, log)
     beyond = beyond_classes(triples, vocab)
     config["kb_triples"] = len(triples)
     log(f"knowledge base: {len(triples)} triples from {source or 'the train and valid rows'}"
         + (f"; {beyond} of them name a head, relation or tail no train or valid row has (predicted only through "
            f"the knowledge base)" if beyond else ""))
     return triples
+
+
+def say_edited_kb(kb_triples, data_kb, run_dir):
+    """Says where the data's triples.csv (data_kb) differs from the knowledge base a run keeps (kb_triples, its
+    kb.csv, which it reads), and how to read the data's instead."""
+    if not os.path.isfile(data_kb):
+        return
+    try:
+        edited = set(read_kb(data_kb))
+    except util.DataError:
+        return  # it is not the run's to read; --kb reports its faults
+    own = set(kb_triples)
+    if edited != own:
+        print(f"note: {data_kb} differs from the knowledge base {run_dir} was trained with ({len(edited - own)} "
+              f"facts only there, {len(own - edited)} only in {run_dir}/{KB_FILE}, which is used); give --kb "
+              f"{data_kb} to answer from it.")
 
 
 def save_run_knowledge(run_dir, vocab, kb, kge_dir):

@@ -227,7 +227,7 @@ def resume_args(args, argv):
         sys.exit(f"error: --resume continues {args.resume} with its saved options; drop "
                  f"{', '.join('--' + k for k in sorted(fixed))} (only --device, --num_workers, --precision, "
                  f"--image_cache and --compile may change).")
-    if done >= config["n_epoch"]:
+    if done >= config["n_epoch"] and "weights" in config:  # without "weights" its report is still to write
         sys.exit(f"error: {args.resume} has finished all its {config['n_epoch']} epochs: there is nothing to resume. "
                  f"Evaluate it with `python inference.py --model_path {args.resume}`, or start a new run.")
     if "model" not in config:

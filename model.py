@@ -70,9 +70,9 @@ class ModelConfig:
         return self.embeds
 
     def knowledge_texts(self, df):
-        """The knowledge the text encoder reads as words in the rows df, for a tokenizer trained on the training rows
-        (--text_model scratch)."""
-        return []
+        """Per row of df, the knowledge its text encoder reads as words ('' for none): what a tokenizer trained on the
+        training rows learns (--text_model scratch), and what --max_token may cut."""
+        return [""] * len(df)
 
     def train_size(self, img_size):
         """The size training images are loaded at (a model that crops them loads them larger)."""

@@ -206,5 +206,8 @@ def attach_run_knowledge(model, run_dir, config, tokenizer, kb_path=None):
         if not model.config.uses_kb():
             raise util.UsageError(f"--kb {kb_path}: {run_dir}'s model, {model.config.name}, reads no knowledge base.")
         kb = read_kb(kb_path)
+        knowledge.shared_names(kb, vocab, f"--kb {kb_path}", print)
+    elif kb is not None:
+        knowledge.say_edited_kb(kb, os.path.join(config["data_dir"], "triples.csv"), run_dir)
     if vocab is not None:
         knowledge.attach(model, vocab, tokenizer, config["max_token"], kb, embeddings)

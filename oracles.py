@@ -50,7 +50,7 @@ class OracleTextConfig(ModelConfig):
     gold = True
 
     def knowledge_texts(self, df):
-        return [text for text in map(knowledge_text, df["triple"], df["abstract"]) if text]
+        return list(map(knowledge_text, df["triple"], df["abstract"]))
 
 
 def knowledge_text(triple, abstract):

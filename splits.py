@@ -121,6 +121,20 @@ def extend_split(df, split, gone, path):
     return split
 
 
+def report_shared_images(data, where=lambda row: f"data.csv row {row['row']}"):
+    """Says how many valid and test images are training images too (with other questions): no question is seen in
+    training, but the held-out score includes images that are (a split of the user's may mean it). where: how a
+    row is named in the message."""
+    train_images = set(data.loc[data["split"] == "train", "image"])
+    for split in ("valid", "test"):
+        rows = data[(data["split"] == split) & data["image"].isin(train_images)]
+        if len(rows):
+            print(f"warning: {rows['image'].nunique()} {split} images ({len(rows)} {split} rows) are training images "
+                  f"too, with other questions (e.g. {rows['image'].iloc[0]}, {where(rows.iloc[0])}): the {split} "
+                  f"score includes images seen in training. Give all the rows of an image one split to keep them "
+                  f"apart.")
+
+
 def with_valid_fold(df, fold, source, progress=True):
     """df with its train and valid rows of fold `fold` (the fold column, BOK-VQA's) as the valid split and its other
     train and valid rows with a fold as train (--valid_fold); test rows and rows without a fold keep theirs."""

@@ -24,15 +24,15 @@ import plots
 import report
 import tracking
 import util
-from answering import forward, make_dataset, predict, to_device
+from answering import forward, make_dataset, predict, say_truncation, to_device
 from encoders import SCRATCH, load_tokenizer, small_text_config, train_tokenizer
 from focal import build_loss
 from images import ImageCache, ImageFiles
 from models import attach_run_knowledge, build_model, run_config, run_model
-from splits import SPLIT_FILE, split_table, with_valid_fold
+from splits import SPLIT_FILE, report_shared_images, split_table, with_valid_fold
 from triples import triple_hits
-from vqa_dataset import (DataError, EpochSampler, ShardSampler, build_answer_vocab, load_data, make_loader,
-                         select_rows)
+from vqa_dataset import (DataError, EpochSampler, ShardSampler, batch_count, build_answer_vocab, load_data,
+                         make_loader, select_rows)
 
 
 @dataclass
@@ -94,8 +94,11 @@ def train(args):
                 frozen = epoch <= args.freeze_text_epochs
                 wrapped = wrap(model, rt, args.compile, frozen)
             start = time.time()
-            signum = train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, epoch, args, rt, stop,
-                                     frozen, tracker)
+            try:
+                signum = train_one_epoch(wrapped, model, train_loader, optimizer, loss_fn, state, epoch, args, rt,
+                                         stop, frozen, tracker)
+            except NonFinite as e:
+                raise NonFinite(f"{e} at epoch {epoch}, step {state['batch'] + 1}: {kept(run_dir, state)}") from None
             if signum:
                 save_or_explain(run_dir, save_last, run_dir, model, optimizer, state, config, data.answers, rt)
                 util.barrier()  # a rank that exits first would make torchrun stop rank 0 mid-save
@@ -136,6 +139,8 @@ def load_training_data(args, rt):
         df, skipped = load_data(args.data_dir, args.skip_bad, progress=rt.is_main, run_dir=args.resume)
     if args.valid_fold and not args.resume:  # a resumed run's split is already its fold's
         df = with_valid_fold(df, args.valid_fold, f"{args.data_dir}/data.csv", progress=rt.is_main)
+    if rt.is_main:
+        report_shared_images(select_rows(df, lang=args.lang))
     train_df = select_rows(df, "train", args.train_data, lang=args.lang)
     valid_df = select_rows(df, "valid", args.train_data, lang=args.lang)
     if len(train_df) == 0 or len(valid_df) == 0:
@@ -164,6 +169,8 @@ def make_loaders(args, rt, data, tokenizer, model, run_dir=None):
     else:
         train_images, valid_images = images(data.train["image"], train_size), images(data.valid["image"], args.img_size)
     train_set = make_dataset(model, data.train, train_images, tokenizer, data.answers, args.max_token, training=True)
+    if rt.is_main:
+        say_truncation(model, tokenizer, data.train, args.max_token)
     valid_set = make_dataset(model, data.valid, valid_images, tokenizer, data.answers, args.max_token)
     if valid_set.unseen():
         rt.log(f"knowledge: {valid_set.unseen()} valid rows have a triple with a head, relation or tail outside the "
@@ -191,7 +198,7 @@ def initial_model(config, tokenizer, vocab=None, kb=None, embeddings=None):
 
 def scratch_tokenizer(model_config, train):
     """A tokenizer trained on the training rows' questions, and the knowledge words the model reads."""
-    return train_tokenizer(list(train["question"]) + model_config.knowledge_texts(train))
+    return train_tokenizer(list(train["question"]) + [t for t in model_config.knowledge_texts(train) if t])
 
 
 def start_or_resume(args, rt, data):
@@ -342,20 +349,38 @@ def train_step(wrapped, model, optimizer, loss_fn, batch, device, precision, cli
                            triples, hits]))
 
 
+class NonFinite(util.UsageError):
+    """The training loss or its gradient became inf or nan; the step was not taken."""
+
+
 def optimize(wrapped, optimizer, loss, clip_grad, lr):
-    """Backward, gradient norm clipping and an optimizer step at learning rate lr."""
+    """Backward, gradient norm clipping and an optimizer step at learning rate lr; NonFinite, before the step, where
+    the gradient is not finite (a non-finite loss makes it so). Every rank sees the same all-reduced gradient, so all
+    stop at the same step without a word between them."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if clip_grad:
-        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), clip_grad)
+    norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), clip_grad or math.inf)
+    if not torch.isfinite(norm):
+        raise NonFinite(f"the training loss or its gradient is not finite (loss {loss.item()}, gradient norm "
+                        f"{norm.item()})")
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
 
 
+def kept(run_dir, state):
+    """What a run stopped mid-epoch by a non-finite loss keeps, and how to go on."""
+    if not state["history"]:
+        return "no epoch has finished, so no checkpoint was written. Lower --lr (or check the data) and start again."
+    return (f"the step was not taken and nothing of this epoch was saved; {run_dir}/{checkpoints.LAST_CHECKPOINT} "
+            f"holds epoch {len(state['history'])} and {best_weights_name(state['history'])} the best one. Lower --lr "
+            f"(or check the data) and start again; `python main.py --resume {run_dir}` would go on from that "
+            f"checkpoint with the same options.")
+
+
 def epoch_steps(loader):
     """Steps of a whole epoch, however far into it the sampler starts."""
-    return math.ceil(loader.sampler.num_samples / loader.batch_size)
+    return batch_count(loader.batch_sampler.sampler.num_samples, loader.batch_sampler.batch_size)
 
 
 def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, args, rt, stop, text_frozen, tracker):
@@ -367,8 +392,8 @@ def train_one_epoch(wrapped, model, loader, optimizer, loss_fn, state, epoch, ar
     steps_per_epoch = epoch_steps(loader)
     total_steps = args.n_epoch * steps_per_epoch
     warmup_steps = max(1, int(args.warmup * total_steps))
-    loader.sampler.set_epoch(epoch)
-    loader.sampler.skip = state["batch"] * loader.batch_size
+    loader.batch_sampler.sampler.set_epoch(epoch)
+    loader.batch_sampler.sampler.skip = state["batch"] * loader.batch_sampler.batch_size
     partial = state["partial"]
     bar = tqdm(loader, desc=f"epoch {epoch}/{args.n_epoch}{' (text encoder frozen)' if text_frozen else ''}",
                disable=not rt.is_main, initial=state["batch"], total=steps_per_epoch, dynamic_ncols=True)

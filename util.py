@@ -4,8 +4,10 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -63,13 +65,20 @@ def local_rank():
 
 def pick_device(name="auto"):
     """auto: CUDA if available, else the CPU. Under torchrun every CUDA choice (auto, cuda, cuda:N) is this rank's
-    local GPU, cuda:LOCAL_RANK: one process per GPU is what torchrun starts."""
+    local GPU, cuda:LOCAL_RANK: one process per GPU is what torchrun starts. A device that is no device name, or one
+    this machine does not have, is a UsageError naming --device, checked before any work."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N (the GPU's index).")
     device = torch.device(name)
     if device.type == "cuda":
+        count = torch.cuda.device_count()
         rank = local_rank()
-        return torch.device("cuda", rank if rank is not None else (device.index or 0))
+        device = torch.device("cuda", rank if rank is not None else (device.index or 0))
+        if device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count or 'no'} CUDA GPU(s)"
+                             + (f" (cuda:0 to cuda:{count - 1})" if count else "; use --device cpu") + ".")
     return device
 
 
@@ -299,7 +308,12 @@ class OutputFolder:
         path = os.path.join(self.folder, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write(path, data)
-        self.record([name])
+        try:
+            self.record([name])
+        except CheckpointError as e:  # unrecorded, the next run would take the file for a user's and keep it
+            os.remove(path)
+            raise CheckpointError(f"{e} {path} was written but could not be recorded as this repo's, so it was "
+                                  f"removed again.") from None
 
     def record(self, names):
         """Records files this repo has just written into the folder."""
@@ -319,6 +333,8 @@ def try_writing_in(directory):
 
 def ensure_writable_dir(path, option):
     """Makes path if missing and checks that files can be created in it, before any work starts."""
+    if os.path.isfile(path):
+        raise CheckpointError(f"{option} {path} is a file, not a folder: give a folder (it is made if missing).")
     try:
         try_writing_in(path)
     except OSError as e:
@@ -326,10 +342,18 @@ def ensure_writable_dir(path, option):
         raise CheckpointError(f"{option} {path} cannot be used: {reason}. Give a folder you can write to.") from None
 
 
+def finite(kind, text):
+    """text as a number of kind; inf and nan are refused (argparse names the option)."""
+    value = kind(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+    return value
+
+
 def at_least(minimum, kind=int):
-    """argparse type: a number of kind that is at least minimum."""
+    """argparse type: a finite number of kind that is at least minimum."""
     def parse(text):
-        value = kind(text)
+        value = finite(kind, text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {text})")
         return value
@@ -340,7 +364,7 @@ def at_least(minimum, kind=int):
 def in_range(low, high, high_included=False):
     """argparse type: a float in [low, high) (or [low, high])."""
     def parse(text):
-        value = float(text)
+        value = finite(float, text)
         if not (low <= value < high or high_included and value == high):
             raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{']' if high_included else ')'} (got {text})")
         return value
@@ -349,9 +373,9 @@ def in_range(low, high, high_included=False):
 
 
 def positive(kind=float):
-    """argparse type: a number above zero."""
+    """argparse type: a finite number above zero."""
     def parse(text):
-        value = kind(text)
+        value = finite(kind, text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be above 0 (got {text})")
         return value

@@ -205,7 +205,11 @@ def parse_triples(text):
     triples, parts, part, chars = [], [], [], iter(text)
     for char in chars:
         if char == ESCAPE:
-            part.append(next(chars, ESCAPE))
+            escaped = next(chars, None)
+            if escaped is None:
+                raise ValueError(f"it ends in a lone {ESCAPE}, which escapes the next character (write "
+                                 f"{ESCAPE * 2} for the character itself)")
+            part.append(escaped)
         elif char in (TRIPLE_PARTS, TRIPLE_SEPARATOR):
             parts.append("".join(part).strip())
             part = []
@@ -270,6 +274,8 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
          "image paths are relative to the image folder")
     flag(~df["question_type"].isin(["A", "B"]), "column question_type is not A or B")
     flag(~df["fold"].str.fullmatch(r"[0-9]*"), "column fold is not a whole number (a BOK-VQA fold, 1 to 5)")
+    flag(lang_problems(df), "column lang is " + df["lang"].map(repr) + ", not ko or en (--lang chooses rows by it; "
+         "write ko or en, or leave it empty)")
     no_split = (df["split"] == "").all()  # read_data makes the seeded split for such data
     flag(~df["split"].isin(SPLITS) & ~no_split, f"column split is not one of {', '.join(SPLITS)}")
     flag(~df["triple"].map(well_formed_triples), "column triple is not head|relation|tail (several joined by ';')")
@@ -295,6 +301,14 @@ def validate(df, data_dir, skip_bad=False, progress=True, image_dir=None, source
                         "\nFix them, or run again with --skip_bad to leave those rows out (they are then listed "
                         "in skipped_rows.csv).")
     return df[~bad], skipped
+
+
+LANGS = ("ko", "en")
+
+
+def lang_problems(df):
+    """Rows whose lang is neither empty nor one of LANGS: --lang would leave them out without a word."""
+    return ~df["lang"].isin(("",) + LANGS)
 
 
 def inside_image_dir(name):
@@ -393,6 +407,18 @@ def well_formed_triples(text):
         return False
 
 
+def say_lookalike_answers(answers, source):
+    """Notes the answers that stay apart but look alike (the same under Unicode NFKC: a full-width '３' and '3'), as
+    the Unicode twins that reading merges are noted."""
+    names = pd.Series(answers.unique())
+    alike = [list(group) for _, group in names.groupby(names.map(lambda a: unicodedata.normalize("NFKC", a)))
+             if len(group) > 1]
+    if alike:
+        print(f"note: {source}: {len(alike)} group(s) of answers look alike but differ in Unicode compatibility form "
+              f"(full-width letters and digits, ligatures), and stay apart as answers: e.g. "
+              f"{' / '.join(map(repr, alike[0]))}; write them alike where they are one answer")
+
+
 def load_data(data_dir, skip_bad=False, progress=True, run_dir=None):
     """read_data + validate: (good rows, skipped rows); says how many rows were skipped and which. run_dir: a run
     whose split is used (read_data)."""
@@ -401,6 +427,8 @@ def load_data(data_dir, skip_bad=False, progress=True, run_dir=None):
         print(f"{data_dir}/data.csv: normalised the text of {df.attrs['normalized_rows']} rows (Unicode NFC, "
               f"invisible characters, white space); answers that differed only so are now one answer")
     df, skipped = validate(df, data_dir, skip_bad, progress)
+    if progress:
+        say_lookalike_answers(df["answer"], f"{data_dir}/data.csv")
     if len(skipped) and progress:
         print(f"--skip_bad: skipped {len(skipped)} of {len(df) + len(skipped)} rows of {data_dir}/data.csv:")
         for row, problem in skipped[["row", "problem"]].head(20).itertuples(index=False):
@@ -531,10 +559,23 @@ def collate(batch, pad_id):
             **{name: torch.stack([t[name] for t in targets]) for name in targets[0]}}
 
 
+def run_data_dir(config, data_dir=None):
+    """The data folder a run is evaluated on: data_dir (--data_dir), else the run's own as main.py was given it; a
+    run's folder that is not here is a DataError saying to give --data_dir."""
+    if data_dir is not None:
+        return data_dir
+    saved = config["data_dir"]
+    if not os.path.isdir(saved):
+        where = " (relative to the folder main.py ran in)" if not os.path.isabs(saved) else ""
+        raise DataError(f"the run's data folder {saved}{where} is not found from {os.getcwd()}: give the folder that "
+                        f"holds its data.csv and image/ with --data_dir.")
+    return saved
+
+
 def read_test_split(config, run_dir, data_dir=None):
     """(data_dir, the test rows of a run's split for its train_data and lang) from the run's data or data_dir, with
     image names as they are on disk (use_unicode_twins)."""
-    data_dir = data_dir or config["data_dir"]
+    data_dir = run_data_dir(config, data_dir)
     test = select_rows(read_data(data_dir, run_dir), "test", config["train_data"], lang=config.get("lang", "bi"))
     names = use_unicode_twins(test["image"], os.path.join(data_dir, "image"), os.path.join(data_dir, "data.csv"))
     return data_dir, test.assign(image=names)
@@ -569,9 +610,32 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def batch_count(n, batch_size):
+    """Batches of n samples: full ones, and the rest as one more, unless it is a lone sample (LoneLastMerged)."""
+    return 0 if n == 0 else max(1, n // batch_size + (n % batch_size > 1))
+
+
+class LoneLastMerged(Sampler):
+    """Batches of batch_size of the sampler's indices in its order, a lone last sample joining the batch before it:
+    BatchNorm cannot normalise a batch of one in training (a 1x1 feature map), and no row is dropped."""
+
+    def __init__(self, sampler, batch_size):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self):
+        indices = list(self.sampler)
+        starts = list(range(0, len(indices), self.batch_size))[:batch_count(len(indices), self.batch_size)]
+        for k, start in enumerate(starts):
+            yield indices[start:None if k == len(starts) - 1 else start + self.batch_size]
+
+    def __len__(self):
+        return batch_count(len(self.sampler), self.batch_size)
+
+
 def make_loader(dataset, batch_size, num_workers, device, sampler=None, seed=0):
-    """Batches in the sampler's order (default: in order), padded per batch; pinned memory for a GPU."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-                      collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
+    """Batches in the sampler's order (default: in order), padded per batch, a lone last sample in the batch before
+    it (LoneLastMerged); pinned memory for a GPU."""
+    batches = LoneLastMerged(sampler if sampler is not None else range(len(dataset)), batch_size)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=num_workers > 0, collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
                       generator=torch.Generator().manual_seed(seed))

@@ -29,7 +29,7 @@ KB = [("apple", "has", "fur"), ("bear", "eats", "fish"), ("dog", "is", "big")]
 
 def tiny_vocab(predicting):
     heads, relations, tails = NAMES
-    return KnowledgeVocab(heads, relations if predicting else relations[:-1], tails)
+    return KnowledgeVocab(heads, relations[:-1], tails, no_knowledge=predicting)
 
 
 def tiny_tokenizer():

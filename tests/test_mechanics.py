@@ -57,6 +57,7 @@ def test_resumed_fused_adamw_step_equals_the_uninterrupted_one(tmp_path):
     ("cuda", True, "cuda:1"), ("cuda:0", True, "cuda:1"), ("cuda:3", True, "cuda:1"), ("cpu", True, "cpu"),
     ("cuda", False, "cuda:0"), ("cuda:1", False, "cuda:1"), ("cpu", False, "cpu")])
 def test_every_cuda_choice_under_torchrun_is_the_local_gpu(monkeypatch, name, under_torchrun, expected):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # a machine with four GPUs
     for name_, value in [("WORLD_SIZE", "4"), ("RANK", "5"), ("LOCAL_RANK", "1")]:
         if under_torchrun:
             monkeypatch.setenv(name_, value)

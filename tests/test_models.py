@@ -10,6 +10,7 @@ import kb
 import knowledge
 import main
 import models
+import util
 from conftest import REAL_CSV, ROOT, TINY_TRAIN, only_run, run_main, run_script, script_output
 from model import ConfigError
 from vqa_dataset import read_data, select_rows
@@ -33,7 +34,7 @@ def test_each_model_is_a_name_with_typed_checked_settings():
         assert models.named(name) is not config  # a copy: the registry is not changed
     hilink = models.named("hilink", {"triple_noise": 0.3, "kb_constrained": True})
     assert hilink.triple_noise == 0.3 and models.MODELS["hilink"].triple_noise == 0.0
-    for settings, words in [({"fusion": "mul"}, ["hilink has no setting fusion", "teacher_forcing"]),
+    for settings, words in [({"augment": True}, ["hilink has no setting augment", "teacher_forcing"]),
                             ({"triple_head": "tree"}, ["triple_head", "independent, cascade"]),
                             ({"kb_constrained": "yes"}, ["kb_constrained", "not a bool"]),
                             ({"triple_noise": 1.0, "kb_constrained": True}, ["triple_noise", "[0.0, 1.0)"]),
@@ -67,13 +68,13 @@ def test_a_config_file_sets_settings_and_options_and_explicit_flags_win(tmp_path
     assert args.model_config.triple_head == "independent" and args.lr == 0.01 and not args.image_cache
     assert parse("--preset", "sample", "--config", path, "--lr", "0.5").lr == 0.5  # the command line wins
     assert parse("--config", path, "--model", "hilink_kb").model_config.kb_constrained  # its settings on hilink_kb
-    for text, words in [("model: hilink\nfusion: mul\n", ["--config", "hilink has no setting fusion"]),
+    for text, words in [("model: hilink\naugment: true\n", ["--config", "hilink has no setting augment"]),
                         ("resume: x\n", ["resume is not for a config file"]),
                         ("lr: fast\n", ["lr 'fast'", "float"]),
                         ("image_cache: 3\n", ["image_cache", "true or false"]),
                         ("- a list\n", ["a mapping of settings"]),
                         ("model: [unclosed\n", ["not valid YAML"]),
-                        ("model: hilink\nlr: .nan\n", ["lr", "above 0"])]:
+                        ("model: hilink\nlr: .nan\n", ["lr", "finite"])]:
         path.write_text(text)
         message = parse("--config", path)
         assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message.strip(), message
@@ -251,9 +252,13 @@ def test_the_kb_a_run_reads_is_its_own_unless_given(held_out_run, tmp_path):
     run_dir, _ = held_out_run
     model, *_ = models.load_run(run_dir)
     assert len(model.kb.ids) == len(pd.read_csv(run_dir / knowledge.KB_FILE))
-    (tmp_path / "kb.csv").write_text("h,r,t\nx,y,z\n")
+    h, r, t = pd.read_csv(run_dir / knowledge.KB_FILE, dtype=str).iloc[0]
+    (tmp_path / "kb.csv").write_text(f"h,r,t\n{h},{r},새보석\n")
     model, *_ = models.load_run(run_dir, kb=str(tmp_path / "kb.csv"))
-    assert len(model.kb.ids) == 1 and kb.read_kb(tmp_path / "kb.csv") == [("x", "y", "z")]
+    assert len(model.kb.ids) == 1 and kb.read_kb(tmp_path / "kb.csv") == [(h, r, "새보석")]
+    (tmp_path / "other.csv").write_text("h,r,t\nx,y,z\n")  # no name of the run's: its facts cannot be told apart
+    with pytest.raises(util.UsageError, match="shares no name"):
+        models.load_run(run_dir, kb=str(tmp_path / "other.csv"))
 
 
 @pytest.mark.skipif(not REAL_CSV.is_dir(), reason="../shared/real-csv is not present")
