@@ -35,6 +35,9 @@ class HiLINKConfig(ModelConfig):
                                             "encoders of their own (own: a second text and image encoder, so that the "
                                             "triple's loss does not share the answer's features; twice the encoders' "
                                             "weights and passes)", ["shared", "own"])
+    fusion: str = setting("concat", "how the image feature i meets a text feature t (the question's, for the head; "
+                                    "the question and triple's, for the answer): concat, HiLINK's linear layer of "
+                                    "[i; t]; mul, the baseline's of i * t", ["concat", "mul"])
     teacher_forcing: bool = setting(True, "in training the answer reads the gold triple's words (HiLINK's); off: the "
                                           "predicted triple's, as at test")
     kb_constrained: bool = setting(False, "snap each predicted triple to the most probable fact of the knowledge base")
@@ -62,7 +65,7 @@ class HiLINKConfig(ModelConfig):
         return self.kb_constrained or self.answer_from_kb
 
     def knowledge_texts(self, df):  # the prompts' words
-        return [" ".join(t[0]) + "." for t in map(parse_triples, df["triple"]) if t]
+        return [" ".join(t[0]) + "." if t else "" for t in map(parse_triples, df["triple"])]
 
     def reads_kge(self):  # the copy gate's tail where the KB lacks one (kb.predicted_candidates)
         return self.answer_from_kb and not self.kb_constrained
@@ -113,8 +116,9 @@ class HiLINK(VQAModel):
         super().__init__(text_encoder, image_encoder, num_answers, img_size, config, dropout=dropout, **options)
         dim_q, dim_h = text_encoder.config.hidden_size, self.linear.out_features
         # self.linear reads the question for the relation and tail; h_layer_norm is shared by the three features
-        self.question_image = nn.Linear(2 * dim_q, dim_h)  # [image; question]: the head's feature
-        self.prompt_image = nn.Linear(2 * dim_q, dim_h)  # [image; question and triple]: the answer's
+        width = 2 * dim_q if config.fusion == "concat" else dim_q
+        self.question_image = nn.Linear(width, dim_h)  # image and question: the head's feature
+        self.prompt_image = nn.Linear(width, dim_h)  # image, and question and triple: the answer's
         self.triple_heads = triple_heads(config.triple_head, dim_h, knowledge_sizes, dropout)
         self.no_knowledge = knowledge_sizes[1] - 1  # the last relation: KnowledgeVocab.from_rows puts it there
         self.copy_gate = nn.Linear(dim_h, len(kb.PATHS)) if config.answer_from_kb else None
@@ -134,7 +138,7 @@ class HiLINK(VQAModel):
                                          self.vocab)
         out["read"] = self.read_triple(out, triples)
         prompt_f = self.encode_text(*self.prompt.link(input_ids, attention_mask, out["read"]))[0]
-        hidden = self.feature(self.prompt_image, torch.cat([image_f, prompt_f], -1))
+        hidden = self.feature(self.prompt_image, self.fuse(image_f, prompt_f))
         out["answer"] = self.classifier(hidden)
         if self.copy_gate is not None:
             out["gate"] = self.copy_gate(hidden)
@@ -149,8 +153,12 @@ class HiLINK(VQAModel):
             text_encoder, image_encoder, image_proj = self.triple_encoders
             q_f = self.encode_text(input_ids, attention_mask, text_encoder)[0]
             image_f = self.encode_image(image, image_encoder, image_proj)[1]
-        z_iq = self.feature(self.question_image, torch.cat([image_f, q_f], -1))
+        z_iq = self.feature(self.question_image, self.fuse(image_f, q_f))
         return self.triple_heads(z_iq, self.feature(self.linear, q_f))
+
+    def fuse(self, image_f, text_f):
+        """[i; t] (HiLINK's) or i * t (the baseline's)."""
+        return torch.cat([image_f, text_f], -1) if self.config.fusion == "concat" else image_f * text_f
 
     def feature(self, linear, x):
         """drop(relu(LN(linear(x)))), the LayerNorm shared (HiLINK's h_layer_norm)."""

@@ -143,3 +143,18 @@ def test_hilinks_recipe_is_its_papers_under_preset_bokvqa(name):
     args = main.parse_args(["--preset", "bokvqa", "--model", name])
     assert (args.batch_size, args.lr, args.n_epoch, args.schedule, args.loss) == (100, 5e-5, 50, "constant", "ce")
     assert main.parse_args(["--preset", "bokvqa", "--model", name, "--batch_size", "8"]).batch_size == 8
+
+
+@pytest.mark.parametrize("fusion", ["concat", "mul"])
+def test_the_image_meets_the_text_by_hilinks_concatenation_or_the_baselines_product(fusion):
+    model = tiny_model("hilink", fusion=fusion).eval()
+    width = model.text_encoder.config.hidden_size
+    assert model.question_image.in_features == model.prompt_image.in_features == width * (2 if fusion == "concat"
+                                                                                           else 1)
+    seen = []
+    model.question_image.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    ids, mask, image, triples = tiny_batch(True)
+    model(ids, mask, image, triples)
+    image_f, q_f = model.encode_image(image)[1], model.encode_text(ids, mask)[0]
+    expected = torch.cat([image_f, q_f], -1) if fusion == "concat" else image_f * q_f
+    assert torch.allclose(seen[0], expected, atol=1e-6)
