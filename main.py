@@ -1,8 +1,9 @@
-"""Train the VQA baseline.
+"""Train a model (the original's baseline by default; --model NAME for the others).
 
     python main.py --train_data all --n_epoch 50 --lr 3e-5 --batch_size 512 --max_token 50 [--use_transformer_layer]
     python main.py --preset sample            # small model on the embedded sample, CPU, minutes, no download
-    torchrun --nproc_per_node 4 main.py ...   # several GPUs (or CPU processes) with DistributedDataParallel
+    python main.py ...                        # every visible GPU, one DistributedDataParallel process each (--nproc)
+    torchrun --nnodes 2 --nproc_per_node 4 ... main.py ...   # several nodes
 """
 import argparse
 import os
@@ -76,6 +77,11 @@ def build_parser(suppress_defaults=False):
         help="also log the curves (per step: train loss, lr; per epoch: losses, accuracies, per type, triple) to "
              "TensorBoard (RUN/tb/) or wandb (offline without a network); rank 0 only; --resume continues them")
     add("--seed", type=at_least(0), default=42, help="random seed")
+    add("--nproc", default="auto", type=process_count, metavar="N|auto",
+        help="training processes this command starts itself, with PyTorch's elastic launcher as torchrun starts them "
+             "(DistributedDataParallel): auto, one per visible GPU (CUDA_VISIBLE_DEVICES), one on a CPU; with "
+             "--device cpu, N gloo processes. --resume starts as many as the run had; under torchrun, which starts "
+             "its own, it is not used")
     add("--device", default="auto",
         help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...; under torchrun every CUDA choice means "
              "each process's own GPU (cuda:LOCAL_RANK)")
@@ -131,6 +137,11 @@ def build_parser(suppress_defaults=False):
         help="keep the text encoder fixed for the first N epochs while the rest learns (linear probing, then "
              "fine-tuning); a text encoder trained from scratch otherwise collapses questions that differ in one word")
     return p
+
+
+def process_count(text):
+    """argparse type of --nproc: auto, or a whole number of at least 1."""
+    return text if text == "auto" else at_least(1)(text)
 
 
 def parse_args(argv=None):
@@ -236,6 +247,7 @@ def resume_args(args, argv):
     for key in util.RUN_OPTIONS:
         if key not in explicit:
             setattr(args, key, util.run_option(config, key))
+    args.nproc = config["world_size"]  # the batches, steps and schedule depend on it
     try:
         args.model_config = models.run_model(config, args.resume)
     except util.UsageError as e:
@@ -243,8 +255,48 @@ def resume_args(args, argv):
     return args
 
 
+def processes(args):
+    """How many training processes this command starts: 1 under torchrun, which starts its own; else --nproc (auto:
+    every visible GPU, 1 on a CPU), checked against the GPUs there are before any work."""
+    import torch
+
+    if util.under_torchrun():
+        return 1
+    gpu = args.device.startswith("cuda") or args.device == "auto" and torch.cuda.is_available()
+    visible = torch.cuda.device_count() if gpu else 0
+    count = (visible if gpu else 1) if args.nproc == "auto" else args.nproc
+    if gpu and count > visible:
+        sys.exit(f"error: --nproc {count}: {visible or 'no'} CUDA GPU(s) are visible (CUDA_VISIBLE_DEVICES), one for "
+                 f"each process; give --nproc {visible} or less" + (", or --device cpu for gloo processes" if
+                                                                    not visible else "") + ".")
+    return count
+
+
+def launch(count, argv):
+    """Starts count processes of this script with the same arguments, as `torchrun --standalone --nproc_per_node
+    count` does (PyTorch's elastic launcher: a local c10d rendezvous, no restarts); SIGTERM and Ctrl-C reach every
+    worker, and one that fails stops the others."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    print(f"starting {count} training processes (DistributedDataParallel)", flush=True)
+    try:
+        config = torchrun.parse_args(["--standalone", "--nproc_per_node", str(count), __file__])
+        config.training_script_args = list(argv)  # as given: torchrun's own parser would read --nproc as its option
+        torchrun.run(config)
+    except SignalException as e:
+        sys.exit(128 + e.sigval)
+    except ChildFailedError:
+        sys.exit(1)  # the failing process has said why
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    count = processes(args)
+    if count > 1:
+        return launch(count, argv)
     from encoders import OfflineError
     from vqa_dataset import DataError
     import train

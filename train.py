@@ -127,9 +127,6 @@ def setup(args):
     if device.type == "cpu" and world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # don't oversubscribe the cores
     util.set_seed(args.seed)
-    if device.type == "cuda" and not util.distributed() and torch.cuda.device_count() > 1:
-        print(f"note: {torch.cuda.device_count()} GPUs found but this run uses one; to use them all: "
-              f"torchrun --nproc_per_node {torch.cuda.device_count()} main.py ...")
     return Runtime(device, rank, world_size, util.pick_precision(device, args.precision))
 
 

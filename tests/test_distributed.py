@@ -62,3 +62,59 @@ def test_torchrun_two_processes(fresh_data, tmp_path):
     assert best["valid_loss"] == pytest.approx(single["loss"], rel=1e-5)
     report = (runs[0] / "report.md").read_text()
     assert f"| all | {100 * single['accuracy']:.2f}% | {len(valid)} |" in report
+
+
+def history(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"}
+            for row in json.loads((run_dir / "history.json").read_text())]
+
+
+def test_main_py_starts_its_processes_itself_as_torchrun_does_and_resumes_them(sample_dir, tmp_path):
+    """python main.py --nproc 2 (gloo on the CPU) trains as torchrun --nproc_per_node 2 main.py does; SIGTERM to the
+    launching process reaches both workers, and --resume starts as many again by itself, to the same history."""
+    import signal
+
+    from conftest import only_run
+    from test_resume import TORCHRUN, TRAIN, Script
+
+    args = [*TRAIN, "--device", "cpu", "--data_dir", sample_dir]
+    code, _, stderr = Script(*TORCHRUN, "main.py", *args, "--results_dir", tmp_path / "torchrun").finish()
+    assert code == 0, stderr[-3000:]
+    code, stdout, stderr = Script("main.py", *args, "--nproc", "2", "--results_dir", tmp_path / "nproc").finish()
+    assert code == 0, stderr[-3000:]
+    runs = [only_run(tmp_path / name) for name in ("torchrun", "nproc")]  # one run directory each
+    assert json.loads((runs[1] / "config.json").read_text())["world_size"] == 2
+    reference = history(runs[0])
+    assert len(history(runs[1])) == len(reference)
+    for got, want in zip(history(runs[1]), reference):
+        assert got == pytest.approx(want, abs=1e-6)
+
+    script = Script("main.py", *args, "--nproc", "2", "--results_dir", tmp_path / "stopped")
+    script.wait_until_training(epoch=2)
+    script.process.send_signal(signal.SIGTERM)
+    code, _, stderr = script.finish(timeout=120)
+    assert code == 128 + signal.SIGTERM and stderr.count("stopped by SIGTERM") == 2, stderr[-3000:]
+    run_dir = only_run(tmp_path / "stopped")
+    code, stdout, stderr = Script("main.py", "--resume", run_dir).finish()
+    assert code == 0 and "starting 2 training processes" in stdout, stderr[-3000:]
+    assert len(history(run_dir)) == len(reference)
+    for got, want in zip(history(run_dir), reference):
+        assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_more_processes_than_visible_gpus_is_one_error_before_any_work(tmp_path, monkeypatch):
+    import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit) as stop:
+        main.main(["--nproc", "3", "--results_dir", str(tmp_path / "results")])
+    assert str(stop.value.code).startswith("error: --nproc 3: 2 CUDA GPU(s) are visible")
+    assert not (tmp_path / "results").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SystemExit) as stop:
+        main.main(["--nproc", "2", "--device", "cuda", "--results_dir", str(tmp_path / "results")])
+    assert "no CUDA GPU(s) are visible" in str(stop.value.code) and not (tmp_path / "results").exists()
+    args = main.parse_args([])
+    assert main.processes(args) == 1  # auto on a CPU
