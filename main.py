@@ -264,7 +264,9 @@ def processes(args):
         return 1
     gpu = args.device.startswith("cuda") or args.device == "auto" and torch.cuda.is_available()
     visible = torch.cuda.device_count() if gpu else 0
-    count = (visible if gpu else 1) if args.nproc == "auto" else args.nproc
+    if args.nproc == "auto":
+        return max(visible, 1)  # where --device names a GPU there is not, the process says so
+    count = args.nproc
     if gpu and count > visible:
         sys.exit(f"error: --nproc {count}: {visible or 'no'} CUDA GPU(s) are visible (CUDA_VISIBLE_DEVICES), one for "
                  f"each process; give --nproc {visible} or less" + (", or --device cpu for gloo processes" if
