@@ -28,8 +28,8 @@ import pandas as pd
 
 import util
 from splits import count_values, make_split, report_shared_images
-from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TEXT_COLUMNS, DataError, derive_columns, format_triples,
-                         normalize_text, read_csv, validate)
+from vqa_dataset import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, SOURCE_FILE, TEXT_COLUMNS, DataError, derive_columns,
+                         format_triples, normalize_text, read_csv, validate)
 
 GDRIVE_FILE_ID = "1E4JBTFGuGiGVjjcBDU9091Ahg480StjT"
 ARCHIVE_BYTES = 12.97e9  # as the original README gives it; no checksum was published
@@ -334,7 +334,7 @@ def convert(path, split=None, valid_fold=1):
     if split is not None:
         out["split"] = split
     out["lang"] = language(out["question"]) if kind != "canonical" or (out["lang"] == "").all() else out["lang"]
-    out["source"] = path
+    out["source"], out["format"] = path, kind
     print(f"{path}: {kind} format, {len(out)} rows, language {out['lang'].iloc[0] if len(out) else '-'}")
     return out
 
@@ -438,7 +438,7 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=
     if given.duplicated().any():
         raise DataError(f"{given[given.duplicated()].iloc[0]} is given twice (--from_csv and --test_csv together): "
                         f"its rows would be imported twice; give each file once.")
-    outputs = util.OutputFolder(out_dir, force).check(["data.csv", "skipped_rows.csv"])
+    outputs = util.OutputFolder(out_dir, force).check(["data.csv", "skipped_rows.csv", SOURCE_FILE])
     parts = [convert(p, valid_fold=valid_fold) for p in csv_paths] + [convert(p, split="test") for p in test_paths]
     kept, skipped = [], []
     for part in parts:  # validated file by file, so that row numbers refer to that file
@@ -465,6 +465,8 @@ def import_csv(csv_paths, test_paths, image_dir, out_dir, skip_bad=False, force=
         columns.remove("fold")
     try:
         outputs.write("data.csv", util.csv_bytes(data[columns]))
+        outputs.write(SOURCE_FILE, util.json_bytes({"formats": sorted(set(data["format"])),
+                                                    "files": csv_paths + test_paths, "valid_fold": valid_fold}))
     except util.CheckpointError as e:
         raise util.CheckpointError(f"{e} The image links under {out_dir}/image were made; run the import again once "
                                    f"there is room (they are this import's, and kept or replaced).") from None

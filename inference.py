@@ -20,6 +20,7 @@ from answering import make_dataset, predict, say_truncation
 from encoders import OfflineError
 from images import ImageCache
 from splits import report_shared_images
+from model_card import write_model_card
 from models import load_run
 from vqa_dataset import DataError, format_triples, make_loader, read_data, run_data_dir, select_rows, validate
 
@@ -59,7 +60,8 @@ def main():
             OSError) as e:
         sys.exit(f"error: {e}")
     show(summary, args)
-    print(f"wrote {run_dir}/predictions_{evaluation}.csv, eval_{evaluation}.json, {image} and report.md")
+    print(f"wrote {run_dir}/predictions_{evaluation}.csv, eval_{evaluation}.json, {image}, report.md and README.md "
+          f"(the model card)")
 
 
 def evaluate(args):
@@ -105,6 +107,7 @@ def evaluate(args):
     image = report.add_test_section(run_dir, summary, df)
     plots.plot_by_type(summary["by_type"], os.path.join(run_dir, image), overall=summary,
                        title=f"{args.split} accuracy, infer_data {args.infer_data}")
+    write_model_card(run_dir, sorted(set(df["lang"]) - {""}))
     return summary, run_dir, evaluation, image
 
 

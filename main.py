@@ -146,6 +146,7 @@ def process_count(text):
 
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    given = list(argv)
     args = build_parser().parse_args(argv)
     args.image_model_kwargs, args.scratch_text = {}, {"hidden": 128, "layers": 2, "heads": 4}
     if args.resume:
@@ -174,6 +175,7 @@ def parse_args(argv=None):
     except util.UsageError as e:
         sys.exit(f"error: {e}")
     check_knowledge_options(args)
+    args.argv = given  # the command line as given (run_config keeps it as the run's command)
     return args
 
 

@@ -12,6 +12,7 @@ A config file (--config FILE.yaml) changes a model's settings for an ablation; s
 """
 import dataclasses
 import os
+import shlex
 
 import torch
 import yaml
@@ -147,6 +148,8 @@ def run_config(options, model_config, num_answers, world_size=1):
     image_arch, image_kwargs = image_model_spec(options.image_model, options.image_model_kwargs)
     config.update(model=model_config.to_json(), num_answers=num_answers, image_arch=image_arch,
                   image_model_kwargs=image_kwargs, world_size=world_size)
+    if getattr(options, "argv", None) is not None:  # the command that started the run, as given
+        config["command"] = shlex.join(["python", "main.py", *map(str, options.argv)])
     return config
 
 

@@ -31,6 +31,7 @@ OPTIONAL_COLUMNS = ["question_type", "triple", "abstract", "split", "lang", "fol
 
 # cleaned up as text when read (clean_text): every column but image, a path, which is used exactly as written
 TEXT_COLUMNS = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c != "image"]
+SOURCE_FILE = "source.json"  # beside an imported data.csv: the formats and files it came from (a model card names them)
 
 
 SPLITS = ("train", "valid", "test")

@@ -7,6 +7,7 @@ import pytest
 
 import download
 import main
+import model_card
 import train
 from conftest import TINY_TRAIN, only_run, run_main
 from test_bad_input import jpeg
@@ -34,6 +35,7 @@ def test_the_import_keeps_the_fold_and_validates_on_the_chosen_one(tmp_path, val
                         str(tmp_path / "out"), valid_fold=valid_fold)
     df = read_data(tmp_path / "out")
     assert df["fold"].tolist() == [str(f) for f in FOLDS] + ["", ""]
+    assert model_card.datasets(str(tmp_path / "out")) == ["BOK-VQA"]  # a model card names the data set
     assert df["split"].tolist() == ["valid" if f == valid_fold else "train" for f in FOLDS] + ["test", "test"]
 
 

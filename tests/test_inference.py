@@ -194,3 +194,31 @@ def test_a_run_of_an_earlier_version_is_evaluated_on_the_datas_split(trained_run
     printed = script_output(capsys, inference, "--model_path", run_dir, "--data_dir", sample_dir)
     assert "trained by an earlier version" in printed
     assert json.loads((run_dir / "eval_all.json").read_text())["n"] == len(select_rows(read_data(sample_dir), "test"))
+
+
+def test_each_evaluation_writes_the_runs_model_card(trained_run, tmp_path):
+    """README.md in the Hugging Face layout: front matter whose model-index has the test accuracy of each --infer_data
+    evaluated (eval_<infer_data>.json's, in %), then the model, data, split, command and results."""
+    import shutil
+
+    import inference
+    from conftest import run_main
+    from model_card import read_model_card
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    for infer_data in ("all", "vqa"):
+        assert run_main(inference, "--model_path", run_dir, "--infer_data", infer_data) == ""
+    assert run_main(inference, "--model_path", run_dir, "--split", "valid") == ""  # not a test result
+    front, body = read_model_card(run_dir / "README.md")
+    assert front["license"] == "mit" and front["library_name"] == "pytorch" and front["metrics"] == ["accuracy"]
+    assert front["language"] == ["ko"] and front["datasets"] == [json.loads(
+        (run_dir / "config.json").read_text())["data_dir"].rstrip("/").split("/")[-1]]
+    results = {r["dataset"]["config"]: r["metrics"][0]["value"] for r in front["model-index"][0]["results"]}
+    for infer_data in ("all", "vqa"):
+        accuracy = json.loads((run_dir / f"eval_{infer_data}.json").read_text())["accuracy"]
+        assert results[infer_data] == round(100 * accuracy, 2)
+    assert set(results) == {"all", "vqa"}
+    for section in ("## Model", "## Data", "## Split", "## Command", "## Results", "## License"):
+        assert section in body
+    assert "python main.py" in body and "MIT" in body
