@@ -180,7 +180,8 @@ def _read(path):
 
 # sizes derived from the data and the models: left out of the comparison's columns of differing options too
 NOT_OPTIONS = RUN_SUMMARY | {"num_answers", "image_arch", "knowledge_sizes", "kge_widths", "knowledge_missing_in_kge",
-                             "kb_triples", "num_entities", "num_relations"}
+                             "kb_triples", "num_entities", "num_relations",
+                             "command"}  # the command line is the run's record: it names the seed and folders too
 TEST_COLUMNS = ["all", "A", "B", "vqa", "triple", "abstract"]
 METRICS = (["best_valid"] + [f"test_{t}" for t in TEST_COLUMNS] + [f"test_triple_{k}" for k in ("h", "r", "t", "hrt")]
            + ["test_unseen_triple", "test_unseen_answer", "train_seconds"])
