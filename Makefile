@@ -98,7 +98,7 @@ lint: $(VENV)
 
 test: install chromium
 	$(PIP) install -q -r requirements-demo.txt
-	$(PYTHON) -m pytest -q --durations=15 tests
+	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --durations=15 tests
 
 # The CUDA check of the README's GPU table (tools/gpu_check.sh): OUT=folder for its logs and summary.md.
 OUT ?= gpu_check

@@ -12,6 +12,11 @@ sys.path.insert(1, str(ROOT / "tools"))  # tools/ scripts the tests import (chec
 # No test may reach a model hub, here or on a machine with internet: the tests and every script they start run
 # offline (the offline tests set it again where they rely on it).
 os.environ["HF_HUB_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test's workers share the cores: one thread each, and their scripts
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 import sample_data  # noqa: E402
 
