@@ -74,9 +74,11 @@ bok-proxy: install
 	$(PYTHON) tools/bok_proxy.py
 	@echo "the tables: results/bok_proxy/{ko,en,bi}/comparison.md"
 
-# Architecture diagrams figs/base_model.png and figs/TE_model.png, drawn from model.py.
+# Architecture diagrams figs/base_model.png and figs/TE_model.png, drawn from model.py, and how knowledge enters
+# gel_vqa and hilink (figs/gel_vqa.png, figs/hilink.png), drawn from gel.py and hilink.py.
 figs: install
 	$(PYTHON) figs/draw_model.py
+	$(PYTHON) figs/draw_knowledge.py
 
 # The browser test drives Debian's chromium (Playwright's own browser download needs a CDN). apt-get runs only when
 # no browser is found, and apt-get update only when the install fails without it.

@@ -1,6 +1,7 @@
 """plots.py draws valid PNGs with Korean text in a font that has Hangul; inference_each.py --save_png and
 figs/draw_model.py write their PNGs."""
 import io
+import sys
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import plots
-from conftest import run_script, script_output
+from conftest import ROOT, run_script, script_output
 
 HISTORY = [{"epoch": e, "train_loss": 2.0 / e, "valid_loss": 2.2 / e, "train_acc": 0.2 * e, "valid_acc": a}
            for e, a in zip(range(1, 5), [0.3, 0.6, 0.7, 0.65])]
@@ -97,3 +98,18 @@ def test_draw_model(tmp_path):
     assert result.returncode == 0, result.stderr
     for name in ["base_model.png", "TE_model.png"]:
         check_png(tmp_path / name, min_size=(400, 500))
+
+
+def test_draw_knowledge(tmp_path):
+    """The knowledge models' figures are drawn from the models, and hilink's note lists what hilink_kb changes."""
+    sys.path.insert(0, str(ROOT / "figs"))
+    import draw_knowledge
+    import models
+
+    result = run_script("figs/draw_knowledge.py", "--out", tmp_path, "--dpi", "60")
+    assert result.returncode == 0, result.stderr
+    for name in ["gel_vqa.png", "hilink.png"]:
+        check_png(tmp_path / name, min_size=(400, 500))
+    note = draw_knowledge.kb_note(models.MODELS["hilink_kb"])
+    assert "its own head" in note and "i ⊙ t" in note and "snapped" in note
+    assert "its own head" not in draw_knowledge.kb_note(models.named("hilink_kb", {"triple_head": "cascade"}))
