@@ -7,7 +7,7 @@
 (a) original-style: DataLoader workers PIL-decode every JPEG and resize it on every step (the original's eval
     transform), every question is padded to --max_token by the tokenizer, fp32, default (non-fused) AdamW.
 (b) fast path: the repo's ImageCache (decoded once; its build time is reported on its own line and is not part of
-    the throughput), questions tokenized once and padded per batch (vqa_dataset.make_loader), train.train_step
+    the throughput), questions tokenized once and padded per batch (loaders.make_loader), train.train_step
     (bf16 autocast on GPUs with bf16), a channels_last model, train.py's fused AdamW on CUDA, pinned memory with
     non_blocking copies, persistent workers, optionally torch.compile.
 Both train the same model (same initial weights) on the same data, device and batch size, one after the other,
@@ -45,7 +45,8 @@ from encoders import small_text_config, train_tokenizer, xlmr_base_config
 from models import build_model, run_config
 from train import build_optimizer, optimize, train_step
 from images import IMAGENET_MEAN, IMAGENET_STD, ImageCache, cache_dir
-from vqa_dataset import build_answer_vocab, collate, make_loader, read_data, select_rows
+from loaders import make_loader
+from vqa_dataset import build_answer_vocab, collate, read_data, select_rows
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s by device name; the first key found in the name wins.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", None), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]

@@ -22,7 +22,8 @@ from images import ImageCache
 from splits import report_shared_images
 from model_card import write_model_card
 from models import load_run
-from vqa_dataset import DataError, format_triples, make_loader, read_data, run_data_dir, select_rows, validate
+from loaders import make_loader
+from vqa_dataset import DataError, format_triples, read_data, run_data_dir, select_rows, validate
 
 
 def add_predictions(df, result, vocab):

@@ -31,8 +31,8 @@ from images import ImageCache, ImageFiles
 from models import attach_run_knowledge, build_model, run_config, run_model
 from splits import SPLIT_FILE, report_shared_images, split_table, with_valid_fold
 from triples import triple_hits
-from vqa_dataset import (DataError, EpochSampler, ShardSampler, batch_count, build_answer_vocab, load_data,
-                         make_loader, select_rows)
+from loaders import EpochSampler, ShardSampler, batch_count, make_loader
+from vqa_dataset import DataError, build_answer_vocab, load_data, select_rows
 
 
 @dataclass

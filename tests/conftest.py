@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic data set and a tiny trained run, built once per test session."""
+"""Shared fixtures: a tiny synthetic data set and a tiny trained run, built once per pytest run."""
 import os
 import subprocess
 import sys

@@ -14,7 +14,8 @@ from answering import make_dataset, predict
 from models import load_run
 from images import ImageCache
 from splits import SPLIT_FILE
-from vqa_dataset import make_loader, read_data, select_rows
+from loaders import make_loader
+from vqa_dataset import read_data, select_rows
 
 
 @pytest.fixture

@@ -127,12 +127,12 @@ def test_a_lang_that_is_not_ko_or_en_is_a_row_fault(lang, tmp_path_factory):
 
 @pytest.mark.parametrize("n, batch", [(9, 4), (5, 4), (8, 4), (1, 4), (3, 2)])
 def test_a_lone_last_sample_joins_the_batch_before_it(n, batch):
-    from vqa_dataset import LoneLastMerged
+    from loaders import LoneLastMerged, batch_count
 
     batches = list(LoneLastMerged(range(n), batch))
     assert sorted(i for b in batches for i in b) == list(range(n))  # every sample, once
     assert all(len(b) > 1 for b in batches) or n == 1
-    assert len(batches) == len(LoneLastMerged(range(n), batch)) == vqa_dataset.batch_count(n, batch)
+    assert len(batches) == len(LoneLastMerged(range(n), batch)) == batch_count(n, batch)
 
 
 def test_a_run_whose_last_batch_would_hold_one_sample_trains(sample_dir, tmp_path):

@@ -125,7 +125,7 @@ def test_every_script_answers_in_the_runs_precision(trained_run, sample_dir, tmp
     from answering import answer, make_dataset, predict
     from models import load_run
     from images import ImageCache
-    from vqa_dataset import make_loader
+    from loaders import make_loader
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

@@ -14,7 +14,8 @@ from answering import make_dataset, to_device
 from conftest import ROOT, run_main
 from focal import build_loss
 from images import ImageCache
-from vqa_dataset import make_loader, read_data, select_rows
+from loaders import make_loader
+from vqa_dataset import read_data, select_rows
 
 FIXTURES = ROOT / "tests" / "fixtures" / "1b90e4d"
 MAPPED = {"baseline": "baseline", "gel": "gel_vqa", "ideal_free_concat_copy": "oracle_triple",

@@ -1,5 +1,5 @@
-"""plots.py draws valid PNGs with Korean text in a font that has Hangul; inference_each.py --save_png and
-figs/draw_model.py write their PNGs."""
+"""plots.py draws valid PNGs with Korean text in a font that has Hangul; inference_each.py --save_png,
+figs/draw_model.py and figs/draw_knowledge.py write their PNGs."""
 import io
 import sys
 import warnings

@@ -64,7 +64,8 @@ def outcome(run_dir, sample_dir):
     from answering import make_dataset, predict
     from models import load_run
     from images import ImageCache
-    from vqa_dataset import make_loader, read_data, select_rows
+    from loaders import make_loader
+    from vqa_dataset import read_data, select_rows
 
     history = json.loads((run_dir / "history.json").read_text())
     model, tokenizer, config, answers, _ = load_run(str(run_dir))

@@ -13,7 +13,8 @@ from conftest import TINY_TRAIN
 from answering import make_dataset, predict
 from models import load_run
 from images import ImageCache
-from vqa_dataset import make_loader, read_data, select_rows
+from loaders import make_loader
+from vqa_dataset import read_data, select_rows
 
 
 def valid_accuracy(model, tokenizer, config, answers, data_dir):

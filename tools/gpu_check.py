@@ -202,7 +202,7 @@ def top_two(run_dir, device, rows):
     from answering import make_dataset, predict
     from images import ImageCache
     from models import load_run
-    from vqa_dataset import make_loader
+    from loaders import make_loader
 
     device = torch.device(device)
     model, tokenizer, config, answers, _ = load_run(run_dir, device)
